@@ -1,0 +1,94 @@
+"""A render camera as plain matrices, with Blender's raster conventions.
+
+Raster space follows Blender's render passes: +x right, +y UP, pixel (i, j) covers
+[i, i+1) x [j, j+1) and is sampled at its centre (i + 0.5, j + 0.5).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Camera:
+    """World-to-camera ``view`` (camera looks down -Z) and OpenGL-style ``projection``.
+
+    ``projection`` is what Blender's ``Object.calc_matrix_camera`` returns for the
+    render size and pixel aspect, so sensor fit, lens shift, orthographic scale and
+    non-square pixels are all inside it.
+    """
+
+    view: np.ndarray
+    projection: np.ndarray
+    width: int
+    height: int
+    clip_start: float
+    clip_end: float
+    is_ortho: bool = False
+    view_projection: np.ndarray = field(init=False, repr=False)
+    inverse_view_projection: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        view = np.asarray(self.view, dtype=np.float64).reshape(4, 4)
+        projection = np.asarray(self.projection, dtype=np.float64).reshape(4, 4)
+        if not (np.all(np.isfinite(view)) and np.all(np.isfinite(projection))):
+            raise ValueError("the camera transform is not finite (NaN or infinity)")
+        if self.width < 1 or self.height < 1:
+            raise ValueError(f"render size {self.width}x{self.height} is empty")
+        object.__setattr__(self, "view", view)
+        object.__setattr__(self, "projection", projection)
+        vp = projection @ view
+        object.__setattr__(self, "view_projection", vp)
+        try:
+            inverse = np.linalg.inv(vp)
+        except np.linalg.LinAlgError as error:
+            raise ValueError("the camera projection is singular (zero scale or size)") from error
+        object.__setattr__(self, "inverse_view_projection", inverse)
+
+    @property
+    def position(self) -> np.ndarray:
+        return np.linalg.inv(self.view)[:3, 3]
+
+    def to_clip(self, points: np.ndarray) -> np.ndarray:
+        """World points (..., 3) to homogeneous clip coordinates (..., 4)."""
+        m = self.view_projection
+        flat = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        return (flat @ m[:, :3].T + m[:, 3]).reshape(points.shape[:-1] + (4,))
+
+    def project(self, points: np.ndarray):
+        """World points (..., 3) to raster x, raster y (y up), view depth, in-front mask."""
+        m = self.view_projection
+        x = points @ m[0, :3] + m[0, 3]
+        y = points @ m[1, :3] + m[1, 3]
+        w = points @ m[3, :3] + m[3, 3]
+        v = self.view
+        depth = -(points @ v[2, :3] + v[2, 3])
+        in_front = w > 1e-12
+        safe_w = np.where(in_front, w, 1.0)
+        px = (x / safe_w + 1.0) * (0.5 * self.width)
+        py = (y / safe_w + 1.0) * (0.5 * self.height)
+        return px, py, depth, in_front
+
+    def view_depth(self, points: np.ndarray) -> np.ndarray:
+        v = self.view
+        return -(points @ v[2, :3] + v[2, 3])
+
+    def pixel_rays(self, px: np.ndarray, py: np.ndarray):
+        """Rays through raster positions: origins on the near plane and directions (not unit)."""
+        ndc_x = 2.0 * px / self.width - 1.0
+        ndc_y = 2.0 * py / self.height - 1.0
+        inv = self.inverse_view_projection
+        near = _unproject(inv, ndc_x, ndc_y, -1.0)
+        far = _unproject(inv, ndc_x, ndc_y, 1.0)
+        return near, far - near
+
+
+def _unproject(inv: np.ndarray, ndc_x, ndc_y, ndc_z: float) -> np.ndarray:
+    hom = (
+        inv[:, 0][None, :] * ndc_x[:, None]
+        + inv[:, 1][None, :] * ndc_y[:, None]
+        + inv[:, 2][None, :] * ndc_z
+        + inv[:, 3][None, :]
+    )
+    return hom[:, :3] / hom[:, 3:4]

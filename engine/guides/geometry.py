@@ -1,0 +1,79 @@
+"""A frame of the scene as plain arrays: meshes, their placements, and the camera."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import numpy as np
+
+from .camera import Camera
+
+
+@dataclass
+class Mesh:
+    """A triangulated mesh in object space.
+
+    ``corner_normals`` holds the shading normal of each triangle corner (T, 3, 3), as
+    Blender's ``Mesh.corner_normals`` gives it: smooth, flat, sharp edges and custom
+    normals are already resolved there, which is what Cycles shades with.
+    """
+
+    positions: np.ndarray
+    triangles: np.ndarray
+    corner_normals: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        self.triangles = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
+        self.corner_normals = np.asarray(self.corner_normals, dtype=np.float64).reshape(-1, 3, 3)
+        if self.corner_normals.shape[0] != self.triangles.shape[0]:
+            raise ValueError("corner_normals must have one (3, 3) block per triangle")
+
+    @property
+    def vertex_count(self) -> int:
+        return int(self.positions.shape[0])
+
+    @property
+    def triangle_count(self) -> int:
+        return int(self.triangles.shape[0])
+
+
+@dataclass
+class Instance:
+    """One placement of a mesh.
+
+    ``key`` identifies the same placement across frames (object name, or instancer
+    and persistent id for instances), which is how motion is matched per vertex.
+    """
+
+    key: Hashable
+    mesh: Mesh
+    matrix: np.ndarray
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.matrix = np.asarray(self.matrix, dtype=np.float64).reshape(4, 4)
+
+
+@dataclass
+class FrameGeometry:
+    camera: Camera
+    instances: list[Instance] = field(default_factory=list)
+
+    def by_key(self) -> dict:
+        return {instance.key: instance for instance in self.instances}
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    flat = points.reshape(-1, 3)
+    return (flat @ matrix[:3, :3].T + matrix[:3, 3]).reshape(points.shape)
+
+
+def transform_normals(matrix: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Normals transform with the inverse transpose of the linear part (unnormalised)."""
+    linear = matrix[:3, :3]
+    try:
+        normal_matrix = np.linalg.inv(linear).T
+    except np.linalg.LinAlgError:
+        normal_matrix = np.zeros((3, 3))
+    return (normals.reshape(-1, 3) @ normal_matrix.T).reshape(normals.shape)

@@ -1,0 +1,163 @@
+"""Snapshot an evaluated Blender scene into plain arrays for the guides.
+
+This is the only place that reads geometry from Blender. It walks
+``depsgraph.object_instances`` (so modifiers, geometry nodes, collection instances,
+curves, text and metaballs all arrive as their evaluated meshes), and keys each
+instance so the same surface can be matched across frames.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from .guides import Camera, FrameGeometry, Instance, Mesh
+
+# Object types whose evaluated geometry can be turned into a mesh.
+GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
+
+
+class CaptureError(Exception):
+    """A problem with the scene the user must fix (shown in the render report)."""
+
+
+def render_size(scene) -> tuple[int, int]:
+    render = scene.render
+    width = max(1, render.resolution_x * render.resolution_percentage // 100)
+    height = max(1, render.resolution_y * render.resolution_percentage // 100)
+    return width, height
+
+
+def capture_camera(depsgraph, camera_object, width: int, height: int) -> Camera:
+    scene = depsgraph.scene
+    camera_eval = camera_object.evaluated_get(depsgraph)
+    matrix = np.array(camera_eval.matrix_world, dtype=np.float64)
+    if not np.all(np.isfinite(matrix)):
+        raise CaptureError(f"The camera '{camera_object.name}' has an invalid transform (NaN or infinity)")
+    # Blender renders with the camera's scale removed.
+    world = np.array(camera_eval.matrix_world.normalized(), dtype=np.float64)
+    try:
+        view = np.linalg.inv(world)
+    except np.linalg.LinAlgError as error:
+        raise CaptureError(f"The camera '{camera_object.name}' has a degenerate transform") from error
+    projection = np.array(
+        camera_eval.calc_matrix_camera(
+            depsgraph, x=width, y=height,
+            scale_x=scene.render.pixel_aspect_x, scale_y=scene.render.pixel_aspect_y,
+        ),
+        dtype=np.float64,
+    )
+    data = camera_eval.data
+    if getattr(data, "type", "PERSP") == "PANO":
+        raise CaptureError("Panoramic cameras are not supported by Silk yet; use a perspective or orthographic camera")
+    try:
+        return Camera(
+            view=view, projection=projection, width=width, height=height,
+            clip_start=float(data.clip_start), clip_end=float(data.clip_end),
+            is_ortho=data.type == "ORTHO",
+        )
+    except ValueError as error:
+        raise CaptureError(f"The camera '{camera_object.name}' cannot be used: {error}") from error
+
+
+def _mesh_arrays(mesh) -> Mesh:
+    vertex_count = len(mesh.vertices)
+    positions = np.empty(vertex_count * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", positions)
+    loop_triangles = mesh.loop_triangles
+    triangle_count = len(loop_triangles)
+    triangles = np.empty(triangle_count * 3, dtype=np.int32)
+    loop_triangles.foreach_get("vertices", triangles)
+    corners = np.empty(triangle_count * 3, dtype=np.int32)
+    loop_triangles.foreach_get("loops", corners)
+    corner_normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
+    mesh.corner_normals.foreach_get("vector", corner_normals)
+    corner_normals = corner_normals.reshape(-1, 3)[corners]
+    return Mesh(positions, triangles, corner_normals)
+
+
+def _instance_key(instance):
+    if instance.is_instance:
+        parent = instance.parent.original.name if instance.parent else ""
+        return ("instance", parent, tuple(instance.persistent_id))
+    return ("object", instance.object.original.name)
+
+
+def capture_frame(depsgraph, camera_object, width: int, height: int, log=None):
+    """The evaluated scene as a :class:`FrameGeometry`, plus messages for the user."""
+    camera = capture_camera(depsgraph, camera_object, width, height)
+    instances: list[Instance] = []
+    warnings: list[str] = []
+    meshes: dict[int, Mesh] = {}
+    skipped_invalid: list[str] = []
+    for instance in depsgraph.object_instances:
+        obj = instance.object
+        if obj.type not in GEOMETRY_TYPES:
+            continue
+        if not instance.show_self:
+            continue
+        if not getattr(obj, "visible_camera", True):
+            continue
+        matrix = np.array(instance.matrix_world, dtype=np.float64)
+        if not np.all(np.isfinite(matrix)):
+            skipped_invalid.append(obj.name)
+            continue
+        if obj.type == "MESH":
+            cache_key = obj.data.as_pointer()
+        else:
+            cache_key = obj.as_pointer()
+        mesh = meshes.get(cache_key)
+        if mesh is None:
+            mesh = _read_mesh(obj)
+            meshes[cache_key] = mesh
+        if mesh is None or mesh.triangle_count == 0:
+            continue
+        if not np.all(np.isfinite(mesh.positions)):
+            skipped_invalid.append(obj.name)
+            continue
+        instances.append(Instance(key=_instance_key(instance), mesh=mesh, matrix=matrix, name=obj.name))
+    if skipped_invalid:
+        names = ", ".join(sorted(set(skipped_invalid))[:5])
+        warnings.append(f"Skipped objects with invalid transforms or vertices (NaN or infinity): {names}")
+    return FrameGeometry(camera=camera, instances=instances), warnings
+
+
+def _read_mesh(obj) -> Mesh | None:
+    if obj.type == "MESH":
+        return _mesh_arrays(obj.data)
+    try:
+        mesh = obj.to_mesh()
+    except RuntimeError:
+        return None
+    try:
+        if mesh is None:
+            return None
+        return _mesh_arrays(mesh)
+    finally:
+        obj.to_mesh_clear()
+
+
+def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
+    """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
+
+    Always returns to the current frame, even when capturing fails.
+    """
+    scene = depsgraph.scene
+    frame, subframe = scene.frame_current, scene.frame_subframe
+    warnings: list[str] = []
+    current, found = capture_frame(depsgraph, camera_object, width, height)
+    warnings += found
+    previous = following = None
+    try:
+        engine.frame_set(frame - 1, subframe)
+        try:
+            previous, _ = capture_frame(depsgraph, camera_object, width, height)
+        except CaptureError as error:
+            warnings.append(f"No motion from the previous frame: {error}")
+        engine.frame_set(frame + 1, subframe)
+        try:
+            following, _ = capture_frame(depsgraph, camera_object, width, height)
+        except CaptureError as error:
+            warnings.append(f"No motion to the next frame: {error}")
+    finally:
+        engine.frame_set(frame, subframe)
+    return current, previous, following, warnings

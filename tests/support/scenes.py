@@ -1,0 +1,63 @@
+"""Test scenes built with Blender's Python API (used in Blender's module, never mocked)."""
+import math
+
+import bpy
+
+
+def reset(width=96, height=72):
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x = width
+    scene.render.resolution_y = height
+    scene.render.resolution_percentage = 100
+    scene.frame_start, scene.frame_end = 1, 10
+    scene.frame_set(3)
+    return scene
+
+
+def add_camera(scene, location=(0, -8, 2), rotation=(math.radians(80), 0, 0), ortho=False, **data):
+    cam_data = bpy.data.cameras.new("Camera")
+    cam = bpy.data.objects.new("Camera", cam_data)
+    scene.collection.objects.link(cam)
+    cam.location = location
+    cam.rotation_euler = rotation
+    if ortho:
+        cam_data.type = "ORTHO"
+        cam_data.ortho_scale = data.pop("ortho_scale", 8.0)
+    for key, value in data.items():
+        setattr(cam_data, key, value)
+    scene.camera = cam
+    return cam
+
+
+def keyframe(obj, path, frames_values):
+    for frame, value in frames_values:
+        setattr(obj, path, value)
+        obj.keyframe_insert(path, frame=frame)
+    for fcurve in _fcurves(obj):
+        for point in fcurve.keyframe_points:
+            point.interpolation = "LINEAR"
+
+
+def _fcurves(obj):
+    action = obj.animation_data.action
+    if hasattr(action, "fcurves"):
+        return list(action.fcurves)
+    # Blender 5.0: layered actions keep their F-curves in channelbags.
+    curves = []
+    for layer in action.layers:
+        for strip in layer.strips:
+            for bag in strip.channelbags:
+                curves.extend(bag.fcurves)
+    return curves
+
+
+def add_mesh(scene, kind, name, location=(0, 0, 0), smooth=False, **kwargs):
+    before = set(bpy.data.objects)
+    getattr(bpy.ops.mesh, f"primitive_{kind}_add")(location=location, **kwargs)
+    obj = (set(bpy.data.objects) - before).pop()
+    obj.name = name
+    if smooth:
+        for poly in obj.data.polygons:
+            poly.use_smooth = True
+    return obj
