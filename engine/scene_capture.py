@@ -59,16 +59,34 @@ def capture_camera(depsgraph, camera_object, width: int, height: int) -> Camera:
         raise CaptureError(f"The camera '{camera_object.name}' cannot be used: {error}") from error
 
 
-def _mesh_arrays(mesh) -> Mesh:
-    vertex_count = len(mesh.vertices)
-    positions = np.empty(vertex_count * 3, dtype=np.float32)
-    mesh.vertices.foreach_get("co", positions)
+def _positions(mesh) -> np.ndarray:
+    positions = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    attribute = mesh.attributes.get("position")
+    if attribute is not None and attribute.data_type == "FLOAT_VECTOR":
+        attribute.data.foreach_get("vector", positions)  # the fast path
+    else:
+        mesh.vertices.foreach_get("co", positions)
+    return positions
+
+
+def _corner_vertices(mesh) -> np.ndarray:
+    corner_vertices = np.empty(len(mesh.loops), dtype=np.int32)
+    attribute = mesh.attributes.get(".corner_vert")
+    if attribute is not None and attribute.domain == "CORNER":
+        attribute.data.foreach_get("value", corner_vertices)
+    else:
+        mesh.loops.foreach_get("vertex_index", corner_vertices)
+    return corner_vertices
+
+
+def _mesh_arrays(mesh, positions_only: bool = False) -> Mesh:
+    positions = _positions(mesh)
+    if positions_only:
+        return Mesh(positions)
     loop_triangles = mesh.loop_triangles
-    triangle_count = len(loop_triangles)
-    triangles = np.empty(triangle_count * 3, dtype=np.int32)
-    loop_triangles.foreach_get("vertices", triangles)
-    corners = np.empty(triangle_count * 3, dtype=np.int32)
+    corners = np.empty(len(loop_triangles) * 3, dtype=np.int32)
     loop_triangles.foreach_get("loops", corners)
+    triangles = _corner_vertices(mesh)[corners]
     corner_normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
     mesh.corner_normals.foreach_get("vector", corner_normals)
     corner_normals = corner_normals.reshape(-1, 3)[corners]
@@ -82,8 +100,12 @@ def _instance_key(instance):
     return ("object", instance.object.original.name)
 
 
-def capture_frame(depsgraph, camera_object, width: int, height: int, log=None):
-    """The evaluated scene as a :class:`FrameGeometry`, plus messages for the user."""
+def capture_frame(depsgraph, camera_object, width: int, height: int, positions_only_for=frozenset()):
+    """The evaluated scene as a :class:`FrameGeometry`, plus messages for the user.
+
+    Instances whose key is in ``positions_only_for`` are read without triangles and
+    normals: for the frames before and after, only vertex positions are needed.
+    """
     camera = capture_camera(depsgraph, camera_object, width, height)
     instances: list[Instance] = []
     warnings: list[str] = []
@@ -101,29 +123,31 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, log=None):
         if not np.all(np.isfinite(matrix)):
             skipped_invalid.append(obj.name)
             continue
+        key = _instance_key(instance)
+        positions_only = key in positions_only_for
         if obj.type == "MESH":
-            cache_key = obj.data.as_pointer()
+            cache_key = (obj.data.as_pointer(), positions_only)
         else:
-            cache_key = obj.as_pointer()
+            cache_key = (obj.as_pointer(), positions_only)
         mesh = meshes.get(cache_key)
         if mesh is None:
-            mesh = _read_mesh(obj)
+            mesh = _read_mesh(obj, positions_only)
             meshes[cache_key] = mesh
-        if mesh is None or mesh.triangle_count == 0:
+        if mesh is None or mesh.vertex_count == 0 or (not positions_only and mesh.triangle_count == 0):
             continue
         if not np.all(np.isfinite(mesh.positions)):
             skipped_invalid.append(obj.name)
             continue
-        instances.append(Instance(key=_instance_key(instance), mesh=mesh, matrix=matrix, name=obj.name))
+        instances.append(Instance(key=key, mesh=mesh, matrix=matrix, name=obj.name))
     if skipped_invalid:
         names = ", ".join(sorted(set(skipped_invalid))[:5])
         warnings.append(f"Skipped objects with invalid transforms or vertices (NaN or infinity): {names}")
     return FrameGeometry(camera=camera, instances=instances), warnings
 
 
-def _read_mesh(obj) -> Mesh | None:
+def _read_mesh(obj, positions_only: bool) -> Mesh | None:
     if obj.type == "MESH":
-        return _mesh_arrays(obj.data)
+        return _mesh_arrays(obj.data, positions_only)
     try:
         mesh = obj.to_mesh()
     except RuntimeError:
@@ -131,7 +155,7 @@ def _read_mesh(obj) -> Mesh | None:
     try:
         if mesh is None:
             return None
-        return _mesh_arrays(mesh)
+        return _mesh_arrays(mesh, positions_only)
     finally:
         obj.to_mesh_clear()
 
@@ -146,16 +170,17 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
     warnings: list[str] = []
     current, found = capture_frame(depsgraph, camera_object, width, height)
     warnings += found
+    known = frozenset(instance.key for instance in current.instances)
     previous = following = None
     try:
         engine.frame_set(frame - 1, subframe)
         try:
-            previous, _ = capture_frame(depsgraph, camera_object, width, height)
+            previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion from the previous frame: {error}")
         engine.frame_set(frame + 1, subframe)
         try:
-            following, _ = capture_frame(depsgraph, camera_object, width, height)
+            following, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
     finally:

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .camera import Camera
-from .geometry import FrameGeometry, Instance, transform_normals, transform_points
-from .raster import rasterize_triangles
+from .geometry import FrameGeometry, Instance, transform_points
+from .raster import rasterize
 
 BACKGROUND_DEPTH = 1.0e10
 # Pixels processed at once when computing attributes; bounds memory at 4K.
@@ -55,16 +55,20 @@ class GuideSet:
 
 
 @dataclass
-class _Soup:
-    """All triangles of the current frame in world space, with their motion."""
+class _Scene:
+    """All triangles of the current frame in world space, indexed, with their motion."""
 
-    current: np.ndarray  # (T, 3, 3)
-    previous: np.ndarray  # (T, 3, 3)
-    following: np.ndarray  # (T, 3, 3)
-    normals: np.ndarray  # (T, 3, 3) world-space corner normals
-    winding: np.ndarray  # (T,) +1 or -1: sign of the instance's determinant
-    in_previous: np.ndarray  # (T,) bool: the triangle's instance existed a frame ago
-    previous_only: np.ndarray  # (P, 3, 3) occluders that exist only a frame ago
+    vertices: np.ndarray  # (V, 3) world positions now
+    previous: np.ndarray  # (V, 3) the same vertices a frame ago
+    following: np.ndarray  # (V, 3) the same vertices a frame later
+    triangles: np.ndarray  # (T, 3) indices into the vertex arrays
+    triangle_instance: np.ndarray  # (T,) which instance each triangle belongs to
+    corner_normals: np.ndarray  # (T, 3, 3) object-space shading normals
+    normal_matrices: np.ndarray  # (I, 3, 3) object-to-world for normals
+    winding: np.ndarray  # (I,) +1 or -1: sign of the instance's determinant
+    in_previous: np.ndarray  # (I,) the instance existed a frame ago
+    previous_only_vertices: np.ndarray  # (P, 3) occluders that exist only a frame ago
+    previous_only_triangles: np.ndarray  # (Q, 3) indices into previous_only_vertices
 
 
 def _other_frame_positions(instance: Instance, other: Instance | None, notes: list[str]) -> tuple[np.ndarray, bool]:
@@ -82,48 +86,58 @@ def _other_frame_positions(instance: Instance, other: Instance | None, notes: li
     return transform_points(other.matrix, mesh.positions), True
 
 
-def _build_soup(current: FrameGeometry, previous: FrameGeometry | None, following: FrameGeometry | None, notes: list[str]) -> _Soup:
+def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, following: FrameGeometry | None,
+                 notes: list[str]) -> _Scene:
     prev_by_key = previous.by_key() if previous is not None else {}
     next_by_key = following.by_key() if following is not None else {}
-    cur_blocks, prev_blocks, next_blocks, normal_blocks = [], [], [], []
-    winding_blocks, existed_blocks = [], []
+    now, before, after, triangles, owner, normals = [], [], [], [], [], []
+    normal_matrices, winding, existed_list = [], [], []
+    base = 0
     for instance in current.instances:
         mesh = instance.mesh
         if mesh.triangle_count == 0:
             continue
-        tris = mesh.triangles
-        world_now = transform_points(instance.matrix, mesh.positions)
+        index = len(normal_matrices)
+        now.append(transform_points(instance.matrix, mesh.positions))
         world_prev, existed = _other_frame_positions(instance, prev_by_key.get(instance.key), notes)
-        if previous is None:
-            existed = False
-        world_next, _ = _other_frame_positions(instance, next_by_key.get(instance.key), notes)
-        cur_blocks.append(world_now[tris])
-        prev_blocks.append(world_prev[tris])
-        next_blocks.append(world_next[tris])
-        normal_blocks.append(transform_normals(instance.matrix, mesh.corner_normals))
-        sign = 1.0 if np.linalg.det(instance.matrix[:3, :3]) >= 0 else -1.0
-        winding_blocks.append(np.full(tris.shape[0], sign))
-        existed_blocks.append(np.full(tris.shape[0], existed))
+        before.append(world_prev)
+        after.append(_other_frame_positions(instance, next_by_key.get(instance.key), notes)[0])
+        triangles.append(mesh.triangles + base)
+        owner.append(np.full(mesh.triangle_count, index, dtype=np.int32))
+        normals.append(mesh.corner_normals)
+        linear = instance.matrix[:3, :3]
+        determinant = np.linalg.det(linear)
+        normal_matrices.append(np.linalg.inv(linear).T if abs(determinant) > 1e-300 else np.zeros((3, 3)))
+        winding.append(1.0 if determinant >= 0 else -1.0)
+        existed_list.append(existed and previous is not None)
+        base += mesh.vertex_count
 
-    previous_only = []
+    only_vertices, only_triangles = [], []
     if previous is not None:
         current_keys = {instance.key for instance in current.instances}
+        only_base = 0
         for instance in previous.instances:
-            if instance.key not in current_keys and instance.mesh.triangle_count:
-                world = transform_points(instance.matrix, instance.mesh.positions)
-                previous_only.append(world[instance.mesh.triangles])
+            if instance.key in current_keys or instance.mesh.triangle_count == 0:
+                continue
+            only_vertices.append(transform_points(instance.matrix, instance.mesh.positions))
+            only_triangles.append(instance.mesh.triangles + only_base)
+            only_base += instance.mesh.vertex_count
 
-    def stack(blocks, shape):
-        return np.concatenate(blocks, axis=0) if blocks else np.zeros(shape)
+    def stack(blocks, shape, dtype=np.float64):
+        return np.concatenate(blocks, axis=0) if blocks else np.zeros(shape, dtype=dtype)
 
-    return _Soup(
-        current=stack(cur_blocks, (0, 3, 3)),
-        previous=stack(prev_blocks, (0, 3, 3)),
-        following=stack(next_blocks, (0, 3, 3)),
-        normals=stack(normal_blocks, (0, 3, 3)),
-        winding=stack(winding_blocks, (0,)),
-        in_previous=stack(existed_blocks, (0,)).astype(bool),
-        previous_only=stack(previous_only, (0, 3, 3)),
+    return _Scene(
+        vertices=stack(now, (0, 3)),
+        previous=stack(before, (0, 3)),
+        following=stack(after, (0, 3)),
+        triangles=stack(triangles, (0, 3), np.int64),
+        triangle_instance=stack(owner, (0,), np.int32),
+        corner_normals=stack(normals, (0, 3, 3), np.float32),
+        normal_matrices=np.array(normal_matrices).reshape(-1, 3, 3),
+        winding=np.array(winding, dtype=np.float64),
+        in_previous=np.array(existed_list, dtype=bool),
+        previous_only_vertices=stack(only_vertices, (0, 3)),
+        previous_only_triangles=stack(only_triangles, (0, 3), np.int64),
     )
 
 
@@ -161,10 +175,10 @@ def compute_guides(
     width, height = camera.width, camera.height
     notes: list[str] = []
     warnings: list[str] = []
-    soup = _build_soup(current, previous, following, notes)
-    triangle_count = soup.current.shape[0]
+    scene = _build_scene(current, previous, following, notes)
+    triangle_count = scene.triangles.shape[0]
 
-    winner, _ = rasterize_triangles(camera.to_clip(soup.current), width, height)
+    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height)
     winner = winner.reshape(-1)
     covered = np.nonzero(winner >= 0)[0]
 
@@ -175,13 +189,17 @@ def compute_guides(
 
     previous_raster = None
     if previous is not None:
-        # Rasterise the previous frame with the same triangle ids, plus what was only there then.
-        existing = np.nonzero(soup.in_previous)[0]
-        clip_prev = previous.camera.to_clip(np.concatenate([soup.previous[existing], soup.previous_only], axis=0))
-        ids = np.concatenate([existing, triangle_count + np.arange(soup.previous_only.shape[0])])
-        previous_raster, _ = rasterize_triangles(clip_prev, previous.camera.width, previous.camera.height, ids)
+        # The previous frame with the same triangle ids, plus what was only there then.
+        all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
+        existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
+        only = scene.previous_only_triangles + scene.previous.shape[0]
+        all_triangles = np.concatenate([scene.triangles, only], axis=0)
+        ids = np.concatenate([existing, triangle_count + np.arange(only.shape[0])])
+        previous_raster, _ = rasterize(
+            previous.camera.to_clip(all_previous), all_triangles[ids], previous.camera.width,
+            previous.camera.height, ids,
+        )
         previous_raster = previous_raster.reshape(-1)
-        all_previous = np.concatenate([soup.previous, soup.previous_only], axis=0)
     else:
         occlusion[:] = 1.0
 
@@ -189,18 +207,22 @@ def compute_guides(
     for start in range(0, covered.size, PIXEL_CHUNK):
         pixels = covered[start:start + PIXEL_CHUNK]
         tri = winner[pixels]
+        corner_index = scene.triangles[tri]
+        owner = scene.triangle_instance[tri]
         pi = (pixels % width).astype(np.float64) + 0.5
         pj = (pixels // width).astype(np.float64) + 0.5
         origins, directions = camera.pixel_rays(pi, pj)
-        corners = soup.current[tri]
+        corners = scene.vertices[corner_index]
         t, u, v = _intersect(origins, directions, corners[:, 0], corners[:, 1], corners[:, 2])
         points = origins + directions * t[:, None]
 
         depth[pixels] = camera.view_depth(points)
 
-        shading = _interpolate(soup.normals[tri], u, v)
-        geometric = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]) * soup.winding[tri][:, None]
-        facing_away = np.einsum("ij,ij->i", geometric, directions) > 0.0
+        local = _interpolate(scene.corner_normals[tri].astype(np.float64), u, v)
+        shading = np.einsum("nij,nj->ni", scene.normal_matrices[owner], local)
+        geometric = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
+        facing = np.einsum("ij,ij->i", geometric, directions) * scene.winding[owner]
+        facing_away = facing > 0.0
         backfacing += int(np.count_nonzero(facing_away))
         shading[facing_away] *= -1.0
         length = np.linalg.norm(shading, axis=1)
@@ -208,16 +230,16 @@ def compute_guides(
 
         cur_x, cur_y, _, _ = camera.project(points)
         if previous is not None:
-            prev_points = _interpolate(soup.previous[tri], u, v)
+            prev_points = _interpolate(scene.previous[corner_index], u, v)
             prev_x, prev_y, prev_depth, prev_front = previous.camera.project(prev_points)
             vector[pixels, 0] = prev_x - cur_x
             vector[pixels, 1] = prev_y - cur_y
             occlusion[pixels] = _hidden_before(
-                previous.camera, previous_raster, all_previous, tri, soup.in_previous[tri],
-                prev_x, prev_y, prev_depth, prev_front,
+                previous.camera, previous_raster, all_previous, all_triangles, tri,
+                scene.in_previous[owner], prev_x, prev_y, prev_depth, prev_front,
             )
         if following is not None:
-            next_points = _interpolate(soup.following[tri], u, v)
+            next_points = _interpolate(scene.following[corner_index], u, v)
             next_x, next_y, _, _ = following.camera.project(next_points)
             vector[pixels, 2] = cur_x - next_x
             vector[pixels, 3] = cur_y - next_y
@@ -247,9 +269,9 @@ def compute_guides(
     )
 
 
-def _hidden_before(camera: Camera, raster: np.ndarray, triangles: np.ndarray, tri: np.ndarray,
-                   existed: np.ndarray, px: np.ndarray, py: np.ndarray, depth: np.ndarray,
-                   in_front: np.ndarray) -> np.ndarray:
+def _hidden_before(camera: Camera, raster: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
+                   tri: np.ndarray, existed: np.ndarray, px: np.ndarray, py: np.ndarray,
+                   depth: np.ndarray, in_front: np.ndarray) -> np.ndarray:
     """1.0 where a surface point was not visible from the previous frame's camera."""
     width, height = camera.width, camera.height
     inside = in_front & (px >= 0) & (px < width) & (py >= 0) & (py < height) & existed
@@ -264,11 +286,11 @@ def _hidden_before(camera: Camera, raster: np.ndarray, triangles: np.ndarray, tr
     # Another triangle won that pixel: is its plane in front of our point exactly there?
     other = np.nonzero(~visible)[0]
     if other.size:
-        occluder = triangles[seen[other]]
-        origins, directions = camera.pixel_rays(px[idx][other], py[idx][other])
+        occluder = vertices[triangles[seen[other]]]
+        origins, directions = camera.pixel_rays(px[idx[other]], py[idx[other]])
         t, _, _ = _intersect(origins, directions, occluder[:, 0], occluder[:, 1], occluder[:, 2])
         occluder_depth = camera.view_depth(origins + directions * t[:, None])
-        point_depth = depth[idx][other]
+        point_depth = depth[idx[other]]
         visible[other] = occluder_depth >= point_depth * (1.0 - OCCLUSION_DEPTH_TOLERANCE)
     hidden[idx[visible]] = 0.0
     return hidden

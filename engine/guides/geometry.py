@@ -16,18 +16,29 @@ class Mesh:
     ``corner_normals`` holds the shading normal of each triangle corner (T, 3, 3), as
     Blender's ``Mesh.corner_normals`` gives it: smooth, flat, sharp edges and custom
     normals are already resolved there, which is what Cycles shades with.
+
+    A mesh of another frame only needs ``positions`` (motion is matched per vertex),
+    so ``triangles`` and ``corner_normals`` may be left out there.
     """
 
     positions: np.ndarray
-    triangles: np.ndarray
-    corner_normals: np.ndarray
+    triangles: np.ndarray | None = None
+    corner_normals: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
+        if self.triangles is None:
+            self.triangles = np.zeros((0, 3), dtype=np.int64)
+            self.corner_normals = np.zeros((0, 3, 3), dtype=np.float32)
+            self.positions_only = True
+            return
+        self.positions_only = False
         self.triangles = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
-        self.corner_normals = np.asarray(self.corner_normals, dtype=np.float64).reshape(-1, 3, 3)
+        self.corner_normals = np.asarray(self.corner_normals, dtype=np.float32).reshape(-1, 3, 3)
         if self.corner_normals.shape[0] != self.triangles.shape[0]:
             raise ValueError("corner_normals must have one (3, 3) block per triangle")
+        if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= self.positions.shape[0]):
+            raise ValueError("triangle indices out of range")
 
     @property
     def vertex_count(self) -> int:

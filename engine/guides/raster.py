@@ -8,6 +8,11 @@ only matters for which surface wins.
 Triangles crossing the near plane are clipped in homogeneous space (into one or
 two triangles that keep the original triangle's id); fragments beyond the far
 plane are discarded, which matches Cycles' clip_start/clip_end.
+
+Speed comes from numpy over all triangles at once: triangles whose bounding box
+spans at most 2x2 pixels (most of them in dense meshes) are tested against a fixed
+set of four pixel centres without any per-pixel bookkeeping; larger ones are
+enumerated pixel by pixel in bounded chunks.
 """
 from __future__ import annotations
 
@@ -15,6 +20,21 @@ import numpy as np
 
 # Candidate (pixel, triangle) pairs processed at once; bounds memory at any size.
 CHUNK_CANDIDATES = 1 << 21
+# Barycentric slack so that shared edges never leave cracks between triangles.
+EDGE_EPSILON = 1e-9
+
+_OUT_RIGHT, _OUT_LEFT, _OUT_TOP, _OUT_BOTTOM, _OUT_FAR, _OUT_NEAR = 1, 2, 4, 8, 16, 32
+
+
+def _outcodes(x, y, z, w):
+    code = np.zeros(x.shape, dtype=np.uint8)
+    code |= np.where(x > w, _OUT_RIGHT, 0).astype(np.uint8)
+    code |= np.where(x < -w, _OUT_LEFT, 0).astype(np.uint8)
+    code |= np.where(y > w, _OUT_TOP, 0).astype(np.uint8)
+    code |= np.where(y < -w, _OUT_BOTTOM, 0).astype(np.uint8)
+    code |= np.where(z > w, _OUT_FAR, 0).astype(np.uint8)
+    code |= np.where(z + w < 0, _OUT_NEAR, 0).astype(np.uint8)
+    return code
 
 
 def clip_near(clip: np.ndarray, ids: np.ndarray):
@@ -65,100 +85,160 @@ def _rolled(values: np.ndarray, start: np.ndarray):
     )
 
 
-def rasterize_triangles(clip: np.ndarray, width: int, height: int, ids: np.ndarray | None = None):
-    """Visibility of triangles given in clip space (T, 3, 4).
+def rasterize(clip_vertices: np.ndarray, triangles: np.ndarray, width: int, height: int,
+              ids: np.ndarray | None = None):
+    """Visibility of indexed triangles whose vertices are given in clip space (V, 4).
 
-    Returns ``(triangle, z)``: arrays of shape (height, width), rows bottom-up as in
-    Blender's raster space. ``triangle`` holds the winning triangle id (or -1) and
-    ``z`` its NDC depth (or +inf).
+    Returns ``(winner, z)``: arrays of shape (height, width), rows bottom-up as in
+    Blender's raster space. ``winner`` holds the winning triangle's id (``ids[k]``,
+    by default its index) or -1, and ``z`` its NDC depth or +inf.
     """
-    clip = np.asarray(clip, dtype=np.float64).reshape(-1, 3, 4)
+    clip_vertices = np.asarray(clip_vertices, dtype=np.float64).reshape(-1, 4)
+    triangles = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
     if ids is None:
-        ids = np.arange(clip.shape[0], dtype=np.int64)
-    pixel_count = width * height
-    zbuffer = np.full(pixel_count, np.inf)
-    winner = np.full(pixel_count, -1, dtype=np.int64)
-    if clip.shape[0] == 0:
+        ids = np.arange(triangles.shape[0], dtype=np.int64)
+    zbuffer = np.full(width * height, np.inf)
+    winner = np.full(width * height, -1, dtype=np.int64)
+    if triangles.shape[0] == 0:
         return winner.reshape(height, width), zbuffer.reshape(height, width)
 
-    finite = np.all(np.isfinite(clip), axis=(1, 2))
-    clip, ids = clip[finite], ids[finite]
-    # Trivially reject triangles wholly outside one side of the view volume.
-    x, y, z, w = clip[..., 0], clip[..., 1], clip[..., 2], clip[..., 3]
-    outside = (
-        np.all(x > w, axis=1) | np.all(x < -w, axis=1)
-        | np.all(y > w, axis=1) | np.all(y < -w, axis=1)
-        | np.all(z > w, axis=1)
-    )
-    clip, ids = clip[~outside], ids[~outside]
-    clip, ids = clip_near(clip, ids)
-    if clip.shape[0] == 0:
-        return winner.reshape(height, width), zbuffer.reshape(height, width)
+    x, y, z, w = (np.ascontiguousarray(clip_vertices[:, k]) for k in range(4))
+    finite = np.isfinite(clip_vertices).all(axis=1)
+    code = _outcodes(x, y, z, w)
+    code[~finite] = 0xFF
+    c0, c1, c2 = code[triangles[:, 0]], code[triangles[:, 1]], code[triangles[:, 2]]
+    bad = ~(finite[triangles[:, 0]] & finite[triangles[:, 1]] & finite[triangles[:, 2]])
+    rejected = ((c0 & c1 & c2) != 0) | bad
+    needs_clip = (((c0 | c1 | c2) & _OUT_NEAR) != 0) & ~rejected
+    plain = ~rejected & ~needs_clip
 
-    w = clip[..., 3]
-    sx = (clip[..., 0] / w + 1.0) * (0.5 * width)
-    sy = (clip[..., 1] / w + 1.0) * (0.5 * height)
-    sz = clip[..., 2] / w
+    # Screen coordinates of vertices in front of the camera.
+    safe_w = np.where(w > 0, w, 1.0)
+    sx = (x / safe_w + 1.0) * (0.5 * width)
+    sy = (y / safe_w + 1.0) * (0.5 * height)
+    sz = z / safe_w
 
-    x0, x1, x2 = sx[:, 0], sx[:, 1], sx[:, 2]
-    y0, y1, y2 = sy[:, 0], sy[:, 1], sy[:, 2]
-    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    plain_tris = triangles[plain]
+    corners = [
+        np.stack([sx[plain_tris[:, k]], sy[plain_tris[:, k]], sz[plain_tris[:, k]]])
+        for k in range(3)
+    ]
+    tri_ids = ids[plain]
+    if np.any(needs_clip):
+        soup = clip_vertices[triangles[needs_clip]]
+        soup, soup_ids = clip_near(soup, ids[needs_clip])
+        sw = soup[..., 3]
+        extra = [
+            np.stack([
+                (soup[:, k, 0] / sw[:, k] + 1.0) * (0.5 * width),
+                (soup[:, k, 1] / sw[:, k] + 1.0) * (0.5 * height),
+                soup[:, k, 2] / sw[:, k],
+            ])
+            for k in range(3)
+        ]
+        corners = [np.concatenate([corners[k], extra[k]], axis=1) for k in range(3)]
+        tri_ids = np.concatenate([tri_ids, soup_ids])
 
-    # Pixel centres i + 0.5 inside the bounding box.
-    i0 = np.maximum(np.ceil(np.minimum(np.minimum(x0, x1), x2) - 0.5), 0)
-    i1 = np.minimum(np.floor(np.maximum(np.maximum(x0, x1), x2) - 0.5), width - 1)
-    j0 = np.maximum(np.ceil(np.minimum(np.minimum(y0, y1), y2) - 0.5), 0)
-    j1 = np.minimum(np.floor(np.maximum(np.maximum(y0, y1), y2) - 0.5), height - 1)
-    usable = (np.abs(area) > 1e-12) & (i1 >= i0) & (j1 >= j0)
-    if not np.any(usable):
-        return winner.reshape(height, width), zbuffer.reshape(height, width)
-
-    sel = np.nonzero(usable)[0]
-    x0, y0, x1, y1, x2, y2 = x0[sel], y0[sel], x1[sel], y1[sel], x2[sel], y2[sel]
-    z0, z1, z2 = sz[sel, 0], sz[sel, 1], sz[sel, 2]
-    inv_area = 1.0 / area[sel]
-    ids = ids[sel]
-    i0 = i0[sel].astype(np.int64)
-    j0 = j0[sel].astype(np.int64)
-    box_w = i1[sel].astype(np.int64) - i0 + 1
-    box_h = j1[sel].astype(np.int64) - j0 + 1
-    counts = box_w * box_h
-    offsets = np.concatenate([[0], np.cumsum(counts)])
-    total = int(offsets[-1])
-
-    for start in range(0, total, CHUNK_CANDIDATES):
-        stop = min(start + CHUNK_CANDIDATES, total)
-        first = int(np.searchsorted(offsets, start, side="right") - 1)
-        last = int(np.searchsorted(offsets, stop - 1, side="right") - 1)
-        span = np.arange(first, last + 1)
-        lo = np.maximum(offsets[span], start)
-        hi = np.minimum(offsets[span + 1], stop)
-        tri = np.repeat(span, hi - lo)
-        local = np.arange(start, stop) - offsets[tri]
-
-        bw = box_w[tri]
-        pi = i0[tri] + local % bw
-        pj = j0[tri] + local // bw
-        px = pi + 0.5
-        py = pj + 0.5
-
-        ax, ay = x0[tri], y0[tri]
-        dx, dy = px - ax, py - ay
-        inv = inv_area[tri]
-        b1 = (dx * (y2[tri] - ay) - (x2[tri] - ax) * dy) * inv
-        b2 = ((x1[tri] - ax) * dy - dx * (y1[tri] - ay)) * inv
-        b0 = 1.0 - b1 - b2
-        eps = -1e-9
-        inside = (b0 >= eps) & (b1 >= eps) & (b2 >= eps)
-        depth = b0 * z0[tri] + b1 * z1[tri] + b2 * z2[tri]
-        inside &= (depth <= 1.0) & (depth >= -1.0 - 1e-9)
-        if not np.any(inside):
-            continue
-        pixel = (pj * width + pi)[inside]
-        depth = depth[inside]
-        tri = tri[inside]
-        np.minimum.at(zbuffer, pixel, depth)
-        won = depth <= zbuffer[pixel]
-        winner[pixel[won]] = ids[tri[won]]
-
+    (x0, y0, z0), (x1, y1, z1), (x2, y2, z2) = corners
+    _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, winner)
     return winner.reshape(height, width), zbuffer.reshape(height, width)
+
+
+def rasterize_triangles(clip: np.ndarray, width: int, height: int, ids: np.ndarray | None = None):
+    """Visibility of a triangle soup given in clip space (T, 3, 4); see :func:`rasterize`."""
+    clip = np.asarray(clip, dtype=np.float64).reshape(-1, 3, 4)
+    triangles = np.arange(clip.shape[0] * 3, dtype=np.int64).reshape(-1, 3)
+    return rasterize(clip.reshape(-1, 4), triangles, width, height, ids)
+
+
+def _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, winner):
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    xmin = np.minimum(np.minimum(x0, x1), x2)
+    xmax = np.maximum(np.maximum(x0, x1), x2)
+    ymin = np.minimum(np.minimum(y0, y1), y2)
+    ymax = np.maximum(np.maximum(y0, y1), y2)
+    # Pixel centres i + 0.5 inside the bounding box, clamped to the picture.
+    i0 = np.maximum(np.ceil(xmin - 0.5), 0)
+    i1 = np.minimum(np.floor(xmax - 0.5), width - 1)
+    j0 = np.maximum(np.ceil(ymin - 0.5), 0)
+    j1 = np.minimum(np.floor(ymax - 0.5), height - 1)
+    usable = (np.abs(area) > 1e-12) & (i1 >= i0) & (j1 >= j0)
+    keep = np.nonzero(usable)[0]
+    if keep.size == 0:
+        return
+    x0, y0, z0, x1, y1, z1, x2, y2, z2, area, i0, i1, j0, j1, tri_ids = (
+        a[keep] for a in (x0, y0, z0, x1, y1, z1, x2, y2, z2, area, i0, i1, j0, j1, tri_ids)
+    )
+    # Affine edge and depth functions relative to the box origin (i0, j0):
+    #   b(px, py) = c + a * (px - i0) + b * (py - j0).
+    inv_area = 1.0 / area
+    ex0, ey0 = x0 - i0, y0 - j0
+    a1, b1 = (y2 - y0) * inv_area, -(x2 - x0) * inv_area
+    c1 = -(a1 * ex0 + b1 * ey0)
+    a2, b2 = -(y1 - y0) * inv_area, (x1 - x0) * inv_area
+    c2 = -(a2 * ex0 + b2 * ey0)
+    dz1, dz2 = z1 - z0, z2 - z0
+    az, bz, cz = a1 * dz1 + a2 * dz2, b1 * dz1 + b2 * dz2, z0 + c1 * dz1 + c2 * dz2
+    i0 = i0.astype(np.int64)
+    j0 = j0.astype(np.int64)
+    box_w = i1.astype(np.int64) - i0 + 1
+    box_h = j1.astype(np.int64) - j0 + 1
+    coefficients = (a1, b1, c1, a2, b2, c2, az, bz, cz)
+
+    small = (box_w <= 2) & (box_h <= 2)
+    index = np.nonzero(small)[0]
+    if index.size:
+        # Four fixed candidate centres per triangle, masked by its box.
+        di = np.array([0, 1, 0, 1])
+        dj = np.array([0, 0, 1, 1])
+        a1s, b1s, c1s, a2s, b2s, c2s, azs, bzs, czs = (c[index][:, None] for c in coefficients)
+        fx, fy = di + 0.5, dj + 0.5
+        e1 = c1s + a1s * fx + b1s * fy
+        e2 = c2s + a2s * fx + b2s * fy
+        depth = czs + azs * fx + bzs * fy
+        inside = (
+            (di < box_w[index][:, None]) & (dj < box_h[index][:, None])
+            & (e1 >= -EDGE_EPSILON) & (e2 >= -EDGE_EPSILON) & (1.0 - e1 - e2 >= -EDGE_EPSILON)
+            & (depth <= 1.0) & (depth >= -1.0 - 1e-9)
+        )
+        pixel = (j0[index][:, None] + dj) * width + (i0[index][:, None] + di)
+        _resolve(pixel[inside], depth[inside], np.broadcast_to(tri_ids[index][:, None], inside.shape)[inside],
+                 zbuffer, winner)
+
+    index = np.nonzero(~small)[0]
+    if index.size:
+        counts = box_w[index] * box_h[index]
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        total = int(offsets[-1])
+        for start in range(0, total, CHUNK_CANDIDATES):
+            stop = min(start + CHUNK_CANDIDATES, total)
+            first = int(np.searchsorted(offsets, start, side="right") - 1)
+            last = int(np.searchsorted(offsets, stop - 1, side="right") - 1)
+            span = np.arange(first, last + 1)
+            lo = np.maximum(offsets[span], start)
+            hi = np.minimum(offsets[span + 1], stop)
+            local_tri = np.repeat(span, hi - lo)
+            local = np.arange(start, stop) - offsets[local_tri]
+            tri = index[local_tri]
+            bw = box_w[tri]
+            di = local % bw
+            dj = local // bw
+            fx, fy = di + 0.5, dj + 0.5
+            e1 = c1[tri] + a1[tri] * fx + b1[tri] * fy
+            e2 = c2[tri] + a2[tri] * fx + b2[tri] * fy
+            depth = cz[tri] + az[tri] * fx + bz[tri] * fy
+            inside = (
+                (e1 >= -EDGE_EPSILON) & (e2 >= -EDGE_EPSILON) & (1.0 - e1 - e2 >= -EDGE_EPSILON)
+                & (depth <= 1.0) & (depth >= -1.0 - 1e-9)
+            )
+            pixel = (j0[tri] + dj) * width + (i0[tri] + di)
+            _resolve(pixel[inside], depth[inside], tri_ids[tri[inside]], zbuffer, winner)
+
+
+def _resolve(pixel, depth, ids, zbuffer, winner):
+    """Depth test: keep the nearest fragment per pixel (ties: the last one)."""
+    if pixel.size == 0:
+        return
+    np.minimum.at(zbuffer, pixel, depth)
+    won = depth <= zbuffer[pixel]
+    winner[pixel[won]] = ids[won]
