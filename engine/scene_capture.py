@@ -79,18 +79,51 @@ def _corner_vertices(mesh) -> np.ndarray:
     return corner_vertices
 
 
+def _bool_attribute(mesh, name: str, size: int):
+    attribute = mesh.attributes.get(name)
+    if attribute is None or attribute.data_type != "BOOLEAN":
+        return None
+    values = np.empty(size, dtype=bool)
+    attribute.data.foreach_get("value", values)
+    return values
+
+
 def _mesh_arrays(mesh, positions_only: bool = False) -> Mesh:
     positions = _positions(mesh)
     if positions_only:
         return Mesh(positions)
     loop_triangles = mesh.loop_triangles
-    corners = np.empty(len(loop_triangles) * 3, dtype=np.int32)
+    triangle_count = len(loop_triangles)
+    corners = np.empty(triangle_count * 3, dtype=np.int32)
     loop_triangles.foreach_get("loops", corners)
     triangles = _corner_vertices(mesh)[corners]
-    corner_normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
-    mesh.corner_normals.foreach_get("vector", corner_normals)
-    corner_normals = corner_normals.reshape(-1, 3)[corners]
-    return Mesh(positions, triangles, corner_normals)
+    return Mesh(positions, triangles, _shading_normals(mesh, corners, triangles, triangle_count))
+
+
+def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, triangle_count: int) -> np.ndarray:
+    """Per-corner shading normals exactly as Cycles shades the mesh.
+
+    Custom normals or sharp edges need Blender's corner normals. Otherwise Cycles
+    shades smooth triangles with vertex normals (to which flat faces contribute as
+    well) and flat triangles with their face normal, and so do we.
+    """
+    sharp_edges = _bool_attribute(mesh, "sharp_edge", len(mesh.edges))
+    if mesh.has_custom_normals or (sharp_edges is not None and sharp_edges.any()):
+        normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
+        mesh.corner_normals.foreach_get("vector", normals)
+        return normals.reshape(-1, 3)[corners].reshape(-1, 3, 3)
+    vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    mesh.vertex_normals.foreach_get("vector", vertex_normals)
+    shading = vertex_normals.reshape(-1, 3)[triangles.reshape(-1, 3)]
+    sharp_faces = _bool_attribute(mesh, "sharp_face", len(mesh.polygons))
+    if sharp_faces is not None and sharp_faces.any():
+        face_of_triangle = np.empty(triangle_count, dtype=np.int32)
+        mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
+        face_normals = np.empty(len(mesh.polygons) * 3, dtype=np.float32)
+        mesh.polygon_normals.foreach_get("vector", face_normals)
+        flat = sharp_faces[face_of_triangle]
+        shading[flat] = face_normals.reshape(-1, 3)[face_of_triangle[flat]][:, None, :]
+    return shading
 
 
 def _instance_key(instance):

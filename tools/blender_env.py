@@ -37,6 +37,10 @@ def set_multilayer_exr(scene) -> None:
         settings.file_format = "OPEN_EXR_MULTILAYER"
     settings.color_depth = "32"
     settings.exr_codec = "ZIP"
+    if hasattr(settings, "use_exr_interleave"):
+        # One interleaved part, as 4.x writes: 5.0's multi-part files fail to save
+        # with a non-square pixel aspect ("Conflicting attributes ... pixelAspectRatio").
+        settings.use_exr_interleave = True
 
 
 def use_cycles_reference(scene) -> None:

@@ -74,6 +74,14 @@ class Camera:
         v = self.view
         return -(points @ v[2, :3] + v[2, 3])
 
+    def depth_from_ndc(self, z_ndc: np.ndarray) -> np.ndarray:
+        """View-axis depth of points whose NDC depth is ``z_ndc`` (inverts the projection)."""
+        p = self.projection
+        z = np.asarray(z_ndc, dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            view_z = (p[2, 3] - z * p[3, 3]) / (z * p[3, 2] - p[2, 2])
+        return -view_z
+
     def pixel_rays(self, px: np.ndarray, py: np.ndarray):
         """Rays through raster positions: origins on the near plane and directions (not unit)."""
         ndc_x = 2.0 * px / self.width - 1.0

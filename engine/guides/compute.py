@@ -29,7 +29,10 @@ BACKGROUND_DEPTH = 1.0e10
 PIXEL_CHUNK = 1 << 20
 # A surface point counts as hidden in the previous frame when something lies in
 # front of it by more than this fraction of its depth.
-OCCLUSION_DEPTH_TOLERANCE = 2e-3
+OCCLUSION_DEPTH_TOLERANCE = 1e-4
+# The same when comparing with the depths at surrounding pixel centres, which also
+# differ from the point's depth by the surface's slope over a pixel.
+OCCLUSION_NEIGHBOURHOOD_TOLERANCE = 1e-2
 
 
 @dataclass
@@ -157,6 +160,11 @@ def _intersect(origins, directions, v0, v1, v2):
     return t, u, v
 
 
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    length = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(length > 0, length, 1.0)
+
+
 def _interpolate(corners: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return corners[:, 0] * (1.0 - u - v)[:, None] + corners[:, 1] * u[:, None] + corners[:, 2] * v[:, None]
 
@@ -195,11 +203,13 @@ def compute_guides(
         only = scene.previous_only_triangles + scene.previous.shape[0]
         all_triangles = np.concatenate([scene.triangles, only], axis=0)
         ids = np.concatenate([existing, triangle_count + np.arange(only.shape[0])])
-        previous_raster, _ = rasterize(
+        previous_raster, previous_z = rasterize(
             previous.camera.to_clip(all_previous), all_triangles[ids], previous.camera.width,
             previous.camera.height, ids,
         )
         previous_raster = previous_raster.reshape(-1)
+        previous_depth = np.where(np.isfinite(previous_z), previous.camera.depth_from_ndc(previous_z), np.inf)
+        previous_depth = previous_depth.reshape(-1)
     else:
         occlusion[:] = 1.0
 
@@ -225,8 +235,7 @@ def compute_guides(
         facing_away = facing > 0.0
         backfacing += int(np.count_nonzero(facing_away))
         shading[facing_away] *= -1.0
-        length = np.linalg.norm(shading, axis=1)
-        normal[pixels] = shading / np.where(length > 0, length, 1.0)[:, None]
+        normal[pixels] = _normalized(shading)
 
         cur_x, cur_y, _, _ = camera.project(points)
         if previous is not None:
@@ -235,7 +244,7 @@ def compute_guides(
             vector[pixels, 0] = prev_x - cur_x
             vector[pixels, 1] = prev_y - cur_y
             occlusion[pixels] = _hidden_before(
-                previous.camera, previous_raster, all_previous, all_triangles, tri,
+                previous.camera, previous_raster, previous_depth, all_previous, all_triangles, tri,
                 scene.in_previous[owner], prev_x, prev_y, prev_depth, prev_front,
             )
         if following is not None:
@@ -269,28 +278,59 @@ def compute_guides(
     )
 
 
-def _hidden_before(camera: Camera, raster: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
+def _hidden_before(camera: Camera, raster: np.ndarray, raster_depth: np.ndarray, vertices: np.ndarray,
+                   triangles: np.ndarray,
                    tri: np.ndarray, existed: np.ndarray, px: np.ndarray, py: np.ndarray,
                    depth: np.ndarray, in_front: np.ndarray) -> np.ndarray:
-    """1.0 where a surface point was not visible from the previous frame's camera."""
+    """1.0 where a surface point was not visible from the previous frame's camera.
+
+    The point is projected into the previous frame. If the triangle seen at the
+    nearest pixel centre is its own, it was visible. Otherwise it was hidden when
+    - even the farthest of the four surrounding pixel centres is in front of it
+      (something covers the whole neighbourhood: the usual case, and the only
+      test that works when occluding triangles are smaller than a pixel), or
+    - one of the triangles seen at those four centres contains its exact ray and
+      lies in front of it (a thin occluder edge between pixel centres).
+    Testing actual triangles, not their planes, keeps convex surfaces from hiding
+    themselves.
+    """
     width, height = camera.width, camera.height
     inside = in_front & (px >= 0) & (px < width) & (py >= 0) & (py < height) & existed
     hidden = np.ones(tri.shape[0], dtype=np.float32)
     idx = np.nonzero(inside)[0]
     if idx.size == 0:
         return hidden
-    ix = np.clip(np.floor(px[idx]).astype(np.int64), 0, width - 1)
-    iy = np.clip(np.floor(py[idx]).astype(np.int64), 0, height - 1)
-    seen = raster[iy * width + ix]
-    visible = (seen < 0) | (seen == tri[idx])
-    # Another triangle won that pixel: is its plane in front of our point exactly there?
-    other = np.nonzero(~visible)[0]
-    if other.size:
-        occluder = vertices[triangles[seen[other]]]
-        origins, directions = camera.pixel_rays(px[idx[other]], py[idx[other]])
-        t, _, _ = _intersect(origins, directions, occluder[:, 0], occluder[:, 1], occluder[:, 2])
-        occluder_depth = camera.view_depth(origins + directions * t[:, None])
-        point_depth = depth[idx[other]]
-        visible[other] = occluder_depth >= point_depth * (1.0 - OCCLUSION_DEPTH_TOLERANCE)
+    qx, qy = px[idx], py[idx]
+    ix = np.clip(np.floor(qx).astype(np.int64), 0, width - 1)
+    iy = np.clip(np.floor(qy).astype(np.int64), 0, height - 1)
+    own = tri[idx]
+    visible = raster[iy * width + ix] == own
+    check = np.nonzero(~visible)[0]
+    if check.size:
+        origins, directions = camera.pixel_rays(qx[check], qy[check])
+        point_depth = depth[idx[check]]
+        blocked = np.zeros(check.size, dtype=bool)
+        farthest = np.zeros(check.size)
+        base_x = np.floor(qx[check] - 0.5).astype(np.int64)
+        base_y = np.floor(qy[check] - 0.5).astype(np.int64)
+        for dx in (0, 1):
+            for dy in (0, 1):
+                sx = np.clip(base_x + dx, 0, width - 1)
+                sy = np.clip(base_y + dy, 0, height - 1)
+                farthest = np.maximum(farthest, raster_depth[sy * width + sx])
+                seen = raster[sy * width + sx]
+                candidate = np.nonzero((seen >= 0) & (seen != own[check]) & ~blocked)[0]
+                if candidate.size == 0:
+                    continue
+                corners = vertices[triangles[seen[candidate]]]
+                t, u, v = _intersect(origins[candidate], directions[candidate],
+                                     corners[:, 0], corners[:, 1], corners[:, 2])
+                eps = 1e-6
+                hit = (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps)
+                hit_depth = camera.view_depth(origins[candidate] + directions[candidate] * t[:, None])
+                in_front_of_point = hit_depth < point_depth[candidate] * (1.0 - OCCLUSION_DEPTH_TOLERANCE)
+                blocked[candidate[hit & in_front_of_point]] = True
+        blocked |= farthest < point_depth * (1.0 - OCCLUSION_NEIGHBOURHOOD_TOLERANCE)
+        visible[check] = ~blocked
     hidden[idx[visible]] = 0.0
     return hidden
