@@ -74,6 +74,35 @@ class Camera:
         v = self.view
         return -(points @ v[2, :3] + v[2, 3])
 
+    @property
+    def forward(self) -> np.ndarray:
+        """Unit world direction the camera looks along."""
+        return -self.view[2, :3] / np.linalg.norm(self.view[2, :3])
+
+    def affine_rays(self):
+        """Pixel rays as affine functions of raster position (px, py).
+
+        Returns ``(origin, direction)``, each a (3, 3) array of rows (constant,
+        d/dpx, d/dpy). Perspective: every ray starts at the camera and its direction
+        (not unit) is affine. Orthographic: rays start on the camera plane (depth 0),
+        affinely in the pixel, and share the unit forward direction.
+        """
+        px = np.array([0.0, 1.0, 0.0])
+        py = np.array([0.0, 0.0, 1.0])
+        ndc_x = 2.0 * px / self.width - 1.0
+        ndc_y = 2.0 * py / self.height - 1.0
+        near = _unproject(self.inverse_view_projection, ndc_x, ndc_y, -1.0)
+        far = _unproject(self.inverse_view_projection, ndc_x, ndc_y, 1.0)
+        if self.projection[3, 3] != 0.0:  # orthographic: w does not depend on depth
+            starts = near - self.forward * self.view_depth(near)[:, None]
+            origin = np.stack([starts[0], starts[1] - starts[0], starts[2] - starts[0]])
+            direction = np.stack([self.forward, np.zeros(3), np.zeros(3)])
+        else:
+            ends = far - self.position
+            origin = np.stack([self.position, np.zeros(3), np.zeros(3)])
+            direction = np.stack([ends[0], ends[1] - ends[0], ends[2] - ends[0]])
+        return origin, direction
+
     def depth_from_ndc(self, z_ndc: np.ndarray) -> np.ndarray:
         """View-axis depth of points whose NDC depth is ``z_ndc`` (inverts the projection)."""
         p = self.projection

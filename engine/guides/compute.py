@@ -144,6 +144,90 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
     )
 
 
+class _TriangleTables:
+    """Per-triangle coefficients that make every per-pixel quantity a few multiply-adds.
+
+    For a pixel at raster position p, the ray hitting triangle (v0, e1, e2) has
+    barycentrics u = U(p) / N(p), v = V(p) / N(p) and view depth D(p) / N(p),
+    where U, V, N, D are affine in p (exactly: the ray's origin or its direction is
+    affine in p, and each is a scalar triple product). Positions at other frames are
+    affine in (u, v), so their clip coordinates are too. Only triangles that won a
+    pixel get a row.
+    """
+
+    def __init__(self, scene: _Scene, visible: np.ndarray, camera: Camera,
+                 previous: FrameGeometry | None, following: FrameGeometry | None):
+        count = scene.triangles.shape[0]
+        used = np.flatnonzero(np.bincount(visible, minlength=count)) if visible.size else np.zeros(0, int)
+        self.local = np.full(count, -1, dtype=np.int64)
+        self.local[used] = np.arange(used.size)
+        corners = scene.triangles[used]
+        v0 = scene.vertices[corners[:, 0]]
+        e1 = scene.vertices[corners[:, 1]] - v0
+        e2 = scene.vertices[corners[:, 2]] - v0
+        n = np.cross(e1, e2)
+        origin, direction = camera.affine_rays()
+        forward = camera.forward
+
+        def affine(rows_dot):  # rows_dot(k) gives the k-th coefficient column
+            return [rows_dot(k) for k in range(3)]
+
+        if camera.projection[3, 3] != 0.0:  # orthographic: origins vary, direction is forward
+            s0 = origin[0] - v0
+            a_u = np.cross(e2, forward)
+            a_v = np.cross(forward, e1)
+            u_terms = [np.einsum("ij,ij->i", s0, a_u), a_u @ origin[1], a_u @ origin[2]]
+            v_terms = [np.einsum("ij,ij->i", s0, a_v), a_v @ origin[1], a_v @ origin[2]]
+            n_terms = [n @ forward, np.zeros(used.size), np.zeros(used.size)]
+            d_terms = [-np.einsum("ij,ij->i", s0, n), -(n @ origin[1]), -(n @ origin[2])]
+        else:  # perspective: one origin, affine directions
+            s = origin[0] - v0
+            a_u = np.cross(s, e2)
+            a_v = np.cross(e1, s)
+            u_terms = affine(lambda k: a_u @ direction[k])
+            v_terms = affine(lambda k: a_v @ direction[k])
+            n_terms = affine(lambda k: n @ direction[k])
+            plane = -np.einsum("ij,ij->i", s, n)
+            d_terms = affine(lambda k: plane * (forward @ direction[k]))
+        self.hit = np.stack(u_terms + v_terms + n_terms + d_terms, axis=1)
+        self.winding = scene.winding[scene.triangle_instance[used]]
+
+        owner = scene.triangle_instance[used]
+        local_normals = scene.corner_normals[used].astype(np.float64)
+        world_normals = np.einsum("nij,nkj->nki", scene.normal_matrices[owner], local_normals)
+        self.normal = np.concatenate(
+            [world_normals[:, 0], world_normals[:, 1] - world_normals[:, 0], world_normals[:, 2] - world_normals[:, 0]],
+            axis=1,
+        )
+        self.previous = _affine_projection(scene.previous, corners, previous) if previous is not None else None
+        self.following = _affine_projection(scene.following, corners, following) if following is not None else None
+
+
+def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGeometry) -> np.ndarray:
+    """Clip x, y, w and view depth of a triangle's points at another frame, affine in (u, v): (T, 12)."""
+    q0 = vertices[corners[:, 0]]
+    q1 = vertices[corners[:, 1]] - q0
+    q2 = vertices[corners[:, 2]] - q0
+    vp = frame.camera.view_projection
+    view = frame.camera.view
+    rows = [vp[0], vp[1], vp[3], -view[2]]
+    columns = []
+    for row in rows:
+        columns += [q0 @ row[:3] + row[3], q1 @ row[:3], q2 @ row[:3]]
+    return np.stack(columns, axis=1)
+
+
+def _project_affine(coefficients: np.ndarray, u: np.ndarray, v: np.ndarray, camera: Camera):
+    c = coefficients
+    x = c[:, 0] + u * c[:, 1] + v * c[:, 2]
+    y = c[:, 3] + u * c[:, 4] + v * c[:, 5]
+    w = c[:, 6] + u * c[:, 7] + v * c[:, 8]
+    depth = c[:, 9] + u * c[:, 10] + v * c[:, 11]
+    in_front = w > 1e-12
+    safe = np.where(in_front, w, 1.0)
+    return (x / safe + 1.0) * (0.5 * camera.width), (y / safe + 1.0) * (0.5 * camera.height), depth, in_front
+
+
 def _intersect(origins, directions, v0, v1, v2):
     """Ray/plane-of-triangle intersection: ray parameter and barycentrics (u, v)."""
     e1 = v1 - v0
@@ -213,45 +297,45 @@ def compute_guides(
     else:
         occlusion[:] = 1.0
 
+    tables = _TriangleTables(scene, winner[covered], camera, previous, following)
     backfacing = 0
     for start in range(0, covered.size, PIXEL_CHUNK):
         pixels = covered[start:start + PIXEL_CHUNK]
-        tri = winner[pixels]
-        corner_index = scene.triangles[tri]
-        owner = scene.triangle_instance[tri]
-        pi = (pixels % width).astype(np.float64) + 0.5
-        pj = (pixels // width).astype(np.float64) + 0.5
-        origins, directions = camera.pixel_rays(pi, pj)
-        corners = scene.vertices[corner_index]
-        t, u, v = _intersect(origins, directions, corners[:, 0], corners[:, 1], corners[:, 2])
-        points = origins + directions * t[:, None]
+        local = tables.local[winner[pixels]]
+        px = (pixels % width).astype(np.float64) + 0.5
+        py = (pixels // width).astype(np.float64) + 0.5
 
-        depth[pixels] = camera.view_depth(points)
+        # Barycentrics and depth of the pixel-centre ray's hit: ratios of affine forms.
+        c = tables.hit[local]
+        denominator = c[:, 6] + px * c[:, 7] + py * c[:, 8]
+        inverse = 1.0 / np.where(denominator == 0.0, 1e-300, denominator)
+        u = (c[:, 0] + px * c[:, 1] + py * c[:, 2]) * inverse
+        v = (c[:, 3] + px * c[:, 4] + py * c[:, 5]) * inverse
+        depth[pixels] = (c[:, 9] + px * c[:, 10] + py * c[:, 11]) * inverse
+        del c
 
-        local = _interpolate(scene.corner_normals[tri].astype(np.float64), u, v)
-        shading = np.einsum("nij,nj->ni", scene.normal_matrices[owner], local)
-        geometric = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])
-        facing = np.einsum("ij,ij->i", geometric, directions) * scene.winding[owner]
-        facing_away = facing > 0.0
+        # The ray meets the geometric normal head-on unless it sees the back side.
+        facing_away = denominator * tables.winding[local] > 0.0
         backfacing += int(np.count_nonzero(facing_away))
+        n = tables.normal[local]
+        shading = n[:, 0:3] + u[:, None] * n[:, 3:6] + v[:, None] * n[:, 6:9]
+        del n
         shading[facing_away] *= -1.0
         normal[pixels] = _normalized(shading)
 
-        cur_x, cur_y, _, _ = camera.project(points)
         if previous is not None:
-            prev_points = _interpolate(scene.previous[corner_index], u, v)
-            prev_x, prev_y, prev_depth, prev_front = previous.camera.project(prev_points)
-            vector[pixels, 0] = prev_x - cur_x
-            vector[pixels, 1] = prev_y - cur_y
+            prev_x, prev_y, prev_depth, prev_front = _project_affine(tables.previous[local], u, v, previous.camera)
+            vector[pixels, 0] = prev_x - px
+            vector[pixels, 1] = prev_y - py
+            tri = winner[pixels]
             occlusion[pixels] = _hidden_before(
                 previous.camera, previous_raster, previous_depth, all_previous, all_triangles, tri,
-                scene.in_previous[owner], prev_x, prev_y, prev_depth, prev_front,
+                scene.in_previous[scene.triangle_instance[tri]], prev_x, prev_y, prev_depth, prev_front,
             )
         if following is not None:
-            next_points = _interpolate(scene.following[corner_index], u, v)
-            next_x, next_y, _, _ = following.camera.project(next_points)
-            vector[pixels, 2] = cur_x - next_x
-            vector[pixels, 3] = cur_y - next_y
+            next_x, next_y, _, _ = _project_affine(tables.following[local], u, v, following.camera)
+            vector[pixels, 2] = px - next_x
+            vector[pixels, 3] = py - next_y
 
     if previous is not None:
         # Background: a fresh pixel unless it was background a frame ago as well.

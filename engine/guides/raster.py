@@ -207,32 +207,56 @@ def _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, w
 
     index = np.nonzero(~small)[0]
     if index.size:
-        counts = box_w[index] * box_h[index]
-        offsets = np.concatenate([[0], np.cumsum(counts)])
-        total = int(offsets[-1])
-        for start in range(0, total, CHUNK_CANDIDATES):
-            stop = min(start + CHUNK_CANDIDATES, total)
-            first = int(np.searchsorted(offsets, start, side="right") - 1)
-            last = int(np.searchsorted(offsets, stop - 1, side="right") - 1)
-            span = np.arange(first, last + 1)
-            lo = np.maximum(offsets[span], start)
-            hi = np.minimum(offsets[span + 1], stop)
-            local_tri = np.repeat(span, hi - lo)
-            local = np.arange(start, stop) - offsets[local_tri]
-            tri = index[local_tri]
-            bw = box_w[tri]
-            di = local % bw
-            dj = local // bw
-            fx, fy = di + 0.5, dj + 0.5
-            e1 = c1[tri] + a1[tri] * fx + b1[tri] * fy
-            e2 = c2[tri] + a2[tri] * fx + b2[tri] * fy
-            depth = cz[tri] + az[tri] * fx + bz[tri] * fy
-            inside = (
-                (e1 >= -EDGE_EPSILON) & (e2 >= -EDGE_EPSILON) & (1.0 - e1 - e2 >= -EDGE_EPSILON)
-                & (depth <= 1.0) & (depth >= -1.0 - 1e-9)
-            )
-            pixel = (j0[tri] + dj) * width + (i0[tri] + di)
-            _resolve(pixel[inside], depth[inside], tri_ids[tri[inside]], zbuffer, winner)
+        _fill_spans(index, coefficients, i0, j0, box_w, box_h, tri_ids, width, zbuffer, winner)
+
+
+def _fill_spans(index, coefficients, i0, j0, box_w, box_h, tri_ids, width, zbuffer, winner):
+    """Larger triangles, row by row: each row's covered span comes from the three edge
+    functions, so only covered pixels are ever enumerated."""
+    a1, b1, c1, a2, b2, c2, az, bz, cz = (c[index] for c in coefficients)
+    rows = box_h[index]
+    row_offsets = np.concatenate([[0], np.cumsum(rows)])
+    for start in range(0, int(row_offsets[-1]), CHUNK_CANDIDATES // 64):
+        stop = min(start + CHUNK_CANDIDATES // 64, int(row_offsets[-1]))
+        first = int(np.searchsorted(row_offsets, start, side="right") - 1)
+        last = int(np.searchsorted(row_offsets, stop - 1, side="right") - 1)
+        span = np.arange(first, last + 1)
+        lo_row = np.maximum(row_offsets[span], start)
+        hi_row = np.minimum(row_offsets[span + 1], stop)
+        tri = np.repeat(span, hi_row - lo_row)
+        dj = np.arange(start, stop) - row_offsets[tri]
+        fy = dj + 0.5
+        # Along the row each edge function is alpha + a * fx; keep fx where all three >= -eps.
+        e1_0 = c1[tri] + b1[tri] * fy
+        e2_0 = c2[tri] + b2[tri] * fy
+        e0_0 = 1.0 - e1_0 - e2_0
+        lo = np.zeros(tri.size)
+        hi = np.full(tri.size, np.inf)
+        empty = np.zeros(tri.size, dtype=bool)
+        for alpha, slope in ((e1_0, a1[tri]), (e2_0, a2[tri]), (e0_0, -a1[tri] - a2[tri])):
+            alpha = alpha + EDGE_EPSILON
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bound = -alpha / slope
+            lo = np.where(slope > 0, np.maximum(lo, bound), lo)
+            hi = np.where(slope < 0, np.minimum(hi, bound), hi)
+            empty |= (slope == 0) & (alpha < 0)
+        first_px = np.maximum(np.ceil(lo - 0.5), 0).astype(np.int64)
+        last_px = np.minimum(np.floor(np.minimum(hi, box_w[index][tri]) - 0.5), box_w[index][tri] - 1)
+        last_px = last_px.astype(np.int64)
+        counts = np.where(empty, 0, np.maximum(last_px - first_px + 1, 0))
+        total = int(counts.sum())
+        if total == 0:
+            continue
+        run = np.repeat(np.arange(tri.size), counts)
+        run_offsets = np.concatenate([[0], np.cumsum(counts)])
+        di = first_px[run] + (np.arange(total) - run_offsets[run])
+        owner = tri[run]
+        fx = di + 0.5
+        depth = cz[owner] + az[owner] * fx + bz[owner] * fy[run]
+        keep = (depth <= 1.0) & (depth >= -1.0 - 1e-9)
+        g = index[owner]
+        pixel = (j0[g] + dj[run]) * width + (i0[g] + di)
+        _resolve(pixel[keep], depth[keep], tri_ids[g[keep]], zbuffer, winner)
 
 
 def _resolve(pixel, depth, ids, zbuffer, winner):
