@@ -55,3 +55,12 @@ def use_cycles_reference(scene) -> None:
         layer.use_pass_z = True
         layer.use_pass_normal = True
         layer.use_pass_vector = True
+
+
+def set_png(scene, color_mode: str = "RGB") -> None:
+    settings = scene.render.image_settings
+    if hasattr(settings, "media_type"):  # Blender 5.0+
+        settings.media_type = "IMAGE"
+    settings.file_format = "PNG"
+    settings.color_mode = color_mode
+    settings.color_depth = "8"
