@@ -1,0 +1,51 @@
+# Silk: the commands a developer runs. Everything is installed from the package
+# registries into .venv (Blender 5.0 as a Python module) and .venv-blender42 (the
+# oldest supported LTS), so a fresh machine needs only Python 3.11 and make.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+BLENDER_VERSION ?= 5.0.1
+BLENDER_LTS_VERSION ?= 4.2.23
+VENV := .venv
+VENV_LTS := .venv-blender42
+PYTEST_ARGS ?=
+
+.PHONY: all venv demo test test-latest test-lts bench build clean
+
+all: test
+
+$(VENV)/.ready: requirements/test.txt Makefile
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Blender 4.2-5.0 as a module needs Python 3.11; set PYTHON=/path/to/python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet bpy==$(BLENDER_VERSION) -r requirements/test.txt
+	touch $@
+
+$(VENV_LTS)/.ready: requirements/test.txt Makefile
+	$(PYTHON) -m venv $(VENV_LTS)
+	$(VENV_LTS)/bin/python -m pip install --quiet bpy==$(BLENDER_LTS_VERSION) -r requirements/test.txt
+	touch $@
+
+venv: $(VENV)/.ready $(VENV_LTS)/.ready
+
+## Render the demo scene's guides to out/ (passes, guide pictures, contact sheet).
+demo: $(VENV)/.ready
+	$(VENV)/bin/python tools/demo.py
+
+## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
+test: test-latest test-lts
+
+test-latest: $(VENV)/.ready
+	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+test-lts: $(VENV_LTS)/.ready
+	$(VENV_LTS)/bin/python -m pytest tests $(PYTEST_ARGS)
+
+## Guides against Cycles on a 200k-triangle scene at 512x512 (see docs/benchmarks.md).
+bench: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_guides.py
+
+## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
+build: $(VENV)/.ready
+	$(VENV)/bin/python tools/build_extension.py --output-dir dist
+
+clean:
+	rm -rf dist out .pytest_cache
