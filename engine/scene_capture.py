@@ -88,16 +88,75 @@ def _bool_attribute(mesh, name: str, size: int):
     return values
 
 
-def _mesh_arrays(mesh, positions_only: bool = False) -> Mesh:
+class TopologyCache:
+    """Triangles and normals of meshes seen in the last render, for reuse.
+
+    Reading triangle corners from Blender is the slowest part of capturing a frame.
+    A mesh whose object-space positions, corner vertices and triangle-to-face map are
+    exactly those of last time has exactly the same triangulation and normals (even
+    a quad's split depends only on its positions), which is the common case in an
+    animation of rigid objects. Anything else is read afresh.
+    """
+
+    def __init__(self):
+        self._entries: dict = {}
+        self._used: dict = {}
+
+    def lookup(self, key, positions, corner_vertices, face_of_triangle, shading_key):
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if not (entry["shading"] == shading_key
+                and np.array_equal(entry["positions"], positions)
+                and np.array_equal(entry["corner_vertices"], corner_vertices)
+                and np.array_equal(entry["face_of_triangle"], face_of_triangle)):
+            return None
+        self._used[key] = entry
+        return entry["mesh"]
+
+    def store(self, key, positions, corner_vertices, face_of_triangle, shading_key, mesh):
+        self._used[key] = {
+            "positions": positions, "corner_vertices": corner_vertices,
+            "face_of_triangle": face_of_triangle, "shading": shading_key, "mesh": mesh,
+        }
+
+    def finish_render(self):
+        """Keep only what the render used, so the cache never outgrows one scene."""
+        self._entries, self._used = self._used, {}
+
+
+topology_cache = TopologyCache()
+
+
+def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     positions = _positions(mesh)
     if positions_only:
         return Mesh(positions)
     loop_triangles = mesh.loop_triangles
     triangle_count = len(loop_triangles)
+    corner_vertices = _corner_vertices(mesh)
+    face_of_triangle = np.empty(triangle_count, dtype=np.int32)
+    mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
+    shading_key = (mesh.has_custom_normals, _attribute_bytes(mesh, "sharp_edge", len(mesh.edges)),
+                   _attribute_bytes(mesh, "sharp_face", len(mesh.polygons)))
+    if mesh.has_custom_normals:
+        cache_key = None  # custom normals can change while positions stay the same
+    if cache_key is not None:
+        found = topology_cache.lookup(cache_key, positions, corner_vertices, face_of_triangle, shading_key)
+        if found is not None:
+            return found
     corners = np.empty(triangle_count * 3, dtype=np.int32)
     loop_triangles.foreach_get("loops", corners)
-    triangles = _corner_vertices(mesh)[corners]
-    return Mesh(positions, triangles, _shading_normals(mesh, corners, triangles, triangle_count))
+    triangles = corner_vertices[corners]
+    result = Mesh(positions, triangles, _shading_normals(mesh, corners, triangles, triangle_count))
+    if cache_key is not None:
+        topology_cache.store(cache_key, positions, corner_vertices, face_of_triangle, shading_key, result)
+    return result
+
+
+def _attribute_bytes(mesh, name: str, size: int) -> bytes:
+    values = _bool_attribute(mesh, name, size)
+    return b"" if values is None else np.packbits(values).tobytes()
 
 
 def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, triangle_count: int) -> np.ndarray:
@@ -180,7 +239,7 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
 
 def _read_mesh(obj, positions_only: bool) -> Mesh | None:
     if obj.type == "MESH":
-        return _mesh_arrays(obj.data, positions_only)
+        return _mesh_arrays(obj.data, positions_only, ("mesh", obj.original.name, obj.data.original.name))
     try:
         mesh = obj.to_mesh()
     except RuntimeError:
@@ -218,4 +277,5 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
             warnings.append(f"No motion to the next frame: {error}")
     finally:
         engine.frame_set(frame, subframe)
+        topology_cache.finish_render()
     return current, previous, following, warnings

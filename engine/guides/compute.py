@@ -22,6 +22,7 @@ import numpy as np
 
 from .camera import Camera
 from .geometry import FrameGeometry, Instance, transform_points
+from . import kernels
 from .raster import rasterize
 
 BACKGROUND_DEPTH = 1.0e10
@@ -194,7 +195,7 @@ class _TriangleTables:
 
         owner = scene.triangle_instance[used]
         local_normals = scene.corner_normals[used].astype(np.float64)
-        world_normals = np.einsum("nij,nkj->nki", scene.normal_matrices[owner], local_normals)
+        world_normals = np.matmul(local_normals, scene.normal_matrices[owner].transpose(0, 2, 1))
         self.normal = np.concatenate(
             [world_normals[:, 0], world_normals[:, 1] - world_normals[:, 0], world_normals[:, 2] - world_normals[:, 0]],
             axis=1,
@@ -257,11 +258,14 @@ def compute_guides(
     current: FrameGeometry,
     previous: FrameGeometry | None = None,
     following: FrameGeometry | None = None,
+    use_kernels: bool = True,
 ) -> GuideSet:
     """Depth, normal, vector and occlusion guides of ``current``'s camera view.
 
     ``previous`` and ``following`` are the same scene evaluated one frame earlier
-    and later (their cameras give the motion of the camera itself).
+    and later (their cameras give the motion of the camera itself). All three share
+    the render size. ``use_kernels=False`` forces the numpy reference path even when
+    the compiled kernels are available.
     """
     camera = current.camera
     width, height = camera.width, camera.height
@@ -270,7 +274,10 @@ def compute_guides(
     scene = _build_scene(current, previous, following, notes)
     triangle_count = scene.triangles.shape[0]
 
-    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height)
+    for frame in (previous, following):
+        if frame is not None and (frame.camera.width, frame.camera.height) != (width, height):
+            raise ValueError("all frames must share the render size")
+    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
     winner = winner.reshape(-1)
     covered = np.nonzero(winner >= 0)[0]
 
@@ -288,8 +295,7 @@ def compute_guides(
         all_triangles = np.concatenate([scene.triangles, only], axis=0)
         ids = np.concatenate([existing, triangle_count + np.arange(only.shape[0])])
         previous_raster, previous_z = rasterize(
-            previous.camera.to_clip(all_previous), all_triangles[ids], previous.camera.width,
-            previous.camera.height, ids,
+            previous.camera.to_clip(all_previous), all_triangles[ids], width, height, ids, use_kernels,
         )
         previous_raster = previous_raster.reshape(-1)
         previous_depth = np.where(np.isfinite(previous_z), previous.camera.depth_from_ndc(previous_z), np.inf)
@@ -298,8 +304,27 @@ def compute_guides(
         occlusion[:] = 1.0
 
     tables = _TriangleTables(scene, winner[covered], camera, previous, following)
-    backfacing = 0
-    for start in range(0, covered.size, PIXEL_CHUNK):
+    if kernels.AVAILABLE and use_kernels:
+        own = winner[covered]
+        no_table = np.zeros((0, 12))
+        backfacing = kernels.guide_pixels(
+            covered, tables.local[own], width, height, tables.hit, tables.normal, tables.winding,
+            tables.previous if previous is not None else no_table,
+            tables.following if following is not None else no_table,
+            scene.in_previous[scene.triangle_instance[own]], own,
+            previous_raster if previous is not None else np.zeros(1, dtype=np.int64),
+            previous_depth if previous is not None else np.zeros(1),
+            previous.camera.inverse_view_projection if previous is not None else np.eye(4),
+            previous.camera.view[2] if previous is not None else np.zeros(4),
+            all_previous if previous is not None else np.zeros((1, 3)),
+            all_triangles if previous is not None else np.zeros((1, 3), dtype=np.int64),
+            depth, normal, vector, occlusion,
+        )
+        covered_chunks = range(0)
+    else:
+        backfacing = 0
+        covered_chunks = range(0, covered.size, PIXEL_CHUNK)
+    for start in covered_chunks:
         pixels = covered[start:start + PIXEL_CHUNK]
         local = tables.local[winner[pixels]]
         px = (pixels % width).astype(np.float64) + 0.5

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
+
 # Candidate (pixel, triangle) pairs processed at once; bounds memory at any size.
 CHUNK_CANDIDATES = 1 << 21
 # Barycentric slack so that shared edges never leave cracks between triangles.
@@ -86,7 +88,7 @@ def _rolled(values: np.ndarray, start: np.ndarray):
 
 
 def rasterize(clip_vertices: np.ndarray, triangles: np.ndarray, width: int, height: int,
-              ids: np.ndarray | None = None):
+              ids: np.ndarray | None = None, use_kernels: bool = True):
     """Visibility of indexed triangles whose vertices are given in clip space (V, 4).
 
     Returns ``(winner, z)``: arrays of shape (height, width), rows bottom-up as in
@@ -100,6 +102,10 @@ def rasterize(clip_vertices: np.ndarray, triangles: np.ndarray, width: int, heig
     zbuffer = np.full(width * height, np.inf)
     winner = np.full(width * height, -1, dtype=np.int64)
     if triangles.shape[0] == 0:
+        return winner.reshape(height, width), zbuffer.reshape(height, width)
+    if kernels.AVAILABLE and use_kernels:
+        kernels.rasterize_indexed(clip_vertices, triangles, np.asarray(ids, dtype=np.int64), width, height,
+                                  zbuffer, winner)
         return winner.reshape(height, width), zbuffer.reshape(height, width)
 
     x, y, z, w = (np.ascontiguousarray(clip_vertices[:, k]) for k in range(4))
@@ -144,11 +150,12 @@ def rasterize(clip_vertices: np.ndarray, triangles: np.ndarray, width: int, heig
     return winner.reshape(height, width), zbuffer.reshape(height, width)
 
 
-def rasterize_triangles(clip: np.ndarray, width: int, height: int, ids: np.ndarray | None = None):
+def rasterize_triangles(clip: np.ndarray, width: int, height: int, ids: np.ndarray | None = None,
+                        use_kernels: bool = True):
     """Visibility of a triangle soup given in clip space (T, 3, 4); see :func:`rasterize`."""
     clip = np.asarray(clip, dtype=np.float64).reshape(-1, 3, 4)
     triangles = np.arange(clip.shape[0] * 3, dtype=np.int64).reshape(-1, 3)
-    return rasterize(clip.reshape(-1, 4), triangles, width, height, ids)
+    return rasterize(clip.reshape(-1, 4), triangles, width, height, ids, use_kernels)
 
 
 def _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, winner):

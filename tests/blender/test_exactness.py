@@ -150,6 +150,19 @@ RIGID = {"moving_objects", "moving_camera", "orthographic", "lens_shift_and_aspe
 
 @pytest.mark.parametrize("name", sorted(SCENES))
 def test_guides_match_cycles(silk, tmp_path, name):
+    check_against_cycles(tmp_path, name)
+
+
+@pytest.mark.parametrize("name", ["moving_objects", "near_plane_cut", "instances"])
+def test_numpy_path_matches_cycles_too(silk, tmp_path, monkeypatch, name):
+    """Without the compiled kernels (numba missing) the guides meet the same tolerances."""
+    from silk.engine.guides import kernels
+
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    check_against_cycles(tmp_path, name)
+
+
+def check_against_cycles(tmp_path, name):
     scene = SCENES[name]()
     scene.frame_set(FRAME)
     cycles = render_passes(scene, tmp_path / "cycles.exr", "CYCLES")

@@ -1,0 +1,58 @@
+"""The compiled kernels and the numpy reference path give the same guides."""
+import numpy as np
+import pytest
+
+from silk.engine.guides import Camera, compute_guides, kernels
+from silk.engine.guides.raster import rasterize_triangles
+from tests.synthetic import camera, frame, placed, quad, translation, uv_sphere
+
+
+
+def test_numba_is_installed_for_the_tests():
+    # The suite must exercise both paths; without numba only one would run.
+    assert kernels.AVAILABLE
+
+
+def busy_scene():
+    cam_now = camera(width=90, height=70)
+    cam_before = Camera(view=translation(x=-0.15, y=0.05), projection=cam_now.projection, width=90,
+                        height=70, clip_start=0.1, clip_end=100)
+    wall = quad(60)
+    ball = uv_sphere(1.0, 48, 24)
+    card = quad(1.5)
+    now = frame(cam_now, placed("wall", wall, translation(z=-12)), placed("ball", ball, translation(x=0.4, z=-6)),
+                placed("card", card, translation(x=-1.0, y=0.3, z=-4)))
+    before = frame(cam_before, placed("wall", wall, translation(z=-12)), placed("ball", ball, translation(x=-0.3, z=-6.2)),
+                   placed("card", card, translation(x=-0.2, y=0.2, z=-4)))
+    after = frame(cam_now, placed("wall", wall, translation(z=-12)), placed("ball", ball, translation(x=0.9, z=-5.9)))
+    return now, before, after
+
+
+def test_guides_are_identical_on_both_paths():
+    now, before, after = busy_scene()
+    fast = compute_guides(now, before, after, use_kernels=True)
+    slow = compute_guides(now, before, after, use_kernels=False)
+    assert np.array_equal(fast.coverage, slow.coverage)
+    assert np.allclose(fast.depth, slow.depth, rtol=1e-6)
+    assert np.allclose(fast.normal, slow.normal, atol=1e-6)
+    assert np.allclose(fast.vector, slow.vector, atol=1e-5)
+    assert np.mean(fast.occlusion == slow.occlusion) > 0.999
+    assert fast.occlusion.sum() > 20  # the scene does uncover things
+    assert fast.backfacing_fraction == pytest.approx(slow.backfacing_fraction)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rasterisers_agree_on_random_triangles_including_behind_the_camera(seed):
+    rng = np.random.default_rng(seed)
+    count, width, height = 300, 61, 47
+    xy = rng.uniform(-1.5, 1.5, (count, 1, 2)) + rng.normal(0, 1, (count, 3, 2)) * np.where(
+        rng.random((count, 1, 1)) < 0.5, 0.03, 0.6)
+    w = rng.uniform(-0.5, 5, (count, 3, 1))
+    z = rng.uniform(-1.2, 1.2, (count, 3, 1))
+    clip = np.concatenate([xy * np.abs(w), z * np.abs(w) - np.where(w < 0, 2, 0), w], axis=-1)
+    fast, fast_z = rasterize_triangles(clip, width, height, use_kernels=True)
+    slow, slow_z = rasterize_triangles(clip, width, height, use_kernels=False)
+    assert np.array_equal(fast, slow)
+    finite = np.isfinite(slow_z)
+    assert np.array_equal(np.isfinite(fast_z), finite)
+    assert np.allclose(fast_z[finite], slow_z[finite], rtol=0, atol=1e-12)
