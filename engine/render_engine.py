@@ -16,7 +16,7 @@ import numpy as np
 
 from . import conditioning
 from .color import srgb_to_linear
-from .guides import compute_guides
+from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_frame, capture_motion_frames, render_size
 
 log = logging.getLogger("silk")
@@ -89,7 +89,10 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         current, previous, following, warnings = capture_motion_frames(self, depsgraph, camera_object, width, height)
         if self.test_break():
             return
-        self.update_stats("Silk", "Computing guides")
+        if kernels.AVAILABLE and not kernels.rasterize_indexed.signatures:
+            self.update_stats("Silk", "Loading the guide kernels (compiled on the first render after install)")
+        else:
+            self.update_stats("Silk", "Computing guides")
         guides = compute_guides(current, previous, following)
         for note in dict.fromkeys(guides.notes):
             log.info(note)

@@ -67,14 +67,19 @@ def build_scene(size: int, keep_modifiers: bool = False):
     return scene, triangles
 
 
-def time_renders(repeats: int) -> list:
-    bpy.ops.render.render()  # warm-up: first-use costs (kernels, caches)
+def time_renders(repeats: int, before_each=None) -> tuple:
+    """The first render (first-use costs: kernels, caches) and ``repeats`` more."""
+    started = time.perf_counter()
+    bpy.ops.render.render()
+    first = time.perf_counter() - started
     times = []
     for _ in range(repeats):
+        if before_each is not None:
+            before_each()
         started = time.perf_counter()
         bpy.ops.render.render()
         times.append(time.perf_counter() - started)
-    return times
+    return first, times
 
 
 def main(argv=None):
@@ -87,14 +92,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     load_silk()
+    from silk.engine.guides import kernels
+
     scene, triangles = build_scene(args.size, args.keep_modifiers)
 
     use_cycles_reference(scene)
-    cycles = time_renders(args.repeats)
+    cycles_first, cycles = time_renders(args.repeats)
 
     scene.render.engine = "SILK"
     scene.silk.mode = "GUIDES"
-    silk = time_renders(args.repeats)
+    silk_first, silk = time_renders(args.repeats)
+    # The same with the mesh topology cache emptied before each render (as if every
+    # mesh had changed shape since the last render).
+    from silk.engine.scene_capture import topology_cache
+
+    def forget_topology():
+        topology_cache.finish_render()
+        topology_cache.finish_render()
+
+    _, silk_uncached = time_renders(args.repeats, forget_topology)
 
     cycles_median, silk_median = statistics.median(cycles), statistics.median(silk)
     result = {
@@ -103,13 +119,21 @@ def main(argv=None):
         "triangles": triangles,
         "size": args.size,
         "live_modifiers": args.keep_modifiers,
+        "compiled_kernels": kernels.AVAILABLE,
+        "cycles_first_render": round(cycles_first, 4),
+        "silk_first_render": round(silk_first, 4),
         "cycles_seconds": [round(t, 4) for t in cycles],
         "silk_seconds": [round(t, 4) for t in silk],
         "cycles_median": round(cycles_median, 4),
         "silk_median": round(silk_median, 4),
         "ratio": round(silk_median / cycles_median, 3),
+        "silk_uncached_seconds": [round(t, 4) for t in silk_uncached],
+        "silk_uncached_median": round(statistics.median(silk_uncached), 4),
+        "uncached_ratio": round(statistics.median(silk_uncached) / cycles_median, 3),
     }
     print(json.dumps(result, indent=2))
+    print(f"First render: Silk {silk_first:.3f} s, Cycles {cycles_first:.3f} s")
+    print(f"Silk without the topology cache: {result['silk_uncached_median']:.3f} s ({result['uncached_ratio']:.2f}x)")
     print(f"Silk guides {silk_median:.3f} s vs Cycles {cycles_median:.3f} s: "
           f"{result['ratio']:.2f}x (goal <= 0.5x) for {triangles} triangles at {args.size}x{args.size}")
     if args.json:

@@ -56,20 +56,6 @@ class Camera:
         flat = np.asarray(points, dtype=np.float64).reshape(-1, 3)
         return (flat @ m[:, :3].T + m[:, 3]).reshape(points.shape[:-1] + (4,))
 
-    def project(self, points: np.ndarray):
-        """World points (..., 3) to raster x, raster y (y up), view depth, in-front mask."""
-        m = self.view_projection
-        x = points @ m[0, :3] + m[0, 3]
-        y = points @ m[1, :3] + m[1, 3]
-        w = points @ m[3, :3] + m[3, 3]
-        v = self.view
-        depth = -(points @ v[2, :3] + v[2, 3])
-        in_front = w > 1e-12
-        safe_w = np.where(in_front, w, 1.0)
-        px = (x / safe_w + 1.0) * (0.5 * self.width)
-        py = (y / safe_w + 1.0) * (0.5 * self.height)
-        return px, py, depth, in_front
-
     def view_depth(self, points: np.ndarray) -> np.ndarray:
         v = self.view
         return -(points @ v[2, :3] + v[2, 3])

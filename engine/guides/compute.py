@@ -1,8 +1,9 @@
 """Per-pixel guides with Cycles' pass conventions.
 
 For each pixel the rasteriser names the visible triangle; the values are then
-computed exactly (float64) by intersecting the pixel's centre ray with that
-triangle, so depth, normal and motion are as precise as the geometry itself.
+computed exactly (float64) where the pixel's centre ray meets that triangle, so
+depth, normal and motion are as precise as the geometry itself. The compiled
+kernels (``kernels.py``) and the numpy code here compute the same thing.
 
 Conventions (the same as Cycles' passes):
 - ``depth``: distance along the camera's view axis, background ``BACKGROUND_DEPTH``.
@@ -248,10 +249,6 @@ def _intersect(origins, directions, v0, v1, v2):
 def _normalized(vectors: np.ndarray) -> np.ndarray:
     length = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.where(length > 0, length, 1.0)
-
-
-def _interpolate(corners: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return corners[:, 0] * (1.0 - u - v)[:, None] + corners[:, 1] * u[:, None] + corners[:, 2] * v[:, None]
 
 
 def compute_guides(

@@ -78,13 +78,3 @@ class FrameGeometry:
 def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     flat = points.reshape(-1, 3)
     return (flat @ matrix[:3, :3].T + matrix[:3, 3]).reshape(points.shape)
-
-
-def transform_normals(matrix: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """Normals transform with the inverse transpose of the linear part (unnormalised)."""
-    linear = matrix[:3, :3]
-    try:
-        normal_matrix = np.linalg.inv(linear).T
-    except np.linalg.LinAlgError:
-        normal_matrix = np.zeros((3, 3))
-    return (normals.reshape(-1, 3) @ normal_matrix.T).reshape(normals.shape)

@@ -6,14 +6,19 @@ import sys
 import zipfile
 
 from tools.blender_env import ROOT
-from tools.build_extension import build
+from tools.build_extension import archive_for_this_machine, build
 
 
 def test_built_zip_installs_enables_and_renders(tmp_path):
-    archive = build(str(tmp_path / "dist"))
+    archives = build(str(tmp_path / "dist"))
+    assert {os.path.basename(a).rsplit("-", 1)[1] for a in archives} == {
+        "linux_x64.zip", "windows_x64.zip", "macos_arm64.zip", "macos_x64.zip"}
+    archive = archive_for_this_machine(archives)
     names = zipfile.ZipFile(archive).namelist()
     assert "blender_manifest.toml" in names and "engine/guides/raster.py" in names
     assert not any(name.startswith(("tests/", "docs/", "tools/", ".")) for name in names)
+    wheels = [name for name in names if name.endswith(".whl")]
+    assert len(wheels) == 2 and all("linux" in name for name in wheels)  # only this platform's
 
     user = tmp_path / "user"
     user.mkdir()
@@ -28,4 +33,6 @@ def test_built_zip_installs_enables_and_renders(tmp_path):
     assert "bl_ext.user_default.silk" in report["enabled"]
     assert report["module_file"].startswith(str(user))  # the installed copy, not the checkout
     assert report["engine"] == "SILK"
+    assert report["bundled_numba"], "the extension's numba wheel was not installed"
+    assert report["kernels"], "the installed extension did not get its compiled kernels"
     assert output.exists() and output.stat().st_size > 0

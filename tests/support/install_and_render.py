@@ -32,8 +32,16 @@ settings.file_format = "PNG"
 scene.render.filepath = output
 bpy.ops.render.render(write_still=True)
 module = sys.modules.get("bl_ext.user_default.silk")
+kernels = sys.modules.get("bl_ext.user_default.silk.engine.guides.kernels")
+import glob  # noqa: E402
+import os  # noqa: E402
+
+bundled = glob.glob(os.path.join(os.environ["BLENDER_USER_RESOURCES"], "extensions", ".local", "lib",
+                                 "python*", "site-packages", "numba"))
 print("RESULT " + json.dumps({
     "enabled": enabled,
     "module_file": getattr(module, "__file__", None),
     "engine": scene.render.engine,
+    "kernels": bool(kernels and kernels.AVAILABLE),
+    "bundled_numba": bundled,
 }))
