@@ -3,6 +3,7 @@
 Used by tests, benchmarks and the demo so they run the checkout itself; the
 packaged extension is tested separately from the built zip.
 """
+import atexit
 import importlib.util
 import os
 import sys
@@ -25,7 +26,17 @@ def load_silk(register: bool = True):
 
         if not hasattr(bpy.types.Scene, "silk"):
             module.register()
+            # Blender 4.2's Python module crashes at exit (SIGSEGV) while any Python
+            # render engine is still registered; unregister first.
+            atexit.register(_unregister, module)
     return module
+
+
+def _unregister(module) -> None:
+    import bpy
+
+    if hasattr(bpy.types.Scene, "silk"):
+        module.unregister()
 
 
 def set_multilayer_exr(scene) -> None:
