@@ -1,0 +1,442 @@
+"""The client Blender uses to drive the diffusion worker. No ``bpy`` here.
+
+Every wait has a deadline. While a request runs, the client pings the worker; a
+worker that stops answering is killed (``WorkerHung``), one that dies is noticed
+at once through its closed connection (``WorkerCrashed``), and the next request
+starts a fresh worker by itself. The worker's output goes to a log file the UI can
+open. Frames travel through shared memory-mapped files (local worker) or inline
+(remote worker).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import protocol
+from .frames import SharedFrames
+
+WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
+
+class WorkerError(Exception):
+    """A problem with the worker, worded for the user."""
+
+    code = "worker"
+
+
+class WorkerUnavailable(WorkerError):
+    code = "unavailable"
+
+
+class WorkerCrashed(WorkerError):
+    code = "crashed"
+
+
+class WorkerHung(WorkerError):
+    code = "hung"
+
+
+class WorkerTimeout(WorkerError):
+    code = "timeout"
+
+
+class JobCancelled(WorkerError):
+    code = "cancelled"
+
+
+class JobFailed(WorkerError):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class WorkerConfig:
+    python: str | None = None  # local worker: the Python that runs it
+    remote: tuple | None = None  # (host, port, token): a worker elsewhere
+    log_path: str | None = None
+    start_timeout: float = 60.0
+    connect_timeout: float = 10.0
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 4.0
+    env: dict = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    step: int
+    steps: int
+    preview: np.ndarray | None = None
+
+
+class WorkerClient:
+    def __init__(self, config: WorkerConfig):
+        self.config = config
+        self.process: subprocess.Popen | None = None
+        self.frames: SharedFrames | None = None
+        self.shared_frames = False
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.worker_pid: int | None = None
+        self._sock: socket.socket | None = None
+        self._inbox: queue.Queue = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._next_id = 1
+        self._alive = False
+        self._last_heard = 0.0
+        self._log_handle = None
+        self._reader: threading.Thread | None = None
+
+    # -- lifetime ---------------------------------------------------------
+    @property
+    def log_path(self) -> str | None:
+        return self.config.log_path
+
+    def ensure_started(self) -> None:
+        if self._alive and (self.process is None or self.process.poll() is None):
+            return
+        self.stop()
+        self.state = "starting"
+        try:
+            if self.config.remote:
+                host, port, token = self.config.remote
+                self._connect(host, int(port), token, shared=False)
+            else:
+                self._start_local()
+        except WorkerError as error:
+            self.state, self.last_error = "error", str(error)
+            self.stop(keep_state=True)
+            raise
+        self.state = "ready"
+        self.last_error = None
+
+    def _start_local(self) -> None:
+        python = self.config.python
+        if not python:
+            raise WorkerUnavailable("No Python is set for the Silk worker")
+        if not os.path.exists(python):
+            raise WorkerUnavailable(f"The worker Python '{python}' does not exist. Set SILK_WORKER_PYTHON, "
+                                    "choose one in Silk's preferences, or run 'Install worker environment'")
+        self.frames = SharedFrames()
+        token = secrets.token_urlsafe(24)
+        port_file = os.path.join(self.frames.directory, "port")
+        env = dict(os.environ)
+        # Inside Blender these point at Blender's own Python; the worker runs another one.
+        env.pop("PYTHONHOME", None)
+        env.pop("PYTHONPATH", None)
+        env.update(self.config.env, SILK_WORKER_TOKEN=token, PYTHONUNBUFFERED="1")
+        log_path = self.config.log_path or os.path.join(self.frames.directory, "worker.log")
+        self.config.log_path = log_path
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        self._log_handle = open(log_path, "ab")
+        self._log_handle.write(f"\n--- Silk worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
+        self._log_handle.flush()
+        command = [python, WORKER_SCRIPT, "--port-file", port_file, "--parent-pid", str(os.getpid()),
+                   "--exit-on-disconnect"]
+        try:
+            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_handle,
+                                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as error:
+            raise WorkerUnavailable(f"Cannot run the worker Python '{python}': {error.strerror}") from None
+        deadline = time.monotonic() + self.config.start_timeout
+        while not os.path.exists(port_file):
+            if self.process.poll() is not None:
+                raise WorkerUnavailable(f"The worker stopped while starting (exit code {self.process.returncode}): "
+                                        f"{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise WorkerUnavailable(f"The worker did not start within {self.config.start_timeout:.0f} s; "
+                                        f"see its log: {log_path}")
+            time.sleep(0.02)
+        with open(port_file) as handle:
+            port = int(handle.read())
+        self._connect("127.0.0.1", port, token, shared=True)
+
+    def _connect(self, host: str, port: int, token: str, shared: bool) -> None:
+        try:
+            self._sock = socket.create_connection((host, port), timeout=self.config.connect_timeout)
+        except OSError as error:
+            raise WorkerUnavailable(f"Cannot connect to the worker at {host}:{port}: {error}") from None
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock.settimeout(None)
+        self._alive = True
+        self._inbox = queue.Queue()
+        self._reader = threading.Thread(target=self._read_loop, args=(self._sock,), name="silk-worker-reader",
+                                        daemon=True)
+        self._reader.start()
+        hello = {"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": token, "client": "silk"}
+        if shared and self.frames is not None:
+            hello.update(shared_dir=self.frames.directory, probe=self.frames.probe_secret)
+        reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        if reply.get("type") != "hello":
+            raise WorkerUnavailable("The worker did not greet back")
+        self.worker_pid = reply.get("pid")
+        self.shared_frames = bool(reply.get("shared_frames"))
+        if reply.get("missing"):
+            raise WorkerUnavailable(
+                "The worker's Python lacks " + ", ".join(reply["missing"]) + ". Run 'Install worker environment' in "
+                "Silk's preferences, or install them into that Python (pip install torch diffusers transformers "
+                "safetensors pillow numpy)")
+
+    def stop(self, keep_state: bool = False) -> None:
+        """Ask the worker to exit, then make sure it has; free everything."""
+        if self._sock is not None and self._alive:
+            try:
+                self._send({"type": "shutdown", "id": self._new_id()})
+            except WorkerError:
+                pass
+        self._alive = False
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self.process is not None:
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                try:
+                    self.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        self.process = None
+        if self.frames is not None:
+            self.frames.close()
+            self.frames = None
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None
+        if not keep_state:
+            self.state = "stopped"
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+
+    def log_tail(self, lines: int = 12) -> str:
+        try:
+            with open(self.config.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 8192))
+                text = handle.read().decode("utf-8", "replace")
+        except (OSError, TypeError):
+            return "(no log)"
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    # -- messages ---------------------------------------------------------
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _send(self, message: dict, attachments=()) -> None:
+        data = protocol.encode(message, attachments)
+        with self._send_lock:
+            if self._sock is None:
+                raise WorkerCrashed("The worker is not connected")
+            try:
+                self._sock.sendall(data)
+            except OSError as error:
+                self._alive = False
+                raise WorkerCrashed(f"Lost the connection to the worker: {error}") from None
+
+    def _read_loop(self, sock) -> None:
+        reader = protocol.StreamReader(sock)
+        while True:
+            try:
+                message, attachments = reader.read_message()
+                protocol.validate_reply(message)
+            except protocol.ProtocolError as error:
+                self._inbox.put(({"type": "error", "reply_to": None, "code": "protocol",
+                                  "message": f"bad message from the worker: {error}"}, []))
+                continue
+            except (ConnectionError, OSError):
+                self._inbox.put(None)  # the connection is gone
+                return
+            self._last_heard = time.monotonic()
+            self._inbox.put((message, attachments))
+
+    def _call(self, message: dict, attachments=(), timeout: float = 30.0, heartbeat: bool = True,
+              on_progress=None, should_cancel=None):
+        """Send a request and wait for its reply, with progress, cancellation and heartbeats."""
+        request_id = self._new_id()
+        message = dict(message, id=request_id)
+        self._send(message, attachments)
+        deadline = time.monotonic() + timeout
+        self._last_heard = time.monotonic()
+        last_ping = time.monotonic()
+        cancel_sent = None
+        while True:
+            now = time.monotonic()
+            if now > deadline:
+                raise WorkerTimeout(f"The worker did not finish '{message['type']}' within {timeout:.0f} s")
+            if should_cancel is not None and cancel_sent is None and should_cancel():
+                self._send({"type": "cancel", "id": self._new_id(), "job": request_id})
+                cancel_sent = now
+            if heartbeat:
+                if now - self._last_heard > self.config.heartbeat_timeout:
+                    self._declare_hung()
+                if now - last_ping > self.config.heartbeat_interval:
+                    self._send({"type": "ping", "id": self._new_id()})
+                    last_ping = now
+            try:
+                item = self._inbox.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                self._declare_crashed()
+            reply, reply_attachments = item
+            if reply.get("type") == "progress":
+                if reply.get("job") == request_id and on_progress is not None:
+                    on_progress(Progress(reply.get("step", 0), reply.get("steps", 0),
+                                         self._preview(reply, reply_attachments)))
+                continue
+            if reply.get("reply_to") != request_id:
+                if reply.get("type") == "error" and reply.get("reply_to") is None:
+                    raise JobFailed(reply.get("code", "error"), reply.get("message", "worker error"))
+                continue  # pongs and replies to pings and cancels
+            if reply.get("type") == "error":
+                raise JobFailed(reply.get("code", "error"), reply.get("message", "worker error"))
+            if reply.get("type") == "cancelled":
+                raise JobCancelled("Cancelled")
+            return reply, reply_attachments
+
+    def _declare_crashed(self):
+        self._alive = False
+        code = None
+        if self.process is not None:
+            try:
+                code = self.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.state = "error"
+        detail = f" (exit code {code})" if code is not None else ""
+        self.last_error = f"The Silk worker stopped unexpectedly{detail}"
+        raise WorkerCrashed(f"{self.last_error}. It will restart for the next job. Log: {self.log_path}\n"
+                            f"{self.log_tail(6)}")
+
+    def _declare_hung(self):
+        self._alive = False
+        self.kill()
+        self.state = "error"
+        self.last_error = f"The Silk worker stopped answering for {self.config.heartbeat_timeout:.0f} s and was stopped"
+        raise WorkerHung(f"{self.last_error}. It will restart for the next job. Log: {self.log_path}")
+
+    @staticmethod
+    def _preview(reply, attachments):
+        descriptor = reply.get("preview")
+        if not descriptor or not attachments:
+            return None
+        try:
+            return np.frombuffer(attachments[descriptor["attachment"]], dtype=np.uint8).reshape(descriptor["shape"])
+        except (KeyError, ValueError, IndexError, TypeError):
+            return None
+
+    # -- frames -----------------------------------------------------------
+    def frame(self, array: np.ndarray, name: str | None = None) -> tuple[dict, list]:
+        """A frame descriptor for ``array`` (copied into shared memory, or attached)."""
+        array = np.ascontiguousarray(array)
+        if self.shared_frames and self.frames is not None:
+            view, descriptor = self.frames.allocate(array.shape, array.dtype, name)
+            np.copyto(view, array)
+            return descriptor, []
+        return {"attachment": None, "shape": list(array.shape), "dtype": array.dtype.name}, [array]
+
+    def buffer(self, shape, dtype=np.float32, name: str | None = None) -> tuple[np.ndarray, dict]:
+        """A shared buffer to fill in place (no copy); only with shared frames."""
+        if not (self.shared_frames and self.frames is not None):
+            raise WorkerError("shared frames are not available with this worker")
+        return self.frames.allocate(shape, dtype, name)
+
+    def _result_array(self, reply: dict, key: str, attachments: list) -> np.ndarray:
+        descriptor = reply.get(key)
+        if not isinstance(descriptor, dict):
+            raise JobFailed("protocol", "the worker's reply has no image")
+        if "file" in descriptor:
+            return self.frames.view(descriptor)
+        return np.frombuffer(attachments[descriptor["attachment"]], dtype=descriptor["dtype"]).reshape(
+            descriptor["shape"])
+
+    @staticmethod
+    def _attach(frames: list) -> tuple[list, list]:
+        """Number inline frames' attachments in order of appearance."""
+        attachments = []
+        for descriptor, data in frames:
+            if data:
+                descriptor["attachment"] = len(attachments)
+                attachments.extend(memoryview(np.ascontiguousarray(d)).cast("B") for d in data)
+        return [d for d, _ in frames], attachments
+
+    # -- operations -------------------------------------------------------
+    def ping(self, timeout: float = 5.0) -> dict:
+        self.ensure_started()
+        reply, _ = self._call({"type": "ping"}, timeout=timeout, heartbeat=False)
+        return reply
+
+    def status(self, timeout: float = 5.0) -> dict:
+        self.ensure_started()
+        reply, _ = self._call({"type": "status"}, timeout=timeout, heartbeat=False)
+        return reply
+
+    def load_model(self, model: dict, timeout: float = 1800.0, should_cancel=None) -> dict:
+        self.ensure_started()
+        self.state = "busy"
+        try:
+            reply, _ = self._call({"type": "load_model", "model": model}, timeout=timeout, should_cancel=should_cancel)
+        finally:
+            if self.state == "busy":
+                self.state = "ready"
+        return reply["model"]
+
+    def echo(self, frame: dict, attachments=(), output: dict | None = None, timeout: float = 30.0):
+        self.ensure_started()
+        reply, reply_attachments = self._call({"type": "echo", "frame": frame, "output": output},
+                                              attachments, timeout=timeout)
+        return self._result_array(reply, "frame", reply_attachments)
+
+    def generate(self, model: dict, prompt: str, controlnets: list, width: int, height: int, *,
+                 negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
+                 scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
+                 mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
+                 on_progress=None, should_cancel=None) -> tuple[np.ndarray, dict]:
+        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...].
+        Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and details."""
+        self.ensure_started()
+        frames = []
+        units = []
+        for index, unit in enumerate(controlnets):
+            descriptor, data = self.frame(np.asarray(unit["image"], dtype=np.float32), name=f"control{index}")
+            frames.append((descriptor, data))
+            units.append({"image": descriptor, "weight": float(unit.get("weight", 1.0)),
+                          "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))})
+        request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
+                   "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
+                   "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,
+                   "preview": bool(preview)}
+        for key, array in (("init_image", init_image), ("mask", mask)):
+            if array is not None:
+                descriptor, data = self.frame(np.asarray(array, dtype=np.float32), name=key)
+                frames.append((descriptor, data))
+                request[key] = descriptor
+        if self.shared_frames:
+            _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
+        _, attachments = self._attach(frames)
+        self.state = "busy"
+        try:
+            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
+                                                  should_cancel=should_cancel)
+        finally:
+            if self.state == "busy":
+                self.state = "ready"
+        image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
+        return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}

@@ -1,0 +1,183 @@
+"""Wire format between the client and the worker.
+
+A message is: 4-byte big-endian length N, then N bytes of UTF-8 JSON (an object),
+then the binary attachments the JSON declares in ``"attachments": [n1, n2, ...]``.
+JSON carries everything but pixels; pixels travel as shared frames (local worker)
+or attachments (remote worker). Nothing is ever unpickled: decoding is ``json``
+plus checks, so a hostile peer can at worst get an error reply.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+PROTOCOL_VERSION = 1
+MAX_JSON_BYTES = 1 << 20  # 1 MiB of JSON is far more than any request needs
+MAX_ATTACHMENT_BYTES = 1 << 30  # one 8K RGBA float32 frame is 512 MiB
+MAX_ATTACHMENTS = 16
+HEADER = struct.Struct(">I")
+
+# Requests the worker accepts, and the fields each must (and may) carry.
+REQUESTS = {
+    "hello": ({"protocol": int, "token": str}, {"shared_dir": (str, type(None)), "probe": (str, type(None)),
+                                                "client": str}),
+    "ping": ({}, {}),
+    "status": ({}, {}),
+    "load_model": ({"model": dict}, {}),
+    "generate": ({"model": dict, "prompt": str}, {
+        "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
+        "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
+        "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
+    }),
+    "cancel": ({"job": int}, {}),
+    "echo": ({"frame": dict}, {"output": (dict, type(None))}),
+    "shutdown": ({}, {}),
+}
+# Replies and notices the client accepts.
+REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
+
+
+class ProtocolError(Exception):
+    """A message that breaks the protocol; ``code`` is sent back in the error reply."""
+
+    def __init__(self, code: str, message: str, reply_to=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reply_to = reply_to
+
+
+def encode(message: dict, attachments: list[bytes] | tuple = ()) -> bytes:
+    """One message on the wire: header, JSON, attachments."""
+    if attachments:
+        message = dict(message, attachments=[len(a) for a in attachments])
+    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds {MAX_JSON_BYTES}")
+    return b"".join([HEADER.pack(len(payload)), payload, *[bytes(a) for a in attachments]])
+
+
+def decode_json(payload: bytes) -> dict:
+    """Parse and sanity-check the JSON part of a message (no type checks yet)."""
+    if len(payload) > MAX_JSON_BYTES:
+        raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds {MAX_JSON_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+        message = json.loads(text, parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ProtocolError("malformed", f"not valid UTF-8 JSON: {error}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("malformed", "a message must be a JSON object")
+    attachments = message.get("attachments", [])
+    if (not isinstance(attachments, list) or len(attachments) > MAX_ATTACHMENTS
+            or not all(_is_int(n) and 0 <= n <= MAX_ATTACHMENT_BYTES for n in attachments)
+            or sum(attachments) > MAX_ATTACHMENT_BYTES):
+        raise ProtocolError("malformed", "attachments must be a short list of sizes within limits",
+                            _reply_id(message))
+    return message
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reply_id(message: dict):
+    value = message.get("id")
+    return value if _is_int(value) else None
+
+
+def validate_request(message: dict) -> dict:
+    """Check a decoded request's type and fields; raise ProtocolError naming the problem."""
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in REQUESTS:
+        raise ProtocolError("unknown_type", f"unknown request type {kind!r}", _reply_id(message))
+    if not _is_int(message.get("id")) or message["id"] < 0:
+        raise ProtocolError("malformed", "a request needs a non-negative integer 'id'")
+    required, optional = REQUESTS[kind]
+    for name, expected in required.items():
+        if name not in message:
+            raise ProtocolError("malformed", f"'{kind}' needs '{name}'", message["id"])
+        _check_type(kind, name, message[name], expected, message["id"])
+    for name, expected in optional.items():
+        if name in message:
+            _check_type(kind, name, message[name], expected, message["id"])
+    return message
+
+
+def _check_type(kind, name, value, expected, reply_to):
+    types = expected if isinstance(expected, tuple) else (expected,)
+    if isinstance(value, bool) and bool not in types:
+        ok = False
+    elif int in types and float not in types:
+        ok = _is_int(value)
+    else:
+        ok = isinstance(value, types)
+    if ok and isinstance(value, float) and not math.isfinite(value):
+        ok = False
+    if not ok:
+        names = "/".join(t.__name__ for t in types)
+        raise ProtocolError("malformed", f"'{kind}.{name}' must be {names}", reply_to)
+
+
+def validate_reply(message: dict) -> dict:
+    kind = message.get("type")
+    if kind not in REPLIES:
+        raise ProtocolError("unknown_type", f"unknown reply type {kind!r}")
+    return message
+
+
+def error_reply(error: ProtocolError) -> dict:
+    return {"type": "error", "reply_to": error.reply_to, "code": error.code, "message": error.message}
+
+
+class StreamReader:
+    """Reads whole messages from a blocking socket (with its own timeout)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def read_exact(self, count: int) -> bytes:
+        chunks, remaining = [], count
+        while remaining:
+            chunk = self.sock.recv(min(remaining, 1 << 20))
+            if not chunk:
+                raise ConnectionError("connection closed")
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks)
+
+    def read_into(self, count: int) -> bytearray:
+        buffer = bytearray(count)
+        view = memoryview(buffer)
+        position = 0
+        while position < count:
+            received = self.sock.recv_into(view[position:], count - position)
+            if not received:
+                raise ConnectionError("connection closed")
+            position += received
+        return buffer
+
+    def discard(self, count: int) -> None:
+        while count:
+            chunk = self.sock.recv(min(count, 1 << 20))
+            if not chunk:
+                raise ConnectionError("connection closed")
+            count -= len(chunk)
+
+    def read_message(self) -> tuple[dict, list]:
+        """One message and its attachments. Raises ProtocolError for a bad message whose
+        bytes were fully consumed (the stream stays usable), ConnectionError otherwise."""
+        (length,) = HEADER.unpack(self.read_exact(HEADER.size))
+        if length > MAX_JSON_BYTES:
+            if length > 64 * MAX_JSON_BYTES:
+                raise ConnectionError(f"declared message size {length} is absurd; closing")
+            self.discard(length)
+            raise ProtocolError("oversized", f"message of {length} bytes exceeds {MAX_JSON_BYTES}")
+        message = decode_json(self.read_exact(length))
+        attachments = [self.read_into(size) for size in message.get("attachments", [])]
+        return message, attachments
