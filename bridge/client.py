@@ -150,8 +150,14 @@ class WorkerClient:
         deadline = time.monotonic() + self.config.start_timeout
         while not os.path.exists(port_file):
             if self.process.poll() is not None:
+                tail = self.log_tail()
+                if "SILK_WORKER_MISSING " in tail:
+                    missing = tail.split("SILK_WORKER_MISSING ", 1)[1].split()[0]
+                    raise WorkerUnavailable(
+                        f"The worker Python '{python}' lacks {missing.replace(',', ', ')}. Run 'Install worker "
+                        "environment' in Silk's preferences, or set SILK_WORKER_PYTHON to a Python that has them")
                 raise WorkerUnavailable(f"The worker stopped while starting (exit code {self.process.returncode}): "
-                                        f"{self.log_tail()}")
+                                        f"{tail}")
             if time.monotonic() > deadline:
                 raise WorkerUnavailable(f"The worker did not start within {self.config.start_timeout:.0f} s; "
                                         f"see its log: {log_path}")

@@ -149,6 +149,7 @@ class DiffusionBackend:
             source = tiny_model.ensure_tiny(self.cache_dir)
             if not controlnet_sources:
                 controlnet_sources = [os.path.join(source, folder) for folder in tiny_model.CONTROLNET_FOLDERS]
+        _check_source(source)
         if not controlnet_sources:
             raise JobError("bad_model", "at least one ControlNet is needed (a repo id or folder per unit)")
         controlnets = []
@@ -158,15 +159,10 @@ class DiffusionBackend:
             except Exception as error:
                 raise JobError("missing_controlnet", f"Cannot load the ControlNet '{controlnet}': {_short(error)}. "
                                "Give a hub repo id (with internet or a filled cache) or a local folder") from None
-        is_file = os.path.isfile(source)
-        if is_file:
-            if not source.lower().endswith((".safetensors", ".ckpt")):
-                raise JobError("bad_model", f"'{source}' is a file but not a .safetensors or .ckpt checkpoint")
+        if os.path.isfile(source):
             text2image = StableDiffusionControlNetPipeline.from_single_file(
                 source, controlnet=controlnets, torch_dtype=dtype, safety_checker=None)
         else:
-            if os.path.sep in source and not os.path.isdir(source):
-                raise JobError("bad_model", f"The model folder '{source}' does not exist")
             text2image = StableDiffusionControlNetPipeline.from_pretrained(
                 source, controlnet=controlnets, torch_dtype=dtype, safety_checker=None,
                 requires_safety_checker=False)
@@ -200,7 +196,8 @@ class DiffusionBackend:
             _free_memory()
             raise JobError("out_of_memory", _out_of_memory_message(spec)) from None
         except RuntimeError as error:
-            if "out of memory" in str(error).lower():
+            text = str(error).lower()
+            if "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text:
                 _free_memory()
                 raise JobError("out_of_memory", _out_of_memory_message(spec)) from None
             raise
@@ -325,7 +322,7 @@ class _StrengthMask:
         index = min((step + 1) * order, len(timesteps) - 1)
         done = (step + 1) / total  # fraction of this run's steps completed
         # A pixel joins the free denoising once the schedule's remaining fraction is within its strength.
-        keep = (self.mask / self.strength) < (1.0 - done)
+        keep = (self.mask / self.strength) <= (1.0 - done)
         if not bool(keep.any()):
             return latents
         if step + 1 >= total:
@@ -405,6 +402,31 @@ def _preview(latents) -> np.ndarray:
     data = latents[0].float().cpu().numpy().transpose(1, 2, 0)
     rgb = data @ LATENT_RGB
     return (np.clip((rgb + 1.0) * 0.5, 0, 1) * 255).astype(np.uint8)
+
+
+def _check_source(source: str) -> None:
+    """Fail early, and clearly, when the base model cannot be found."""
+    if os.path.isfile(source):
+        if not source.lower().endswith((".safetensors", ".ckpt")):
+            raise JobError("bad_model", f"'{source}' is a file but not a .safetensors or .ckpt checkpoint")
+        return
+    if os.path.isdir(source):
+        if not os.path.exists(os.path.join(source, "model_index.json")):
+            raise JobError("bad_model", f"The folder '{source}' is not a diffusers model (no model_index.json)")
+        return
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) or os.path.isabs(source):
+        raise JobError("bad_model", f"The model '{source}' does not exist: give a diffusers folder, a .safetensors "
+                       "or .ckpt file, a hub repo id like 'owner/name', or 'tiny'")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(source, "model_index.json")
+    except Exception as error:
+        raise JobError("bad_model", f"Cannot load the model '{source}': it is neither a local folder nor a model the "
+                       f"hub could provide here ({_short(error)}). Give a local folder, a checkpoint file, or "
+                       "'tiny' for offline tests") from None
 
 
 def _choose_device(spec: ModelSpec):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 CONTROLNET_FOLDERS = ("controlnet-depth", "controlnet-normal")
 
 
@@ -97,7 +97,7 @@ def build_tiny(path: str) -> None:
     vae = AutoencoderKL(
         block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1, norm_num_groups=4, sample_size=128,
+        layers_per_block=1, norm_num_groups=4, sample_size=128, mid_block_add_attention=False,
     )
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(CLIPTextConfig(

@@ -4,7 +4,8 @@
                             [--parent-pid PID] [--exit-on-disconnect] [--log-level INFO]
 
 The client's token comes from the environment variable SILK_WORKER_TOKEN (never the
-command line, which other users can read). For a remote worker on a GPU machine, see
+command line, which other users can read). SILK_WORKER_MEMORY_LIMIT_MB caps the
+worker's memory (POSIX). For a remote worker on a GPU machine, see
 docs/worker.md: it listens on loopback unless --host says otherwise, and then a
 token is required all the same.
 """
@@ -27,6 +28,18 @@ def _import_silk():
         spec.loader.exec_module(module)
 
 
+def _limit_memory(megabytes: int) -> None:
+    """Cap the worker's address space (POSIX), e.g. on a shared farm node: a job that needs
+    more fails with an out-of-memory error instead of pushing the machine into swap."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        logging.getLogger("silk.worker").warning("SILK_WORKER_MEMORY_LIMIT_MB is not supported here")
+        return
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Silk's diffusion worker")
     parser.add_argument("--host", default="127.0.0.1")
@@ -39,10 +52,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    limit = os.environ.get("SILK_WORKER_MEMORY_LIMIT_MB")
+    if limit:
+        _limit_memory(int(limit))
     token = os.environ.get("SILK_WORKER_TOKEN")
     if not token:
         token = secrets.token_urlsafe(24)
         print(f"SILK_WORKER_TOKEN not set; this worker's token is: {token}", file=sys.stderr, flush=True)
+    # The server itself needs numpy; say so plainly (the client reads this line) rather than
+    # dying on an ImportError. Missing diffusion libraries are reported in the handshake.
+    if importlib.util.find_spec("numpy") is None:
+        missing = [name for name in ("numpy", "torch", "diffusers", "transformers", "safetensors", "PIL")
+                   if importlib.util.find_spec(name) is None]
+        print("SILK_WORKER_MISSING " + ",".join(missing), file=sys.stderr, flush=True)
+        return 3
     _import_silk()
     from silk.bridge.diffusion import DiffusionBackend
     from silk.bridge.server import WorkerServer
