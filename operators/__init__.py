@@ -1,9 +1,10 @@
-"""Silk's operators (none yet beyond Blender's own F12 and Ctrl+F12)."""
+"""Silk's operators."""
+from . import worker
 
 
 def register():
-    pass
+    worker.register()
 
 
 def unregister():
-    pass
+    worker.unregister()

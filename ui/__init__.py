@@ -1,10 +1,12 @@
-"""Silk's panels (Render Properties and the 3D Viewport sidebar)."""
-from . import panels
+"""Silk's panels and preferences."""
+from . import panels, preferences
 
 
 def register():
+    preferences.register()
     panels.register()
 
 
 def unregister():
     panels.unregister()
+    preferences.unregister()

@@ -1,0 +1,52 @@
+"""Worker setup inside Blender: preferences, the install operator, logs."""
+import os
+
+import bpy
+import pytest
+
+from silk.bridge import environment
+
+
+def test_preferences_register_with_worker_settings(silk):
+    from silk.ui import preferences
+
+    assert preferences.SilkPreferences.is_registered
+    props = preferences.SilkPreferences.bl_rna.properties
+    assert {"worker_python", "remote_address", "remote_token", "device", "precision"} <= set(props.keys())
+    assert preferences.worker_environment_dir()  # a folder of Silk's own exists
+
+
+def test_install_worker_environment_operator_installs_and_reruns(silk, tmp_path, monkeypatch):
+    from silk.operators import worker
+    from silk.ui import preferences
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("six==1.16.0\n")
+    monkeypatch.setenv(environment.REQUIREMENTS_VAR, str(requirements))
+    monkeypatch.setattr(preferences, "worker_environment_dir", lambda: str(tmp_path / "env"))
+    monkeypatch.setattr(preferences, "install_log_path", lambda: str(tmp_path / "install.log"))
+    for _ in range(2):  # safe to run again
+        assert bpy.ops.silk.install_worker_environment() == {"FINISHED"}
+        assert worker.install_state() == "Worker environment installed"
+    python = environment.environment_python(str(tmp_path / "env"))
+    assert os.path.exists(python)
+    assert environment.resolve_worker_python("", str(tmp_path / "env")).path == os.path.abspath(python)
+
+
+def test_failed_install_is_reported_in_blender(silk, tmp_path, monkeypatch):
+    from silk.ui import preferences
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("this-package-does-not-exist-silk-test==99\n")
+    monkeypatch.setenv(environment.REQUIREMENTS_VAR, str(requirements))
+    monkeypatch.setattr(preferences, "worker_environment_dir", lambda: str(tmp_path / "env"))
+    monkeypatch.setattr(preferences, "install_log_path", lambda: str(tmp_path / "install.log"))
+    with pytest.raises(RuntimeError, match="Install failed.*install.log"):
+        bpy.ops.silk.install_worker_environment()
+
+
+def test_open_log_without_a_log_warns(silk, monkeypatch, tmp_path):
+    from silk.ui import preferences
+
+    monkeypatch.setattr(preferences, "worker_log_path", lambda: str(tmp_path / "none.log"))
+    assert bpy.ops.silk.open_log(which="WORKER") == {"CANCELLED"}
