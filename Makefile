@@ -40,9 +40,11 @@ test-latest: $(VENV)/.ready
 test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
 	$(VENV_LTS)/bin/python -m pytest tests --ignore=tests/bridge $(PYTEST_ARGS)
 
-## Guides against Cycles on a 200k-triangle scene at 512x512 (see docs/benchmarks.md).
+## Guides against Cycles on a 200k-triangle scene at 512x512, and the worker bridge
+## (frame round trips, generation overhead); see docs/benchmarks.md.
 bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_guides.py
+	$(VENV)/bin/python tools/bench_bridge.py
 
 ## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
 build: $(VENV)/.ready

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -60,6 +61,9 @@ class WorkerServer:
         self._connection = None
         self._frames = WorkerFrames(None)
         self._stopping = threading.Event()
+        # One long-lived job thread: torch's thread pools stay warm from job to job.
+        self._jobs: queue.Queue = queue.Queue()
+        threading.Thread(target=self._job_loop, name="jobs", daemon=True).start()
 
     # -- lifetime ---------------------------------------------------------
     def serve_forever(self) -> None:
@@ -189,10 +193,15 @@ class WorkerServer:
                                "message": f"the worker is busy with request {self._job.id}"})
                     return True
                 self._job = Job(request, attachments)
-            threading.Thread(target=self._run_job, args=(self._job,), name=f"job-{request_id}", daemon=True).start()
+            self._jobs.put(self._job)
         return True
 
     # -- jobs -------------------------------------------------------------
+    def _job_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            self._run_job(job)
+
     def _run_job(self, job: Job) -> None:
         request = job.request
         started = time.perf_counter()
