@@ -374,3 +374,16 @@ def test_live_worker_survives_ten_thousand_bad_messages(tmp_path, worker_env):
     finally:
         process.kill()
         process.wait()
+
+
+def test_memory_options_load_and_generate(make_client):
+    """Attention slicing and VAE tiling work on any device (CPU offload needs CUDA: off here)."""
+    client = make_client()
+    model = {"source": "tiny", "attention_slicing": True, "vae_tiling": True, "cpu_offload": True,
+             "precision": "fp16"}  # fp16 falls back to fp32 on the CPU
+    info = client.load_model(model)
+    assert info["device"] == "cpu" and info["dtype"] == "float32"
+    image, _ = client.generate(model, "x", control_images(), 80, 64, steps=2)
+    assert image.shape == (64, 80, 3) and np.isfinite(image).all()
+    status = client.status()
+    assert status["device"] == "cpu" and status["models"] == ["tiny"]
