@@ -87,11 +87,4 @@ class SILK_OT_open_log(bpy.types.Operator):
 CLASSES = (SILK_OT_install_worker_environment, SILK_OT_open_log)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -76,11 +76,4 @@ class SilkPreferences(bpy.types.AddonPreferences):
 CLASSES = (SilkPreferences,)
 
 
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

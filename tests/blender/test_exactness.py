@@ -135,7 +135,41 @@ def near_plane_cut():
     return scene
 
 
+def mixed_geometry():
+    """Text, a bevelled curve, a metaball, geometry-nodes instances, and an object hidden from the render."""
+    scene = scenes.reset(96, 72)
+    cam = scenes.add_camera(scene, location=(0, -10, 3), rotation=(math.radians(75), 0, 0))
+    scenes.keyframe(cam, "location", [(1, (-0.5, -10, 3)), (10, (0.5, -9.5, 3.2))])
+    bpy.ops.object.text_add(location=(-3.5, 0, 0.3), rotation=(math.radians(90), 0, 0))
+    text = bpy.context.object
+    text.data.body = "Silk"
+    text.data.extrude = 0.1
+    bpy.ops.curve.primitive_bezier_circle_add(radius=0.8, location=(2.5, 0, 1.2), rotation=(math.radians(90), 0, 0))
+    bpy.context.object.data.bevel_depth = 0.15
+    scenes.keyframe(bpy.context.object, "rotation_euler", [(1, (math.radians(90), 0, 0)), (10, (math.radians(90), 0, 1.0))])
+    bpy.ops.object.metaball_add(type="BALL", radius=0.9, location=(0, 1, 1.3))
+    scenes.keyframe(bpy.context.object, "location", [(1, (-0.5, 1, 1.3)), (10, (0.6, 1, 1.5))])
+    grid = scenes.add_mesh(scene, "grid", "Scatter", location=(0, 3, 0.3), x_subdivisions=4, y_subdivisions=3, size=5)
+    tree = bpy.data.node_groups.new("Scatter", "GeometryNodeTree")
+    tree.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    tree.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    group_in, group_out = tree.nodes.new("NodeGroupInput"), tree.nodes.new("NodeGroupOutput")
+    on_points = tree.nodes.new("GeometryNodeInstanceOnPoints")
+    cube = tree.nodes.new("GeometryNodeMeshCube")
+    cube.inputs["Size"].default_value = (0.35, 0.35, 0.35)
+    tree.links.new(group_in.outputs[0], on_points.inputs["Points"])
+    tree.links.new(cube.outputs["Mesh"], on_points.inputs["Instance"])
+    tree.links.new(on_points.outputs["Instances"], group_out.inputs[0])
+    grid.modifiers.new("Scatter", "NODES").node_group = tree
+    scenes.keyframe(grid, "rotation_euler", [(1, (0, 0, 0)), (10, (0, 0, 0.4))])
+    blocker = scenes.add_mesh(scene, "cube", "Hidden", location=(0, -6, 3), size=2)
+    blocker.hide_render = True  # right in front of the camera: must not appear
+    scenes.add_mesh(scene, "plane", "Ground", size=30)
+    return scene
+
+
 SCENES = {
+    "mixed_geometry": mixed_geometry,
     "moving_objects": moving_objects,
     "deforming_mesh": deforming_mesh,
     "moving_camera": moving_camera,
@@ -144,7 +178,8 @@ SCENES = {
     "instances": instances,
     "near_plane_cut": near_plane_cut,
 }
-# Scenes whose surfaces move rigidly, so the ray-cast reference can follow a point to frame t-1.
+# Scenes whose surfaces move rigidly and are not instances, so the ray-cast reference can
+# follow a point to frame t-1 with its object's matrix.
 RIGID = {"moving_objects", "moving_camera", "orthographic", "lens_shift_and_aspect", "near_plane_cut"}
 
 

@@ -16,15 +16,25 @@ def test_preferences_register_with_worker_settings(silk):
     assert preferences.worker_environment_dir()  # a folder of Silk's own exists
 
 
-def test_install_worker_environment_operator_installs_and_reruns(silk, tmp_path, monkeypatch):
-    from silk.operators import worker
+@pytest.fixture
+def install_into(silk, tmp_path, monkeypatch):
+    """Point the install operator at a temporary folder and a requirements file of our choice."""
     from silk.ui import preferences
 
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("six==1.16.0\n")
-    monkeypatch.setenv(environment.REQUIREMENTS_VAR, str(requirements))
-    monkeypatch.setattr(preferences, "worker_environment_dir", lambda: str(tmp_path / "env"))
-    monkeypatch.setattr(preferences, "install_log_path", lambda: str(tmp_path / "install.log"))
+    def configure(requirement: str):
+        requirements = tmp_path / "requirements.txt"
+        requirements.write_text(requirement + "\n")
+        monkeypatch.setenv(environment.REQUIREMENTS_VAR, str(requirements))
+        monkeypatch.setattr(preferences, "worker_environment_dir", lambda: str(tmp_path / "env"))
+        monkeypatch.setattr(preferences, "install_log_path", lambda: str(tmp_path / "install.log"))
+
+    return configure
+
+
+def test_install_worker_environment_operator_installs_and_reruns(install_into, tmp_path):
+    from silk.operators import worker
+
+    install_into("six==1.16.0")
     for _ in range(2):  # safe to run again
         assert bpy.ops.silk.install_worker_environment() == {"FINISHED"}
         assert worker.install_state() == "Worker environment installed"
@@ -33,14 +43,8 @@ def test_install_worker_environment_operator_installs_and_reruns(silk, tmp_path,
     assert environment.resolve_worker_python("", str(tmp_path / "env")).path == os.path.abspath(python)
 
 
-def test_failed_install_is_reported_in_blender(silk, tmp_path, monkeypatch):
-    from silk.ui import preferences
-
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text("this-package-does-not-exist-silk-test==99\n")
-    monkeypatch.setenv(environment.REQUIREMENTS_VAR, str(requirements))
-    monkeypatch.setattr(preferences, "worker_environment_dir", lambda: str(tmp_path / "env"))
-    monkeypatch.setattr(preferences, "install_log_path", lambda: str(tmp_path / "install.log"))
+def test_failed_install_is_reported_in_blender(install_into):
+    install_into("this-package-does-not-exist-silk-test==99")
     with pytest.raises(RuntimeError, match="Install failed.*install.log"):
         bpy.ops.silk.install_worker_environment()
 
