@@ -68,6 +68,7 @@ class WorkerConfig:
     connect_timeout: float = 10.0
     heartbeat_interval: float = 0.5
     heartbeat_timeout: float = 4.0
+    send_timeout: float = 30.0  # a worker that stops reading cannot block a send for longer
     env: dict = field(default_factory=dict)
 
 
@@ -172,7 +173,7 @@ class WorkerClient:
         except OSError as error:
             raise WorkerUnavailable(f"Cannot connect to the worker at {host}:{port}: {error}") from None
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock.settimeout(None)
+        self._sock.settimeout(self.config.send_timeout)
         self._alive = True
         self._inbox = queue.Queue()
         self._reader = threading.Thread(target=self._read_loop, args=(self._sock,), name="silk-worker-reader",
@@ -252,12 +253,17 @@ class WorkerClient:
                 raise WorkerCrashed("The worker is not connected")
             try:
                 self._sock.sendall(data)
+            except TimeoutError:
+                self._alive = False
+                self.kill()
+                raise WorkerHung(f"The worker stopped reading for {self.config.send_timeout:.0f} s and was "
+                                 "stopped. It will restart for the next job") from None
             except OSError as error:
                 self._alive = False
                 raise WorkerCrashed(f"Lost the connection to the worker: {error}") from None
 
     def _read_loop(self, sock) -> None:
-        reader = protocol.StreamReader(sock)
+        reader = protocol.StreamReader(sock, patient=True)
         while True:
             try:
                 message, attachments = reader.read_message()

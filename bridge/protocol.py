@@ -136,15 +136,37 @@ def error_reply(error: ProtocolError) -> dict:
 
 
 class StreamReader:
-    """Reads whole messages from a blocking socket (with its own timeout)."""
+    """Reads whole messages from a socket.
 
-    def __init__(self, sock):
+    With ``patient=True`` a socket timeout (which the socket may have so that sends
+    cannot block forever) only means "nothing yet": reading goes on where it was, and
+    a message is never torn.
+    """
+
+    def __init__(self, sock, patient: bool = False):
         self.sock = sock
+        self.patient = patient
+
+    def _recv(self, size: int) -> bytes:
+        while True:
+            try:
+                return self.sock.recv(size)
+            except TimeoutError:
+                if not self.patient:
+                    raise
+
+    def _recv_into(self, view, size: int) -> int:
+        while True:
+            try:
+                return self.sock.recv_into(view, size)
+            except TimeoutError:
+                if not self.patient:
+                    raise
 
     def read_exact(self, count: int) -> bytes:
         chunks, remaining = [], count
         while remaining:
-            chunk = self.sock.recv(min(remaining, 1 << 20))
+            chunk = self._recv(min(remaining, 1 << 20))
             if not chunk:
                 raise ConnectionError("connection closed")
             chunks.append(chunk)
@@ -156,7 +178,7 @@ class StreamReader:
         view = memoryview(buffer)
         position = 0
         while position < count:
-            received = self.sock.recv_into(view[position:], count - position)
+            received = self._recv_into(view[position:], count - position)
             if not received:
                 raise ConnectionError("connection closed")
             position += received
@@ -164,7 +186,7 @@ class StreamReader:
 
     def discard(self, count: int) -> None:
         while count:
-            chunk = self.sock.recv(min(count, 1 << 20))
+            chunk = self._recv(min(count, 1 << 20))
             if not chunk:
                 raise ConnectionError("connection closed")
             count -= len(chunk)

@@ -387,3 +387,23 @@ def test_memory_options_load_and_generate(make_client):
     assert image.shape == (64, 80, 3) and np.isfinite(image).all()
     status = client.status()
     assert status["device"] == "cpu" and status["models"] == ["tiny"]
+
+
+def test_a_worker_that_stops_reading_cannot_block_a_send(tmp_path, worker_env):
+    """Sending a big inline frame to a frozen remote worker ends within the send timeout."""
+    process, port = start_remote_worker(tmp_path, worker_env, "t")
+    try:
+        client = WorkerClient(WorkerConfig(remote=("127.0.0.1", port, "t"), send_timeout=2.0))
+        client.ensure_started()
+        os.kill(process.pid, signal.SIGSTOP)
+        frame = np.zeros((2048, 2048, 4), np.float32)  # 64 MiB: more than the socket buffers hold
+        descriptor, _ = client.frame(frame)
+        descriptor["attachment"] = 0
+        started = time.monotonic()
+        with pytest.raises((WorkerHung, WorkerCrashed)):
+            client.echo(descriptor, [memoryview(frame).cast("B")], timeout=60)
+        assert time.monotonic() - started < 10
+        client.stop()
+    finally:
+        process.kill()
+        process.wait()
