@@ -15,6 +15,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -135,7 +136,8 @@ class WorkerClient:
         env.pop("PYTHONHOME", None)
         env.pop("PYTHONPATH", None)
         env.update(self.config.env, SILK_WORKER_TOKEN=token, PYTHONUNBUFFERED="1")
-        log_path = self.config.log_path or os.path.join(self.frames.directory, "worker.log")
+        # Not inside the frames folder: that is deleted on stop, and the log must outlive a crash.
+        log_path = self.config.log_path or os.path.join(tempfile.gettempdir(), f"silk-worker-{os.getpid()}.log")
         self.config.log_path = log_path
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         self._log_handle = open(log_path, "ab")
