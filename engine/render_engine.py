@@ -96,7 +96,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         guides = compute_guides(current, previous, following)
         for note in dict.fromkeys(guides.notes):
             log.info(note)
-        for warning in warnings + guides.warnings:
+        for warning in warnings:
             self._report("WARNING", warning)
         if not current.instances or not guides.coverage.any():
             self._report("WARNING", "Nothing visible to the camera: the guides are empty")

@@ -53,7 +53,6 @@ def capture_camera(depsgraph, camera_object, width: int, height: int) -> Camera:
         return Camera(
             view=view, projection=projection, width=width, height=height,
             clip_start=float(data.clip_start), clip_end=float(data.clip_end),
-            is_ortho=data.type == "ORTHO",
         )
     except ValueError as error:
         raise CaptureError(f"The camera '{camera_object.name}' cannot be used: {error}") from error

@@ -24,7 +24,7 @@ def camera(width=64, height=48, view=None, ortho=False, fov=60.0, near=0.1, far=
     projection = (orthographic(4.0, 4.0 * height / width, near, far) if ortho
                   else perspective(fov, width / height, near, far))
     return Camera(view=np.eye(4) if view is None else view, projection=projection, width=width,
-                  height=height, clip_start=near, clip_end=far, is_ortho=ortho)
+                  height=height, clip_start=near, clip_end=far)
 
 
 def translation(x=0.0, y=0.0, z=0.0):

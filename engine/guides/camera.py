@@ -25,7 +25,6 @@ class Camera:
     height: int
     clip_start: float
     clip_end: float
-    is_ortho: bool = False
     view_projection: np.ndarray = field(init=False, repr=False)
     inverse_view_projection: np.ndarray = field(init=False, repr=False)
 
@@ -45,6 +44,11 @@ class Camera:
         except np.linalg.LinAlgError as error:
             raise ValueError("the camera projection is singular (zero scale or size)") from error
         object.__setattr__(self, "inverse_view_projection", inverse)
+
+    @property
+    def is_ortho(self) -> bool:
+        """Orthographic projections keep w = 1 whatever the depth."""
+        return self.projection[3, 3] != 0.0
 
     @property
     def position(self) -> np.ndarray:
@@ -79,7 +83,7 @@ class Camera:
         ndc_y = 2.0 * py / self.height - 1.0
         near = _unproject(self.inverse_view_projection, ndc_x, ndc_y, -1.0)
         far = _unproject(self.inverse_view_projection, ndc_x, ndc_y, 1.0)
-        if self.projection[3, 3] != 0.0:  # orthographic: w does not depend on depth
+        if self.is_ortho:
             starts = near - self.forward * self.view_depth(near)[:, None]
             origin = np.stack([starts[0], starts[1] - starts[0], starts[2] - starts[0]])
             direction = np.stack([self.forward, np.zeros(3), np.zeros(3)])

@@ -35,6 +35,8 @@ OCCLUSION_DEPTH_TOLERANCE = 1e-4
 # The same when comparing with the depths at surrounding pixel centres, which also
 # differ from the point's depth by the surface's slope over a pixel.
 OCCLUSION_NEIGHBOURHOOD_TOLERANCE = 1e-2
+# How far outside a triangle (in barycentrics) a ray may pass and still count as hitting it.
+OCCLUSION_BARYCENTRIC_SLACK = 1e-6
 
 
 @dataclass
@@ -46,7 +48,6 @@ class GuideSet:
     coverage: np.ndarray
     camera: Camera
     notes: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
     # Fraction of covered pixels that see the back side of a surface.
     backfacing_fraction: float = 0.0
 
@@ -174,7 +175,7 @@ class _TriangleTables:
         def affine(rows_dot):  # rows_dot(k) gives the k-th coefficient column
             return [rows_dot(k) for k in range(3)]
 
-        if camera.projection[3, 3] != 0.0:  # orthographic: origins vary, direction is forward
+        if camera.is_ortho:  # origins vary, the direction is forward
             s0 = origin[0] - v0
             a_u = np.cross(e2, forward)
             a_v = np.cross(forward, e1)
@@ -203,6 +204,7 @@ class _TriangleTables:
         )
         self.previous = _affine_projection(scene.previous, corners, previous) if previous is not None else None
         self.following = _affine_projection(scene.following, corners, following) if following is not None else None
+        self.following_camera = following.camera if following is not None else None
 
 
 def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGeometry) -> np.ndarray:
@@ -246,84 +248,61 @@ def _intersect(origins, directions, v0, v1, v2):
     return t, u, v
 
 
-def _normalized(vectors: np.ndarray) -> np.ndarray:
-    length = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.where(length > 0, length, 1.0)
+@dataclass
+class _PreviousRaster:
+    """What the occlusion test needs of frame t-1: who won each pixel, how deep, and
+    the triangles (with the same ids as frame t's, plus those only there then)."""
+
+    winner: np.ndarray  # (H*W,) triangle id or -1
+    depth: np.ndarray  # (H*W,) view depth or inf
+    vertices: np.ndarray  # (V, 3) world positions at t-1
+    triangles: np.ndarray  # (T, 3) indices into vertices, by id
+    camera: Camera | None
+
+    @property
+    def camera_inverse(self) -> np.ndarray:
+        return self.camera.inverse_view_projection
+
+    @property
+    def camera_view_row(self) -> np.ndarray:
+        return self.camera.view[2]
 
 
-def compute_guides(
-    current: FrameGeometry,
-    previous: FrameGeometry | None = None,
-    following: FrameGeometry | None = None,
-    use_kernels: bool = True,
-) -> GuideSet:
-    """Depth, normal, vector and occlusion guides of ``current``'s camera view.
+class _EmptyPreviousRaster:
+    """Placeholders for the compiled kernel when there is no frame t-1 (never read)."""
 
-    ``previous`` and ``following`` are the same scene evaluated one frame earlier
-    and later (their cameras give the motion of the camera itself). All three share
-    the render size. ``use_kernels=False`` forces the numpy reference path even when
-    the compiled kernels are available.
-    """
-    camera = current.camera
-    width, height = camera.width, camera.height
-    notes: list[str] = []
-    warnings: list[str] = []
-    scene = _build_scene(current, previous, following, notes)
-    triangle_count = scene.triangles.shape[0]
+    winner = np.zeros(1, dtype=np.int64)
+    depth = np.zeros(1)
+    vertices = np.zeros((1, 3))
+    triangles = np.zeros((1, 3), dtype=np.int64)
+    camera_inverse = np.eye(4)
+    camera_view_row = np.zeros(4)
 
-    for frame in (previous, following):
-        if frame is not None and (frame.camera.width, frame.camera.height) != (width, height):
-            raise ValueError("all frames must share the render size")
-    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
-    winner = winner.reshape(-1)
-    covered = np.nonzero(winner >= 0)[0]
 
-    depth = np.full(width * height, BACKGROUND_DEPTH, dtype=np.float32)
-    normal = np.zeros((width * height, 3), dtype=np.float32)
-    vector = np.zeros((width * height, 4), dtype=np.float32)
-    occlusion = np.zeros(width * height, dtype=np.float32)
+def _rasterize_previous(scene: _Scene, previous: FrameGeometry, width: int, height: int,
+                        use_kernels: bool) -> _PreviousRaster:
+    """Frame t-1 rasterised with frame t's triangle ids, plus what was only there then."""
+    all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
+    existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
+    only = scene.previous_only_triangles + scene.previous.shape[0]
+    all_triangles = np.concatenate([scene.triangles, only], axis=0)
+    ids = np.concatenate([existing, scene.triangles.shape[0] + np.arange(only.shape[0])])
+    winner, z = rasterize(previous.camera.to_clip(all_previous), all_triangles[ids], width, height, ids,
+                          use_kernels)
+    depth = np.where(np.isfinite(z), previous.camera.depth_from_ndc(z), np.inf)
+    return _PreviousRaster(winner.reshape(-1), depth.reshape(-1), all_previous, all_triangles, previous.camera)
 
-    previous_raster = None
-    if previous is not None:
-        # The previous frame with the same triangle ids, plus what was only there then.
-        all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
-        existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
-        only = scene.previous_only_triangles + scene.previous.shape[0]
-        all_triangles = np.concatenate([scene.triangles, only], axis=0)
-        ids = np.concatenate([existing, triangle_count + np.arange(only.shape[0])])
-        previous_raster, previous_z = rasterize(
-            previous.camera.to_clip(all_previous), all_triangles[ids], width, height, ids, use_kernels,
-        )
-        previous_raster = previous_raster.reshape(-1)
-        previous_depth = np.where(np.isfinite(previous_z), previous.camera.depth_from_ndc(previous_z), np.inf)
-        previous_depth = previous_depth.reshape(-1)
-    else:
-        occlusion[:] = 1.0
 
-    tables = _TriangleTables(scene, winner[covered], camera, previous, following)
-    if kernels.AVAILABLE and use_kernels:
-        own = winner[covered]
-        no_table = np.zeros((0, 12))
-        backfacing = kernels.guide_pixels(
-            covered, tables.local[own], width, height, tables.hit, tables.normal, tables.winding,
-            tables.previous if previous is not None else no_table,
-            tables.following if following is not None else no_table,
-            scene.in_previous[scene.triangle_instance[own]], own,
-            previous_raster if previous is not None else np.zeros(1, dtype=np.int64),
-            previous_depth if previous is not None else np.zeros(1),
-            previous.camera.inverse_view_projection if previous is not None else np.eye(4),
-            previous.camera.view[2] if previous is not None else np.zeros(4),
-            all_previous if previous is not None else np.zeros((1, 3)),
-            all_triangles if previous is not None else np.zeros((1, 3), dtype=np.int64),
-            depth, normal, vector, occlusion,
-        )
-        covered_chunks = range(0)
-    else:
-        backfacing = 0
-        covered_chunks = range(0, covered.size, PIXEL_CHUNK)
-    for start in covered_chunks:
+def _guide_pixels_numpy(covered, own, existed, width, tables, previous_raster, depth, normal, vector,
+                        occlusion) -> int:
+    """The numpy reference for kernels.guide_pixels, in chunks that bound memory.
+
+    Returns how many pixels see the back side of a surface."""
+    backfacing = 0
+    for start in range(0, covered.size, PIXEL_CHUNK):
         pixels = covered[start:start + PIXEL_CHUNK]
-        local = tables.local[winner[pixels]]
+        tri = own[start:start + PIXEL_CHUNK]
+        local = tables.local[tri]
         px = (pixels % width).astype(np.float64) + 0.5
         py = (pixels // width).astype(np.float64) + 0.5
 
@@ -345,24 +324,82 @@ def compute_guides(
         shading[facing_away] *= -1.0
         normal[pixels] = _normalized(shading)
 
-        if previous is not None:
-            prev_x, prev_y, prev_depth, prev_front = _project_affine(tables.previous[local], u, v, previous.camera)
+        if previous_raster is not None:
+            prev_x, prev_y, prev_depth, prev_front = _project_affine(
+                tables.previous[local], u, v, previous_raster.camera)
             vector[pixels, 0] = prev_x - px
             vector[pixels, 1] = prev_y - py
-            tri = winner[pixels]
             occlusion[pixels] = _hidden_before(
-                previous.camera, previous_raster, previous_depth, all_previous, all_triangles, tri,
-                scene.in_previous[scene.triangle_instance[tri]], prev_x, prev_y, prev_depth, prev_front,
-            )
-        if following is not None:
-            next_x, next_y, _, _ = _project_affine(tables.following[local], u, v, following.camera)
+                previous_raster, tri, existed[start:start + PIXEL_CHUNK], prev_x, prev_y, prev_depth, prev_front)
+        if tables.following is not None:
+            next_x, next_y, _, _ = _project_affine(tables.following[local], u, v, tables.following_camera)
             vector[pixels, 2] = px - next_x
             vector[pixels, 3] = py - next_y
+    return backfacing
+
+
+def _normalized(vectors: np.ndarray) -> np.ndarray:
+    length = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.where(length > 0, length, 1.0)
+
+
+def compute_guides(
+    current: FrameGeometry,
+    previous: FrameGeometry | None = None,
+    following: FrameGeometry | None = None,
+    use_kernels: bool = True,
+) -> GuideSet:
+    """Depth, normal, vector and occlusion guides of ``current``'s camera view.
+
+    ``previous`` and ``following`` are the same scene evaluated one frame earlier
+    and later (their cameras give the motion of the camera itself). All three share
+    the render size. ``use_kernels=False`` forces the numpy reference path even when
+    the compiled kernels are available.
+    """
+    camera = current.camera
+    width, height = camera.width, camera.height
+    for frame in (previous, following):
+        if frame is not None and (frame.camera.width, frame.camera.height) != (width, height):
+            raise ValueError("all frames must share the render size")
+    notes: list[str] = []
+    scene = _build_scene(current, previous, following, notes)
+    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
+    winner = winner.reshape(-1)
+    covered = np.nonzero(winner >= 0)[0]
+
+    depth = np.full(width * height, BACKGROUND_DEPTH, dtype=np.float32)
+    normal = np.zeros((width * height, 3), dtype=np.float32)
+    vector = np.zeros((width * height, 4), dtype=np.float32)
+    occlusion = np.zeros(width * height, dtype=np.float32)
+
+    previous_raster = None
+    if previous is not None:
+        previous_raster = _rasterize_previous(scene, previous, width, height, use_kernels)
+    else:
+        occlusion[:] = 1.0
+
+    tables = _TriangleTables(scene, winner[covered], camera, previous, following)
+    own = winner[covered]
+    existed = scene.in_previous[scene.triangle_instance[own]]
+    if kernels.AVAILABLE and use_kernels:
+        before = previous_raster if previous_raster is not None else _EmptyPreviousRaster()
+        no_table = np.zeros((0, 12))
+        backfacing = kernels.guide_pixels(
+            covered, tables.local[own], width, height, tables.hit, tables.normal, tables.winding,
+            no_table if tables.previous is None else tables.previous,
+            no_table if tables.following is None else tables.following,
+            existed, own, before.winner, before.depth, before.camera_inverse, before.camera_view_row,
+            before.vertices, before.triangles, depth, normal, vector, occlusion,
+            OCCLUSION_DEPTH_TOLERANCE, OCCLUSION_NEIGHBOURHOOD_TOLERANCE, OCCLUSION_BARYCENTRIC_SLACK,
+        )
+    else:
+        backfacing = _guide_pixels_numpy(covered, own, existed, width, tables, previous_raster,
+                                         depth, normal, vector, occlusion)
 
     if previous is not None:
         # Background: a fresh pixel unless it was background a frame ago as well.
         background = winner < 0
-        occlusion[background] = (previous_raster[background] >= 0).astype(np.float32)
+        occlusion[background] = (previous_raster.winner[background] >= 0).astype(np.float32)
 
     coverage = winner >= 0
     backfacing_fraction = backfacing / max(covered.size, 1)
@@ -379,15 +416,12 @@ def compute_guides(
         coverage=top_down(coverage, 1),
         camera=camera,
         notes=notes,
-        warnings=warnings,
         backfacing_fraction=backfacing_fraction,
     )
 
 
-def _hidden_before(camera: Camera, raster: np.ndarray, raster_depth: np.ndarray, vertices: np.ndarray,
-                   triangles: np.ndarray,
-                   tri: np.ndarray, existed: np.ndarray, px: np.ndarray, py: np.ndarray,
-                   depth: np.ndarray, in_front: np.ndarray) -> np.ndarray:
+def _hidden_before(before: _PreviousRaster, tri: np.ndarray, existed: np.ndarray, px: np.ndarray,
+                   py: np.ndarray, depth: np.ndarray, in_front: np.ndarray) -> np.ndarray:
     """1.0 where a surface point was not visible from the previous frame's camera.
 
     The point is projected into the previous frame. If the triangle seen at the
@@ -400,6 +434,8 @@ def _hidden_before(camera: Camera, raster: np.ndarray, raster_depth: np.ndarray,
     Testing actual triangles, not their planes, keeps convex surfaces from hiding
     themselves.
     """
+    camera, raster, raster_depth = before.camera, before.winner, before.depth
+    vertices, triangles = before.vertices, before.triangles
     width, height = camera.width, camera.height
     inside = in_front & (px >= 0) & (px < width) & (py >= 0) & (py < height) & existed
     hidden = np.ones(tri.shape[0], dtype=np.float32)
@@ -431,8 +467,8 @@ def _hidden_before(camera: Camera, raster: np.ndarray, raster_depth: np.ndarray,
                 corners = vertices[triangles[seen[candidate]]]
                 t, u, v = _intersect(origins[candidate], directions[candidate],
                                      corners[:, 0], corners[:, 1], corners[:, 2])
-                eps = 1e-6
-                hit = (u >= -eps) & (v >= -eps) & (u + v <= 1 + eps)
+                slack = OCCLUSION_BARYCENTRIC_SLACK
+                hit = (u >= -slack) & (v >= -slack) & (u + v <= 1 + slack)
                 hit_depth = camera.view_depth(origins[candidate] + directions[candidate] * t[:, None])
                 in_front_of_point = hit_depth < point_depth[candidate] * (1.0 - OCCLUSION_DEPTH_TOLERANCE)
                 blocked[candidate[hit & in_front_of_point]] = True

@@ -30,9 +30,7 @@ class Mesh:
         if self.triangles is None:
             self.triangles = np.zeros((0, 3), dtype=np.int64)
             self.corner_normals = np.zeros((0, 3, 3), dtype=np.float32)
-            self.positions_only = True
             return
-        self.positions_only = False
         self.triangles = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
         self.corner_normals = np.asarray(self.corner_normals, dtype=np.float32).reshape(-1, 3, 3)
         if self.corner_normals.shape[0] != self.triangles.shape[0]:

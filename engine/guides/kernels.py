@@ -1,10 +1,12 @@
 """Compiled loops for the guides' two hot spots, when numba is available.
 
 The numpy code in ``raster.py`` and ``compute.py`` is the reference and the fallback;
-these kernels do the same arithmetic one pixel at a time, about 30x faster, and
-the tests hold both paths to the same results. ``SILK_NO_JIT=1`` forces numpy.
-numba caches the compiled code on disk, so only the first render after an install
-pays the compile time (about a second).
+these kernels do the same arithmetic one pixel at a time, and the tests hold both
+paths to the same results. ``SILK_NO_JIT=1`` forces numpy. numba caches the compiled
+code on disk, so only the first render after an install pays the compile time
+(about 8 s measured, see docs/benchmarks.md). Tolerances come in as arguments, from
+the one place each is defined (``raster.py``, ``compute.py``): numba's disk cache
+would not notice a changed constant imported from another module.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ try:  # numba is optional: bundled with the extension, absent in some Pythons
         raise ImportError("disabled by SILK_NO_JIT")
     from numba import njit, prange
     AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised by running the suite with SILK_NO_JIT=1
+except ImportError:  # the tests also run the numpy path by turning AVAILABLE off
     AVAILABLE = False
 
     def njit(*_args, **_kwargs):
@@ -27,14 +29,13 @@ except ImportError:  # pragma: no cover - exercised by running the suite with SI
 
     prange = range
 
-_EDGE = -1e-9  # same slack as raster.EDGE_EPSILON
-
 
 @njit(cache=True, nogil=True, inline="always")
-def _fill_one(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_id, width, height, zbuffer, winner):
+def _fill_one(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_id, width, height, zbuffer, winner,
+              edge_epsilon, near_slack, min_area):
     """Rasterise one screen-space triangle (x, y raster coordinates, z NDC depth)."""
     area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-    if abs(area) <= 1e-12:
+    if abs(area) <= min_area:
         return
     i0 = max(np.ceil(min(x0, x1, x2) - 0.5), 0.0)
     i1 = min(np.floor(max(x0, x1, x2) - 0.5), width - 1.0)
@@ -67,13 +68,13 @@ def _fill_one(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_id, width, height, zbuffer
         for di in range(int(i1) - ii0 + 1):
             fx = di + 0.5
             e1 = e1_row + a1 * fx
-            if e1 < _EDGE:
+            if e1 < -edge_epsilon:
                 continue
             e2 = e2_row + a2 * fx
-            if e2 < _EDGE or 1.0 - e1 - e2 < _EDGE:
+            if e2 < -edge_epsilon or 1.0 - e1 - e2 < -edge_epsilon:
                 continue
             depth = z_row + az * fx
-            if depth > 1.0 or depth < -1.0 - 1e-9:
+            if depth > 1.0 or depth < -1.0 - near_slack:
                 continue
             pixel = row + di
             if depth <= zbuffer[pixel]:
@@ -82,7 +83,7 @@ def _fill_one(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_id, width, height, zbuffer
 
 
 @njit(cache=True, nogil=True)
-def rasterize_indexed(clip, triangles, ids, width, height, zbuffer, winner):
+def rasterize_indexed(clip, triangles, ids, width, height, zbuffer, winner, edge_epsilon, near_slack, min_area):
     """The whole rasteriser of ``raster.rasterize`` for indexed triangles in clip space:
     trivial rejection, near-plane clipping into one or two triangles, and the fill."""
     # Screen coordinates of every vertex in front of the near plane, once.
@@ -122,7 +123,7 @@ def rasterize_indexed(clip, triangles, ids, width, height, zbuffer, winner):
             continue
         if ((ca | cb | cc) & 32) == 0:
             _fill_one(sx[a], sy[a], sz[a], sx[b], sy[b], sz[b], sx[c], sy[c], sz[c], ids[k],
-                      width, height, zbuffer, winner)
+                      width, height, zbuffer, winner, edge_epsilon, near_slack, min_area)
             continue
         # Sutherland-Hodgman against the near plane z + w >= 0 (keeps the winding).
         count = 0
@@ -149,7 +150,7 @@ def rasterize_indexed(clip, triangles, ids, width, height, zbuffer, winner):
                       polygon[p, 2] / w1,
                       (polygon[q, 0] / w2 + 1.0) * (0.5 * width), (polygon[q, 1] / w2 + 1.0) * (0.5 * height),
                       polygon[q, 2] / w2,
-                      ids[k], width, height, zbuffer, winner)
+                      ids[k], width, height, zbuffer, winner, edge_epsilon, near_slack, min_area)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -164,7 +165,7 @@ def _unproject(inverse, ndc_x, ndc_y, ndc_z):
 
 @njit(cache=True, nogil=True)
 def _hidden(px, py, point_depth, own, raster, raster_depth, width, height, inverse, view_row,
-            vertices, triangles):
+            vertices, triangles, depth_tolerance, neighbourhood_tolerance, barycentric_slack):
     """1.0 if a point at raster (px, py) and view depth ``point_depth`` of the previous frame
     was hidden there (see compute._hidden_before, which this mirrors)."""
     ix = min(max(int(np.floor(px)), 0), width - 1)
@@ -179,7 +180,7 @@ def _hidden(px, py, point_depth, own, raster, raster_depth, width, height, inver
             sx = min(max(base_x + dx, 0), width - 1)
             sy = min(max(base_y + dy, 0), height - 1)
             farthest = max(farthest, raster_depth[sy * width + sx])
-    if farthest < point_depth * (1.0 - 1e-2):
+    if farthest < point_depth * (1.0 - neighbourhood_tolerance):
         return 1.0
     ndc_x = 2.0 * px / width - 1.0
     ndc_y = 2.0 * py / height - 1.0
@@ -215,13 +216,13 @@ def _hidden(px, py, point_depth, own, raster, raster_depth, width, height, inver
             q2 = s0 * e11 - s1 * e10
             v = (d0 * q0 + d1 * q1 + d2 * q2) * inv_det
             t = (e20 * q0 + e21 * q1 + e22 * q2) * inv_det
-            if u < -1e-6 or v < -1e-6 or u + v > 1.0 + 1e-6:
+            if u < -barycentric_slack or v < -barycentric_slack or u + v > 1.0 + barycentric_slack:
                 continue
             hx = o0 + d0 * t
             hy = o1 + d1 * t
             hz = o2 + d2 * t
             hit_depth = -(view_row[0] * hx + view_row[1] * hy + view_row[2] * hz + view_row[3])
-            if hit_depth < point_depth * (1.0 - 1e-4):
+            if hit_depth < point_depth * (1.0 - depth_tolerance):
                 return 1.0
     return 0.0
 
@@ -229,7 +230,8 @@ def _hidden(px, py, point_depth, own, raster, raster_depth, width, height, inver
 @njit(cache=True, nogil=True, parallel=True)
 def guide_pixels(pixels, local, width, height, hit, normal_table, winding, previous_table, following_table,
                  existed, own_ids, raster, raster_depth, prev_inverse, prev_view_row,
-                 prev_vertices, prev_triangles, depth, normal, vector, occlusion):
+                 prev_vertices, prev_triangles, depth, normal, vector, occlusion,
+                 depth_tolerance, neighbourhood_tolerance, barycentric_slack):
     """Every guide at every covered pixel (see compute.compute_guides, which this mirrors).
 
     All three frames share the render size ``width`` x ``height``. Returns how many
@@ -282,7 +284,8 @@ def guide_pixels(pixels, local, width, height, hit, normal_table, winding, previ
             if in_front and existed[n] and 0.0 <= prev_x < width and 0.0 <= prev_y < height:
                 occlusion[pixel] = _hidden(prev_x, prev_y, point_depth, own_ids[n], raster, raster_depth,
                                            width, height, prev_inverse, prev_view_row,
-                                           prev_vertices, prev_triangles)
+                                           prev_vertices, prev_triangles, depth_tolerance,
+                                           neighbourhood_tolerance, barycentric_slack)
             else:
                 occlusion[pixel] = 1.0
         if has_following:

@@ -24,6 +24,10 @@ from . import kernels
 CHUNK_CANDIDATES = 1 << 21
 # Barycentric slack so that shared edges never leave cracks between triangles.
 EDGE_EPSILON = 1e-9
+# NDC depth slack at the near plane (clipped vertices land on it up to rounding).
+NEAR_SLACK = 1e-9
+# Screen-space area (pixels squared, doubled) below which a triangle covers nothing.
+MIN_AREA = 1e-12
 
 _OUT_RIGHT, _OUT_LEFT, _OUT_TOP, _OUT_BOTTOM, _OUT_FAR, _OUT_NEAR = 1, 2, 4, 8, 16, 32
 
@@ -105,7 +109,7 @@ def rasterize(clip_vertices: np.ndarray, triangles: np.ndarray, width: int, heig
         return winner.reshape(height, width), zbuffer.reshape(height, width)
     if kernels.AVAILABLE and use_kernels:
         kernels.rasterize_indexed(clip_vertices, triangles, np.asarray(ids, dtype=np.int64), width, height,
-                                  zbuffer, winner)
+                                  zbuffer, winner, EDGE_EPSILON, NEAR_SLACK, MIN_AREA)
         return winner.reshape(height, width), zbuffer.reshape(height, width)
 
     x, y, z, w = (np.ascontiguousarray(clip_vertices[:, k]) for k in range(4))
@@ -169,7 +173,7 @@ def _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, w
     i1 = np.minimum(np.floor(xmax - 0.5), width - 1)
     j0 = np.maximum(np.ceil(ymin - 0.5), 0)
     j1 = np.minimum(np.floor(ymax - 0.5), height - 1)
-    usable = (np.abs(area) > 1e-12) & (i1 >= i0) & (j1 >= j0)
+    usable = (np.abs(area) > MIN_AREA) & (i1 >= i0) & (j1 >= j0)
     keep = np.nonzero(usable)[0]
     if keep.size == 0:
         return
@@ -206,7 +210,7 @@ def _fill(x0, y0, z0, x1, y1, z1, x2, y2, z2, tri_ids, width, height, zbuffer, w
         inside = (
             (di < box_w[index][:, None]) & (dj < box_h[index][:, None])
             & (e1 >= -EDGE_EPSILON) & (e2 >= -EDGE_EPSILON) & (1.0 - e1 - e2 >= -EDGE_EPSILON)
-            & (depth <= 1.0) & (depth >= -1.0 - 1e-9)
+            & (depth <= 1.0) & (depth >= -1.0 - NEAR_SLACK)
         )
         pixel = (j0[index][:, None] + dj) * width + (i0[index][:, None] + di)
         _resolve(pixel[inside], depth[inside], np.broadcast_to(tri_ids[index][:, None], inside.shape)[inside],
@@ -260,7 +264,7 @@ def _fill_spans(index, coefficients, i0, j0, box_w, box_h, tri_ids, width, zbuff
         owner = tri[run]
         fx = di + 0.5
         depth = cz[owner] + az[owner] * fx + bz[owner] * fy[run]
-        keep = (depth <= 1.0) & (depth >= -1.0 - 1e-9)
+        keep = (depth <= 1.0) & (depth >= -1.0 - NEAR_SLACK)
         g = index[owner]
         pixel = (j0[g] + dj[run]) * width + (i0[g] + di)
         _resolve(pixel[keep], depth[keep], tri_ids[g[keep]], zbuffer, winner)

@@ -46,7 +46,7 @@ def camera_view_matrix(scene):
 
 def test_engine_is_registered_with_settings(silk):
     assert "SILK" in {engine.bl_idname for engine in bpy.types.RenderEngine.__subclasses__() if hasattr(engine, "bl_idname")}
-    scene = bpy.context.scene
+    scene = scenes.reset()  # defaults of a fresh scene, whatever earlier tests left behind
     assert scene.silk.mode == "DIFFUSE"
     assert scene.silk.guide_preview == "DEPTH"
 
