@@ -136,8 +136,9 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     corner_vertices = _corner_vertices(mesh)
     face_of_triangle = np.empty(triangle_count, dtype=np.int32)
     mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
-    shading_key = (mesh.has_custom_normals, _attribute_bytes(mesh, "sharp_edge", len(mesh.edges)),
-                   _attribute_bytes(mesh, "sharp_face", len(mesh.polygons)))
+    sharp_edges = _bool_attribute(mesh, "sharp_edge", len(mesh.edges))
+    sharp_faces = _bool_attribute(mesh, "sharp_face", len(mesh.polygons))
+    shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
     if mesh.has_custom_normals:
         cache_key = None  # custom normals can change while positions stay the same
     if cache_key is not None:
@@ -147,25 +148,25 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     corners = np.empty(triangle_count * 3, dtype=np.int32)
     loop_triangles.foreach_get("loops", corners)
     triangles = corner_vertices[corners]
-    result = Mesh(positions, triangles, _shading_normals(mesh, corners, triangles, triangle_count))
+    normals = _shading_normals(mesh, corners, triangles, face_of_triangle, sharp_edges, sharp_faces)
+    result = Mesh(positions, triangles, normals)
     if cache_key is not None:
         topology_cache.store(cache_key, positions, corner_vertices, face_of_triangle, shading_key, result)
     return result
 
 
-def _attribute_bytes(mesh, name: str, size: int) -> bytes:
-    values = _bool_attribute(mesh, name, size)
+def _packed(values) -> bytes:
     return b"" if values is None else np.packbits(values).tobytes()
 
 
-def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, triangle_count: int) -> np.ndarray:
+def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, face_of_triangle: np.ndarray,
+                     sharp_edges, sharp_faces) -> np.ndarray:
     """Per-corner shading normals exactly as Cycles shades the mesh.
 
     Custom normals or sharp edges need Blender's corner normals. Otherwise Cycles
     shades smooth triangles with vertex normals (to which flat faces contribute as
     well) and flat triangles with their face normal, and so do we.
     """
-    sharp_edges = _bool_attribute(mesh, "sharp_edge", len(mesh.edges))
     if mesh.has_custom_normals or (sharp_edges is not None and sharp_edges.any()):
         normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
         mesh.corner_normals.foreach_get("vector", normals)
@@ -173,10 +174,7 @@ def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, triangle_
     vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
     mesh.vertex_normals.foreach_get("vector", vertex_normals)
     shading = vertex_normals.reshape(-1, 3)[triangles.reshape(-1, 3)]
-    sharp_faces = _bool_attribute(mesh, "sharp_face", len(mesh.polygons))
     if sharp_faces is not None and sharp_faces.any():
-        face_of_triangle = np.empty(triangle_count, dtype=np.int32)
-        mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
         face_normals = np.empty(len(mesh.polygons) * 3, dtype=np.float32)
         mesh.polygon_normals.foreach_get("vector", face_normals)
         flat = sharp_faces[face_of_triangle]
@@ -200,7 +198,7 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
     camera = capture_camera(depsgraph, camera_object, width, height)
     instances: list[Instance] = []
     warnings: list[str] = []
-    meshes: dict[int, Mesh] = {}
+    meshes: dict[tuple, Mesh | None] = {}  # evaluated data read once, however many instances use it
     skipped_invalid: list[str] = []
     for instance in depsgraph.object_instances:
         obj = instance.object
@@ -220,14 +218,14 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
             cache_key = (obj.data.as_pointer(), positions_only)
         else:
             cache_key = (obj.as_pointer(), positions_only)
-        mesh = meshes.get(cache_key)
-        if mesh is None:
+        if cache_key not in meshes:
             mesh = _read_mesh(obj, positions_only)
+            if mesh is not None and not np.all(np.isfinite(mesh.positions)):
+                skipped_invalid.append(obj.name)
+                mesh = None
             meshes[cache_key] = mesh
+        mesh = meshes[cache_key]
         if mesh is None or mesh.vertex_count == 0 or (not positions_only and mesh.triangle_count == 0):
-            continue
-        if not np.all(np.isfinite(mesh.positions)):
-            skipped_invalid.append(obj.name)
             continue
         instances.append(Instance(key=key, mesh=mesh, matrix=matrix, name=obj.name))
     if skipped_invalid:
