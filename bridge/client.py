@@ -357,14 +357,16 @@ class WorkerClient:
             return None
 
     # -- frames -----------------------------------------------------------
-    def frame(self, array: np.ndarray, name: str | None = None) -> tuple[dict, list]:
-        """A frame descriptor for ``array`` (copied into shared memory, or attached)."""
+    def frame(self, array: np.ndarray, attachments: list, name: str | None = None) -> dict:
+        """A frame descriptor for ``array``: copied into shared memory, or (remote worker)
+        appended to ``attachments``, the list that goes with the request."""
         array = np.ascontiguousarray(array)
         if self.shared_frames and self.frames is not None:
             view, descriptor = self.frames.allocate(array.shape, array.dtype, name)
             np.copyto(view, array)
-            return descriptor, []
-        return {"attachment": None, "shape": list(array.shape), "dtype": array.dtype.name}, [array]
+            return descriptor
+        attachments.append(memoryview(array).cast("B"))
+        return {"attachment": len(attachments) - 1, "shape": list(array.shape), "dtype": array.dtype.name}
 
     def buffer(self, shape, dtype=np.float32, name: str | None = None) -> tuple[np.ndarray, dict]:
         """A shared buffer to fill in place (no copy); only with shared frames."""
@@ -380,16 +382,6 @@ class WorkerClient:
             return self.frames.view(descriptor)
         return np.frombuffer(attachments[descriptor["attachment"]], dtype=descriptor["dtype"]).reshape(
             descriptor["shape"])
-
-    @staticmethod
-    def _attach(frames: list) -> tuple[list, list]:
-        """Number inline frames' attachments in order of appearance."""
-        attachments = []
-        for descriptor, data in frames:
-            if data:
-                descriptor["attachment"] = len(attachments)
-                attachments.extend(memoryview(np.ascontiguousarray(d)).cast("B") for d in data)
-        return [d for d, _ in frames], attachments
 
     # -- operations -------------------------------------------------------
     def ping(self, timeout: float = 5.0) -> dict:
@@ -426,11 +418,10 @@ class WorkerClient:
         """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...].
         Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and details."""
         self.ensure_started()
-        frames = []
+        attachments = []
         units = []
         for index, unit in enumerate(controlnets):
-            descriptor, data = self.frame(np.asarray(unit["image"], dtype=np.float32), name=f"control{index}")
-            frames.append((descriptor, data))
+            descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"control{index}")
             units.append({"image": descriptor, "weight": float(unit.get("weight", 1.0)),
                           "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))})
         request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
@@ -439,12 +430,9 @@ class WorkerClient:
                    "preview": bool(preview)}
         for key, array in (("init_image", init_image), ("mask", mask)):
             if array is not None:
-                descriptor, data = self.frame(np.asarray(array, dtype=np.float32), name=key)
-                frames.append((descriptor, data))
-                request[key] = descriptor
+                request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
         if self.shared_frames:
             _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
-        _, attachments = self._attach(frames)
         self.state = "busy"
         try:
             reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,

@@ -108,7 +108,7 @@ class DiffusionBackend:
                            "(pip install torch diffusers transformers safetensors pillow numpy)")
 
     # -- models -----------------------------------------------------------
-    def load(self, model: dict, cancel=None) -> dict:
+    def load(self, model: dict) -> dict:
         spec = ModelSpec.from_request(model)
         entry = self._pipeline(spec)
         return {"source": spec.source, "device": entry["device"], "dtype": entry["dtype"],
@@ -185,22 +185,17 @@ class DiffusionBackend:
     def generate(self, request: dict, images: dict, units: list, progress, cancel) -> Result:
         spec = ModelSpec.from_request(request["model"])
         entry = self._pipeline(spec)
-        torch = entry["torch"]
         settings = _generation_settings(request, units, len(entry["controlnets"]))
         started = time.perf_counter()
         try:
             return self._generate(entry, spec, request, settings, images, units, progress, cancel, started)
         except Cancelled:
             raise
-        except torch.cuda.OutOfMemoryError if hasattr(torch.cuda, "OutOfMemoryError") else MemoryError:
+        except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not _is_out_of_memory(error):
+                raise
             _free_memory()
             raise JobError("out_of_memory", _out_of_memory_message(spec)) from None
-        except RuntimeError as error:
-            text = str(error).lower()
-            if "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text:
-                _free_memory()
-                raise JobError("out_of_memory", _out_of_memory_message(spec)) from None
-            raise
 
     def _generate(self, entry, spec, request, settings, images, units, progress, cancel, started) -> Result:
         torch = entry["torch"]
@@ -483,6 +478,14 @@ def _explain_load_error(spec: ModelSpec, error: Exception) -> JobError:
                         f"model the hub could provide here ({_short(error)}). Give a local folder, a checkpoint "
                         "file, or 'tiny' for offline tests")
     return JobError("bad_model", f"Cannot load the model '{spec.source}': {_short(error)}")
+
+
+def _is_out_of_memory(error: Exception) -> bool:
+    """GPU out of memory, or the CPU allocator refusing (e.g. under SILK_WORKER_MEMORY_LIMIT_MB)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
 
 
 def _out_of_memory_message(spec: ModelSpec) -> str:

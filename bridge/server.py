@@ -210,7 +210,7 @@ class WorkerServer:
             if request["type"] == "echo":
                 reply, attachments = self._echo(job)
             elif request["type"] == "load_model":
-                info = self.backend.load(request["model"], cancel=job.cancel)
+                info = self.backend.load(request["model"])
                 reply = {"type": "ok", "reply_to": job.id, "model": info}
             else:
                 reply, attachments = self._generate(job)
