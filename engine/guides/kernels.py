@@ -4,7 +4,7 @@ The numpy code in ``raster.py`` and ``compute.py`` is the reference and the fall
 these kernels do the same arithmetic one pixel at a time, and the tests hold both
 paths to the same results. ``SILK_NO_JIT=1`` forces numpy. numba caches the compiled
 code on disk, so only the first render after an install pays the compile time
-(about 8 s measured, see docs/benchmarks.md). Tolerances come in as arguments, from
+(about 6 s measured, see docs/benchmarks.md). Tolerances come in as arguments, from
 the one place each is defined (``raster.py``, ``compute.py``): numba's disk cache
 would not notice a changed constant imported from another module.
 """
