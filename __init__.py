@@ -5,20 +5,23 @@ Registration only; see ``engine/``, ``operators/``, ``ui/`` and ``bridge/``.
 
 
 def register():
-    from .engine import render_engine, settings
+    from .engine import render_engine, result_history, settings
     from . import operators, ui
 
     settings.register()
     render_engine.register()
+    result_history.register()
     operators.register()
     ui.register()
 
 
 def unregister():
-    from .engine import render_engine, settings
+    from .engine import render_engine, result_history, settings, worker_link
     from . import operators, ui
 
     ui.unregister()
     operators.unregister()
+    result_history.unregister()
     render_engine.unregister()
     settings.unregister()
+    worker_link.unregister()  # the worker exits with its client

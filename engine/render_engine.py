@@ -14,7 +14,8 @@ import traceback
 import bpy
 import numpy as np
 
-from . import conditioning
+from ..bridge.client import JobCancelled, WorkerError
+from . import conditioning, diffusion_job, job_settings, result_history, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_frame, capture_motion_frames, render_size
@@ -31,11 +32,15 @@ PASSES = (
 
 # Largest render Silk accepts; beyond this the guides need too much memory.
 MAX_PIXELS = 8192 * 8192
+# How long a render waits for a busy worker (a panel preview finishing).
+WORKER_WAIT_SECONDS = 600
 
 # Depth ranges of shots, computed once per render job (cleared by ``render_init``).
 _shot_depth_ranges: dict = {}
 # The last render's reports, newest last, for the panel and for scripts.
 last_reports: list[tuple[str, str]] = []
+# The worker's picture of the last painted frame (display sRGB, rows top-down), for scripts.
+last_picture: np.ndarray | None = None
 
 
 def clear_job_caches(*_args) -> None:
@@ -63,10 +68,12 @@ class SilkRenderEngine(bpy.types.RenderEngine):
 
     # -- render --------------------------------------------------------------
     def render(self, depsgraph):
+        global last_picture
         last_reports.clear()
+        last_picture = None
         try:
             self._render(depsgraph)
-        except CaptureError as error:
+        except (CaptureError, diffusion_job.JobSettingsError) as error:
             self._report("ERROR", str(error))
         except MemoryError:
             self._report("ERROR", "Out of memory while computing the guides; lower the resolution")
@@ -106,16 +113,91 @@ class SilkRenderEngine(bpy.types.RenderEngine):
 
         combined = np.zeros((height, width, 4), dtype=np.float32)
         combined[..., 3] = 1.0
-        if settings.mode == "GUIDES":
-            picture = self._guide_picture(depsgraph, guides, settings)
-            combined[..., :3] = srgb_to_linear(picture)
-        self._write_result(depsgraph, combined, guides)
-        if settings.mode == "DIFFUSE":
-            self._report(
-                "ERROR",
-                "No diffusion backend is ready yet: the guide passes were rendered, Combined is empty. "
-                "Set Silk's Mode to Guides to preview them",
-            )
+        result = self.begin_result(0, 0, width, height, layer=depsgraph.view_layer.name)
+        try:
+            self._write_passes(result, {"Depth": guides.depth, "Normal": guides.normal, "Vector": guides.vector,
+                                        "Occlusion": guides.occlusion})
+            if settings.mode == "GUIDES":
+                combined[..., :3] = srgb_to_linear(self._guide_picture(depsgraph, guides, settings))
+                self._write_passes(result, {"Combined": combined})
+                return
+            self._write_passes(result, {"Combined": combined})
+            self.update_result(result)  # the guides are visible while the worker paints
+            picture = self._diffuse(depsgraph, guides, result, combined)
+            global last_picture
+            last_picture = picture
+            # A cancelled or failed frame leaves Combined black, never a half-denoised preview.
+            combined[..., :3] = 0.0 if picture is None else srgb_to_linear(picture)
+            self._write_passes(result, {"Combined": combined})
+            if picture is not None and not self.is_animation:
+                result_history.queue(scene, combined)
+        finally:
+            self.end_result(result)
+
+    # -- diffusion -----------------------------------------------------------
+    def _should_cancel(self) -> bool:
+        return self.test_break() or worker_link.cancel_requested.is_set()
+
+    def _diffuse(self, depsgraph, guides, result, combined):
+        """Guides -> conditioning -> worker. Returns the picture (display sRGB) or None."""
+        scene = depsgraph.scene
+        height, width = guides.depth.shape
+        job = job_settings.from_scene(scene)
+        units = diffusion_job.control_units(job, guides, self._depth_range(depsgraph, guides))
+        model = diffusion_job.model_request(job)
+        try:
+            worker = worker_link.client()
+        except WorkerError as error:
+            self._report("ERROR", str(error))
+            return None
+        if not self._take_worker():
+            return None
+        worker_link.cancel_requested.clear()
+        try:
+            if worker.state != "ready":
+                self.update_stats("Silk", "Starting the diffusion worker")
+            worker.ensure_started()
+            if worker_link.loaded.get("source") != model["source"]:
+                self.update_stats("Silk", f"Loading {model['source']} (once; the first time may download it)")
+            worker_link.note_loaded(worker.load_model(model, should_cancel=self._should_cancel))
+            device = worker_link.loaded.get("device", "?").upper()
+            label = f"seed {job.seed} | {model['source']} | {device}"
+            started = time.perf_counter()
+
+            def on_progress(progress):
+                self.update_progress(progress.step / max(1, progress.steps))
+                self.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
+                if progress.preview is not None:
+                    combined[..., :3] = srgb_to_linear(diffusion_job.upscale_preview(progress.preview, height, width))
+                    self._write_passes(result, {"Combined": combined})
+                    self.update_result(result)
+
+            self.update_stats("Silk", f"Painting | {label}")
+            picture, _info = worker.generate(
+                model, job.prompt, units, width, height, negative_prompt=job.negative_prompt, seed=job.seed,
+                steps=job.steps, guidance=job.guidance, scheduler=job.scheduler, preview=True,
+                on_progress=on_progress, should_cancel=self._should_cancel)
+            self.update_stats("Silk", f"Done in {time.perf_counter() - started:.1f} s | {label}")
+            return picture
+        except JobCancelled:
+            self._report("INFO", "Cancelled; the worker is ready for the next render")
+            return None
+        except WorkerError as error:
+            self._report("ERROR", str(error))
+            return None
+        finally:
+            worker_link.job_lock.release()
+
+    def _take_worker(self) -> bool:
+        """Wait for the worker to be free (a panel preview may hold it), with a deadline."""
+        deadline = time.monotonic() + WORKER_WAIT_SECONDS
+        while not worker_link.job_lock.acquire(timeout=0.1):
+            if self._should_cancel():
+                return False
+            if time.monotonic() > deadline:
+                self._report("ERROR", f"The worker stayed busy for {WORKER_WAIT_SECONDS} s (a preview?); try again")
+                return False
+        return True
 
     def _guide_picture(self, depsgraph, guides, settings) -> np.ndarray:
         preview = settings.guide_preview
@@ -158,27 +240,14 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         finally:
             self.frame_set(frame, subframe)
 
-    def _write_result(self, depsgraph, combined, guides) -> None:
-        height, width = combined.shape[:2]
-        result = self.begin_result(0, 0, width, height, layer=depsgraph.view_layer.name)
-        try:
-            layer = result.layers[0]
-            values = {
-                "Combined": combined,
-                "Depth": guides.depth,
-                "Normal": guides.normal,
-                "Vector": guides.vector,
-                "Occlusion": guides.occlusion,
-            }
-            for render_pass in layer.passes:
-                data = values.get(render_pass.name)
-                if data is None:
-                    continue
+    @staticmethod
+    def _write_passes(result, values: dict) -> None:
+        for render_pass in result.layers[0].passes:
+            data = values.get(render_pass.name)
+            if data is not None:
                 # Blender's passes are stored bottom-up.
                 flat = np.ascontiguousarray(data[::-1], dtype=np.float32).reshape(-1)
                 render_pass.rect.foreach_set(flat)
-        finally:
-            self.end_result(result)
 
 
 def register():

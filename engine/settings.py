@@ -1,6 +1,14 @@
-"""Silk's per-scene settings: ``scene.silk``."""
+"""Silk's per-scene settings: ``scene.silk``.
+
+Everything a frame needs is read from here at render time, so keyframes and
+drivers on any numeric setting (seed, steps, guidance, unit weights...) schedule
+it over an animation.
+"""
 import bpy
-from bpy.props import EnumProperty, PointerProperty
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+from . import diffusion_job
 
 MODES = [
     ("DIFFUSE", "Diffuse", "Paint each frame with Stable Diffusion, steered by the guides"),
@@ -19,6 +27,64 @@ DEPTH_NORMALIZATIONS = [
     ("CLIP", "Camera Clip", "From the camera's clip start and end"),
 ]
 
+SCHEDULERS = [
+    ("euler", "Euler", "Euler, deterministic"),
+    ("euler_a", "Euler a", "Euler ancestral: adds fresh noise each step"),
+    ("dpmpp_2m", "DPM++ 2M", "DPM-Solver++ 2M: good pictures in 20-30 steps"),
+    ("dpmpp_2m_karras", "DPM++ 2M Karras", "DPM-Solver++ 2M with Karras sigmas"),
+    ("ddim", "DDIM", "DDIM, deterministic"),
+    ("unipc", "UniPC", "UniPC: good pictures in few steps"),
+    ("lcm", "LCM", "For LCM models and LoRAs (4-8 steps, guidance 1-2)"),
+]
+
+FAMILIES = [
+    ("AUTO", "Automatic", "SDXL when the model's name says XL, else SD 1.5"),
+    ("SD15", "SD 1.5", "Stable Diffusion 1.x and its fine-tunes"),
+    ("SDXL", "SDXL", "Stable Diffusion XL and its fine-tunes"),
+]
+
+UNIT_KINDS = [
+    ("DEPTH", "Depth", "The scene's exact depth (inverse, near white)"),
+    ("NORMAL", "Normal", "The scene's exact camera-space normals (BAE)"),
+    ("CANNY", "Canny", "Canny edges of a guide or an image (no annotator weights needed)"),
+    ("LINEART", "Line Art", "Line art of a guide or an image (annotator weights needed)"),
+    ("SOFTEDGE", "Soft Edge", "HED soft edges of a guide or an image (annotator weights needed)"),
+    ("OPENPOSE", "OpenPose", "Human poses found in an image (annotator weights needed)"),
+    ("IMAGE", "Image", "An image used as it is (give the ControlNet that reads it)"),
+]
+
+UNIT_SOURCES = [
+    ("DEPTH", "Depth Guide", "Run the annotator on the depth guide"),
+    ("NORMAL", "Normal Guide", "Run the annotator on the normal guide"),
+    ("IMAGE", "Image", "Run the annotator on an image"),
+]
+
+
+class SilkControlUnit(bpy.types.PropertyGroup):
+    enabled: BoolProperty(name="Enabled", default=True)
+    kind: EnumProperty(name="Type", items=UNIT_KINDS, default="DEPTH")
+    source: EnumProperty(name="Source", items=UNIT_SOURCES, default="DEPTH",
+                         description="What an annotator unit (Canny, Line Art...) looks at")
+    image: PointerProperty(name="Image", type=bpy.types.Image, description="The image for an Image source")
+    controlnet: StringProperty(
+        name="ControlNet", description="A hub repo id or a local folder (empty: the default for this type and the "
+                                       "model's family)")
+    weight: FloatProperty(name="Weight", default=1.0, min=0.0, max=5.0, soft_max=2.0,
+                          description="How strongly this unit steers the picture")
+    start: FloatProperty(name="Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+                         description="Fraction of the denoising steps after which this unit starts steering")
+    end: FloatProperty(name="End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+                       description="Fraction of the denoising steps after which this unit stops steering")
+    low_threshold: IntProperty(name="Low Threshold", default=100, min=0, max=255, description="Canny's low threshold")
+    high_threshold: IntProperty(name="High Threshold", default=200, min=0, max=255,
+                                description="Canny's high threshold")
+
+
+class SilkLora(bpy.types.PropertyGroup):
+    enabled: BoolProperty(name="Enabled", default=True)
+    path: StringProperty(name="File", subtype="FILE_PATH", description="A LoRA .safetensors file")
+    weight: FloatProperty(name="Weight", default=0.8, min=-5.0, max=5.0, soft_min=0.0, soft_max=1.5)
+
 
 class SilkSceneSettings(bpy.types.PropertyGroup):
     mode: EnumProperty(name="Mode", items=MODES, default="DIFFUSE",
@@ -30,17 +96,81 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         description="How depth is mapped to the depth ControlNet's picture, once per shot",
     )
 
+    # -- prompt -------------------------------------------------------------
+    prompt: StringProperty(name="Prompt", default="a detailed oil painting, soft warm light",
+                           description="What to paint")
+    negative_prompt: StringProperty(name="Negative Prompt", default="blurry, low quality",
+                                    description="What to steer away from")
 
-CLASSES = (SilkSceneSettings,)
+    # -- model --------------------------------------------------------------
+    model: StringProperty(
+        name="Model", default=diffusion_job.DEFAULT_MODEL,
+        description="'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
+                    ".safetensors/.ckpt checkpoint file")
+    model_family: EnumProperty(name="Family", items=FAMILIES, default="AUTO",
+                               description="Which ControlNets fit the model")
+    units: CollectionProperty(type=SilkControlUnit)
+    active_unit: IntProperty(name="Active Unit", default=0, min=0)
+    units_initialized: BoolProperty(default=False, options={"HIDDEN"},
+                                    description="The default units were added once (an empty list is then meant)")
+    loras: CollectionProperty(type=SilkLora)
+    active_lora: IntProperty(name="Active LoRA", default=0, min=0)
+
+    # -- sampling -----------------------------------------------------------
+    seed: IntProperty(name="Seed", default=42, min=0, description="The noise the picture grows from")
+    steps: IntProperty(name="Steps", default=20, min=1, max=150, description="Denoising steps")
+    guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0, max=30.0,
+                                  description="How strictly to follow the prompt (classifier-free guidance)")
+    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="dpmpp_2m_karras")
+
+    # -- worker -------------------------------------------------------------
+    attention_slicing: BoolProperty(name="Attention Slicing", default=False,
+                                    description="Less GPU memory, a little slower")
+    vae_tiling: BoolProperty(name="VAE Tiling", default=False, description="Decode large frames in tiles")
+    cpu_offload: BoolProperty(name="CPU Offload", default=False,
+                              description="Keep only the running part of the model on the GPU (CUDA)")
+    preview_scale: FloatProperty(name="Preview Size", default=0.5, min=0.1, max=1.0, subtype="FACTOR",
+                                 description="Render preview size as a fraction of the render size")
+    preview_steps: IntProperty(name="Preview Steps", default=8, min=1, max=150,
+                               description="Denoising steps of a render preview")
+    history_length: IntProperty(name="History", default=8, min=1, max=64,
+                                description="How many F12 results the Image Editor keeps to step back through")
+
+
+CLASSES = (SilkControlUnit, SilkLora, SilkSceneSettings)
+
+
+def ensure_default_units(scene) -> None:
+    """Give a scene that never had units the default Depth and Normal units."""
+    settings = scene.silk
+    if settings.units_initialized or len(settings.units):
+        return
+    for kind in diffusion_job.DEFAULT_UNIT_KINDS:
+        unit = settings.units.add()
+        unit.kind = kind
+        unit.source = kind
+    settings.units_initialized = True
+
+
+@bpy.app.handlers.persistent
+def _ensure_units_everywhere(*_args) -> None:
+    for scene in bpy.data.scenes:
+        if scene.render.engine == "SILK" and not scene.silk.units_initialized:
+            ensure_default_units(scene)
 
 
 def register():
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.silk = PointerProperty(type=SilkSceneSettings)
+    bpy.app.handlers.load_post.append(_ensure_units_everywhere)
+    bpy.app.handlers.depsgraph_update_post.append(_ensure_units_everywhere)
 
 
 def unregister():
+    for handlers in (bpy.app.handlers.load_post, bpy.app.handlers.depsgraph_update_post):
+        if _ensure_units_everywhere in handlers:
+            handlers.remove(_ensure_units_everywhere)
     del bpy.types.Scene.silk
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

@@ -1,10 +1,14 @@
 """Silk's operators."""
-from . import worker
+from . import render, units, worker
+
+MODULES = (worker, render, units)
 
 
 def register():
-    worker.register()
+    for module in MODULES:
+        module.register()
 
 
 def unregister():
-    worker.unregister()
+    for module in reversed(MODULES):
+        module.unregister()

@@ -41,6 +41,10 @@ class SilkPreferences(bpy.types.AddonPreferences):
         name="Worker Python", subtype="FILE_PATH",
         description="A Python with torch and diffusers to run the diffusion worker (empty: the worker "
                     "environment that 'Install worker environment' makes). SILK_WORKER_PYTHON overrides this")
+    model_folder: StringProperty(
+        name="Model Folder", subtype="DIR_PATH",
+        description="Where the worker keeps downloaded models and the tiny test model (empty: ~/.cache/silk/models "
+                    "and the Hugging Face cache)")
     remote_address: StringProperty(
         name="Remote Worker", description="host:port of a worker on another machine (empty: run one here)")
     remote_token: StringProperty(name="Token", subtype="PASSWORD",
@@ -65,6 +69,7 @@ class SilkPreferences(bpy.types.AddonPreferences):
         state = worker.install_state()
         if state:
             box.label(text=state, icon="INFO")
+        box.prop(self, "model_folder")
         box.prop(self, "device")
         box.prop(self, "precision")
         box = layout.box()

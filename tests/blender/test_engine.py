@@ -146,11 +146,14 @@ def test_saved_file_renders_its_animation_in_background(silk, tmp_path):
     assert np.any(passes["Vector"] != 0) and "Occlusion" in passes
 
 
-def test_diffuse_mode_says_no_backend_is_ready(silk):
+def test_diffuse_mode_without_a_worker_python_is_one_clear_error(silk, monkeypatch, tmp_path):
     scene = simple_scene()
     scene.silk.mode = "DIFFUSE"
-    with pytest.raises(RuntimeError, match="No diffusion backend is ready.*Guides"):
+    monkeypatch.setenv("SILK_WORKER_PYTHON", str(tmp_path / "no-such-python"))
+    with pytest.raises(RuntimeError, match="worker Python .*SILK_WORKER_PYTHON.*does not exist"):
         bpy.ops.render.render()
+    assert [level for level, _ in render_engine.last_reports] == ["ERROR"]
+    monkeypatch.undo()
     assert_blender_still_renders()
 
 

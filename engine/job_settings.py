@@ -1,0 +1,68 @@
+"""Copy ``scene.silk`` (evaluated at the current frame) into plain ``JobSettings``.
+
+The only ``bpy`` step between the scene and a worker request; every value is read
+when the frame renders, so keyframes and drivers apply.
+"""
+from __future__ import annotations
+
+import bpy
+import numpy as np
+
+from . import diffusion_job, worker_link
+from .settings import SCHEDULERS
+from .color import linear_to_srgb
+from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
+
+KNOWN_SCHEDULERS = {identifier for identifier, _label, _description in SCHEDULERS}
+
+
+def from_scene(scene) -> JobSettings:
+    settings = scene.silk
+    if not settings.units_initialized and not len(settings.units):
+        units = [UnitSettings(kind=kind, source=kind) for kind in diffusion_job.DEFAULT_UNIT_KINDS]
+    else:
+        units = [_unit(unit) for unit in settings.units if unit.enabled]
+    scheduler = settings.scheduler
+    if scheduler not in KNOWN_SCHEDULERS:
+        # An enum value this version does not know, e.g. from a file saved by a newer Silk.
+        raise JobSettingsError(f"Unknown sampler {scheduler or '(none)'!r}: choose one in Silk's Sampling panel")
+    device, precision = worker_link.device_setting()
+    return JobSettings(
+        model=_model_source(settings.model), family=settings.model_family, units=units,
+        loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
+        prompt=settings.prompt, negative_prompt=settings.negative_prompt, seed=settings.seed, steps=settings.steps,
+        guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
+        attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
+        cpu_offload=settings.cpu_offload)
+
+
+def _model_source(model: str) -> str:
+    model = model.strip()
+    if model.startswith("//"):  # relative to the .blend file
+        return bpy.path.abspath(model)
+    return model
+
+
+def _unit(unit) -> UnitSettings:
+    needs_image = unit.kind == "IMAGE" or (unit.kind not in ("DEPTH", "NORMAL") and unit.source == "IMAGE")
+    image = _image_pixels(unit.image) if needs_image and unit.image is not None else None
+    return UnitSettings(kind=unit.kind, source=unit.source, controlnet=bpy.path.abspath(unit.controlnet)
+                        if unit.controlnet.startswith("//") else unit.controlnet,
+                        weight=unit.weight, start=unit.start, end=unit.end, image=image,
+                        image_name=unit.image.name if unit.image else "",
+                        low_threshold=unit.low_threshold, high_threshold=unit.high_threshold)
+
+
+def _image_pixels(image) -> np.ndarray:
+    """An image's pixels as display sRGB, rows top-down."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise JobSettingsError(f"The image '{image.name}' has no pixels (is its file missing?)")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = pixels.reshape(height, width, image.channels)[::-1]
+    if image.channels < 3:
+        pixels = np.repeat(pixels[..., :1], 3, axis=2)
+    rgb = pixels[..., :3]
+    # Float images hold scene-linear values; byte images hold their file's (sRGB) values.
+    return linear_to_srgb(rgb) if image.is_float else np.ascontiguousarray(rgb)

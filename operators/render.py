@@ -1,0 +1,269 @@
+"""Operators for everyday diffusion work: seed dice, worker start/stop, cancel, render preview,
+stepping through the result history."""
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import bpy
+import numpy as np
+
+from ..bridge.client import JobCancelled, WorkerError
+from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
+from ..engine.color import srgb_to_linear
+from ..engine.guides import compute_guides
+from ..engine.scene_capture import CaptureError, capture_frame, render_size
+
+PREVIEW_TIMEOUT = 1800.0  # seconds a preview may take, model loading included
+
+
+def redraw_silk_panels() -> None:
+    for window in getattr(bpy.context.window_manager, "windows", ()):
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "PROPERTIES", "IMAGE_EDITOR"):
+                area.tag_redraw()
+
+
+def _watch_worker_state():
+    """Redraw the panels while the worker starts, so its status line moves."""
+    redraw_silk_panels()
+    return 0.5 if worker_link.status()[0] in ("starting", "busy") else None
+
+
+class SILK_OT_randomize_seed(bpy.types.Operator):
+    bl_idname = "silk.randomize_seed"
+    bl_label = "Random Seed"
+    bl_description = "Pick a new random seed"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        context.scene.silk.seed = random.randrange(0, 2 ** 31 - 1)
+        return {"FINISHED"}
+
+
+class SILK_OT_start_worker(bpy.types.Operator):
+    bl_idname = "silk.start_worker"
+    bl_label = "Start Worker"
+    bl_description = "Start the diffusion worker now (renders start it by themselves when needed)"
+
+    def execute(self, context):
+        worker_link.start_in_background()
+        if bpy.app.background:
+            deadline = time.monotonic() + 120
+            while worker_link.status()[0] == "starting" and time.monotonic() < deadline:
+                time.sleep(0.05)
+        else:
+            bpy.app.timers.register(_watch_worker_state, first_interval=0.2)
+        state, text = worker_link.status()
+        if state == "error":
+            self.report({"ERROR"}, f"Silk: {text}")
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+class SILK_OT_stop_worker(bpy.types.Operator):
+    bl_idname = "silk.stop_worker"
+    bl_label = "Stop Worker"
+    bl_description = "Stop the diffusion worker and free its memory (a running job is ended)"
+
+    def execute(self, context):
+        worker_link.stop()
+        redraw_silk_panels()
+        return {"FINISHED"}
+
+
+class SILK_OT_cancel(bpy.types.Operator):
+    bl_idname = "silk.cancel"
+    bl_label = "Stop Painting"
+    bl_description = "Stop the render or preview the worker is painting, within one step"
+
+    def execute(self, context):
+        worker_link.cancel_requested.set()
+        return {"FINISHED"}
+
+
+class PreviewJob:
+    """One preview painted on a thread; the operator polls it from the main thread."""
+
+    def __init__(self, job, units, width, height):
+        self.job, self.units, self.width, self.height = job, units, width, height
+        self.step = 0
+        self.steps = job.steps
+        self.preview = None
+        self.picture = None
+        self.error = None
+        self.cancelled = False
+        self.done = threading.Event()
+
+    def start(self) -> "PreviewJob":
+        threading.Thread(target=self._run, name="silk-preview", daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            if not worker_link.job_lock.acquire(timeout=1.0):
+                self.error = "The worker is busy (a render is running); try again when it is done"
+                return
+            try:
+                worker_link.cancel_requested.clear()
+                worker = worker_link.client()
+                worker.ensure_started()
+                model = diffusion_job.model_request(self.job)
+                worker_link.note_loaded(worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
+                self.picture, _ = worker.generate(
+                    model, self.job.prompt, self.units, self.width, self.height,
+                    negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
+                    guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
+                    timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
+                    should_cancel=worker_link.cancel_requested.is_set)
+            finally:
+                worker_link.job_lock.release()
+        except JobCancelled:
+            self.cancelled = True
+        except (WorkerError, diffusion_job.JobSettingsError) as error:
+            self.error = str(error)
+        except Exception as error:  # the thread must always finish and say why
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            self.done.set()
+
+    def _on_progress(self, progress) -> None:
+        self.step, self.steps = progress.step, progress.steps
+        if progress.preview is not None:
+            self.preview = progress.preview
+
+
+def preview_image(scene, width: int, height: int):
+    name = f"Silk Preview {scene.name}"
+    image = bpy.data.images.get(name)
+    if image is not None and tuple(image.size) != (width, height):
+        bpy.data.images.remove(image)
+        image = None
+    if image is None:
+        image = bpy.data.images.new(name, width, height, alpha=True, float_buffer=True)
+    return image
+
+
+def show_picture(image, picture: np.ndarray) -> None:
+    """Write a display-sRGB picture (rows top-down) into a float image (scene-linear)."""
+    height, width = picture.shape[:2]
+    rgba = np.ones((height, width, 4), dtype=np.float32)
+    rgba[..., :3] = srgb_to_linear(picture[..., :3])
+    image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).reshape(-1))
+    image.update()
+
+
+class SILK_OT_render_preview(bpy.types.Operator):
+    bl_idname = "silk.render_preview"
+    bl_label = "Render Preview"
+    bl_description = ("Paint the current frame at reduced size and steps into the Image Editor, without "
+                      "blocking Blender (Esc stops it)")
+
+    _timer = None
+    _job: PreviewJob | None = None
+
+    def _prepare(self, context):
+        scene = context.scene
+        settings = scene.silk
+        if scene.camera is None:
+            raise CaptureError("The scene has no camera")
+        full_width, full_height = render_size(scene)
+        width = max(8, int(round(full_width * settings.preview_scale)))
+        height = max(8, int(round(full_height * settings.preview_scale)))
+        job = job_settings.from_scene(scene)
+        job.steps = settings.preview_steps
+        depsgraph = context.evaluated_depsgraph_get()
+        frame, _warnings = capture_frame(depsgraph, scene.camera, width, height)
+        guides = compute_guides(frame)
+        if settings.depth_normalization == "CLIP":
+            depth_range = conditioning.DepthRange.from_clip(guides.camera.clip_start, guides.camera.clip_end)
+        else:  # a preview sees one frame: its own depths stand in for the shot's first frame
+            depth_range = (conditioning.DepthRange.from_percentiles(guides.depth, guides.coverage)
+                           or conditioning.DepthRange.from_clip(guides.camera.clip_start, guides.camera.clip_end))
+        units = diffusion_job.control_units(job, guides, depth_range)
+        diffusion_job.model_request(job)  # settings errors now, in the operator's report
+        return PreviewJob(job, units, width, height)
+
+    def invoke(self, context, event):
+        try:
+            self._job = self._prepare(context).start()
+        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
+            self.report({"ERROR"}, f"Silk: {error}")
+            return {"CANCELLED"}
+        self._image = preview_image(context.scene, self._job.width, self._job.height)
+        self._scene_name = context.scene.name
+        result_history.show(self._image)
+        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        redraw_silk_panels()
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        """Scripts and background mode: paint, wait (with a deadline), then show."""
+        try:
+            job = self._prepare(context).start()
+        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
+            self.report({"ERROR"}, f"Silk: {error}")
+            return {"CANCELLED"}
+        if not job.done.wait(PREVIEW_TIMEOUT + 60):
+            worker_link.cancel_requested.set()
+            self.report({"ERROR"}, "Silk: the preview did not finish in time")
+            return {"CANCELLED"}
+        return self._finish(context, job)
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC":
+            worker_link.cancel_requested.set()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        if job.preview is not None and not job.done.is_set():
+            show_picture(self._image, diffusion_job.upscale_preview(job.preview, job.height, job.width))
+        context.workspace.status_text_set(f"Silk preview: step {job.step}/{job.steps} (Esc to stop)")
+        if not job.done.is_set():
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        return self._finish(context, job)
+
+    def _finish(self, context, job):
+        redraw_silk_panels()
+        if job.cancelled:
+            self.report({"INFO"}, "Silk: preview stopped")
+            return {"CANCELLED"}
+        if job.error:
+            self.report({"ERROR"}, f"Silk: {job.error}")
+            return {"CANCELLED"}
+        image = preview_image(context.scene, job.width, job.height)
+        show_picture(image, job.picture)
+        result_history.show(image)
+        self.report({"INFO"}, f"Silk: preview painted ({job.width}x{job.height}, {job.steps} steps)")
+        return {"FINISHED"}
+
+
+class SILK_OT_history_step(bpy.types.Operator):
+    bl_idname = "silk.history_step"
+    bl_label = "Step Through Silk Results"
+    bl_description = "Show the previous or next Silk F12 result in this Image Editor"
+
+    direction: bpy.props.IntProperty(default=-1)
+
+    @classmethod
+    def poll(cls, context):
+        return context.space_data is not None and context.space_data.type == "IMAGE_EDITOR"
+
+    def execute(self, context):
+        image = result_history.step(context.space_data, self.direction)
+        if image is None:
+            self.report({"INFO"}, "Silk: no older result" if self.direction < 0 else "Silk: no newer result")
+            return {"CANCELLED"}
+        context.space_data.image = image
+        return {"FINISHED"}
+
+
+CLASSES = (SILK_OT_randomize_seed, SILK_OT_start_worker, SILK_OT_stop_worker, SILK_OT_cancel,
+           SILK_OT_render_preview, SILK_OT_history_step)
+
+
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -1,0 +1,258 @@
+"""F12 with diffusion in Blender's module: the real worker, the `tiny` model, no mocks."""
+import math
+import threading
+import time
+import types
+
+import bpy
+import numpy as np
+import pytest
+
+from silk.engine import job_settings, render_engine, result_history, worker_link
+from tests.support import exr, scenes
+from tools.blender_env import set_multilayer_exr, set_png
+
+
+def diffuse_scene(width=80, height=56, steps=3):
+    scene = scenes.reset(width, height)
+    scenes.add_camera(scene, location=(0, -8, 2), rotation=(math.radians(80), 0, 0))
+    cube = scenes.add_mesh(scene, "cube", "Cube", location=(0, 0, 1))
+    scenes.keyframe(cube, "location", [(1, (-1, 0, 1)), (10, (1, 0, 1.5))])
+    scenes.add_mesh(scene, "uv_sphere", "Sphere", location=(2, 2, 1), smooth=True)
+    scenes.add_mesh(scene, "plane", "Ground", size=30)
+    scene.render.engine = "SILK"
+    silk = scene.silk
+    silk.mode = "DIFFUSE"
+    silk.model = "tiny"
+    silk.steps = steps
+    silk.scheduler = "euler"
+    silk.prompt = "a stone cube on a meadow"
+    scene.view_settings.view_transform = "Standard"
+    scene.view_settings.look = "None"
+    return scene
+
+
+def read_png(path):
+    image = bpy.data.images.load(str(path))
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1, :, :3]
+    bpy.data.images.remove(image)
+    return pixels
+
+
+def errors():
+    return [message for level, message in render_engine.last_reports if level == "ERROR"]
+
+
+def render_expecting_error(match):
+    with pytest.raises(RuntimeError, match=match):
+        bpy.ops.render.render()
+    assert len(errors()) == 1, render_engine.last_reports
+
+
+def test_f12_paints_an_image_of_the_render_size_with_the_guide_passes(silk, tmp_path):
+    scene = diffuse_scene(80, 56)
+    set_multilayer_exr(scene)
+    scene.render.filepath = str(tmp_path / "f12.exr")
+    bpy.ops.render.render(write_still=True)
+    assert not errors(), render_engine.last_reports
+    passes = exr.read_passes(str(tmp_path / "f12.exr"))
+    combined = passes["Combined"]
+    assert combined.shape[:2] == (56, 80)
+    assert float(combined[..., :3].std()) > 0.01  # a painting, not a constant
+    assert np.all(combined[..., 3] == 1.0)
+    for name in ("Depth", "Normal", "Vector", "Occlusion"):
+        assert passes[name].shape[:2] == (56, 80)
+    assert np.any(passes["Vector"] != 0)
+    assert render_engine.last_picture.shape == (56, 80, 3)
+
+
+def test_saved_png_equals_the_workers_picture_with_the_standard_view(silk, tmp_path):
+    scene = diffuse_scene(72, 48)
+    scene.render.dither_intensity = 0.0
+    set_png(scene)
+    scene.render.filepath = str(tmp_path / "exact.png")
+    bpy.ops.render.render(write_still=True)
+    saved = read_png(tmp_path / "exact.png")
+    picture = render_engine.last_picture
+    assert saved.shape == picture.shape
+    assert float(np.abs(saved - picture).max()) <= 1.0 / 255 + 1e-6
+
+
+def test_f12_result_is_kept_in_a_short_image_history(silk):
+    scene = diffuse_scene(40, 32, steps=2)
+    scene.silk.history_length = 2
+    for image in result_history.history_images():
+        bpy.data.images.remove(image)
+    for seed in (1, 2, 3):
+        scene.silk.seed = seed
+        bpy.ops.render.render()
+    history = result_history.history_images(scene.name)
+    assert [image.name for image in history] == [f"Silk {scene.name} 0003 #2", f"Silk {scene.name} 0003 #3"]
+    newest = history[-1]
+    assert tuple(newest.size) == (40, 32) and newest.get("silk_frame") == 3
+    pixels = np.empty(40 * 32 * 4, dtype=np.float32)
+    newest.pixels.foreach_get(pixels)
+    assert pixels.reshape(32, 40, 4)[..., :3].std() > 0.01
+    # Stepping back through the history, as the Image Editor's buttons do.
+    space = types.SimpleNamespace(image=newest)
+    assert result_history.step(space, -1) == history[0]
+    assert result_history.step(space, +1) is None
+
+
+def test_settings_are_read_per_frame_so_keyframes_schedule_them(silk):
+    scene = diffuse_scene()
+    silk_settings = scene.silk
+    bpy.ops.silk.unit_add(kind="CANNY")  # the defaults (depth, normal) are added first
+    for frame, (seed, guidance, weight) in ((1, (5, 3.0, 0.2)), (9, (13, 11.0, 1.4))):
+        silk_settings.seed, silk_settings.guidance_scale, silk_settings.units[0].weight = seed, guidance, weight
+        silk_settings.keyframe_insert("seed", frame=frame)
+        silk_settings.keyframe_insert("guidance_scale", frame=frame)
+        silk_settings.units[0].keyframe_insert("weight", frame=frame)
+    scene.frame_set(1)
+    first = job_settings.from_scene(scene)
+    scene.frame_set(9)
+    last = job_settings.from_scene(scene)
+    assert (first.seed, first.guidance, first.units[0].weight) == (5, pytest.approx(3.0), pytest.approx(0.2))
+    assert (last.seed, last.guidance, last.units[0].weight) == (13, pytest.approx(11.0), pytest.approx(1.4))
+    assert [unit.kind for unit in last.units] == ["DEPTH", "NORMAL", "CANNY"]
+
+
+def test_every_numeric_setting_is_animatable(silk):
+    from silk.engine import settings
+
+    for group in (settings.SilkSceneSettings, settings.SilkControlUnit, settings.SilkLora):
+        for prop in group.bl_rna.properties:
+            if prop.type in ("INT", "FLOAT") and prop.identifier not in ("active_unit", "active_lora"):
+                assert prop.is_animatable, f"{group.__name__}.{prop.identifier} cannot be keyframed"
+
+
+def test_a_canny_unit_on_the_depth_guide_paints(silk):
+    scene = diffuse_scene(64, 48, steps=2)
+    bpy.ops.silk.unit_add(kind="CANNY")
+    scene.silk.units.remove(1)  # depth + canny: tiny has two ControlNets
+    bpy.ops.render.render()
+    assert not errors(), render_engine.last_reports
+    canny_picture = render_engine.last_picture.copy()
+    scene.silk.units[1].kind = "NORMAL"
+    bpy.ops.render.render()
+    assert not np.allclose(canny_picture, render_engine.last_picture)
+
+
+def cancel_when_busy(after_seconds=0.3):
+    def watch():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            client = worker_link._client
+            if client is not None and client.state == "busy":
+                time.sleep(after_seconds)
+                worker_link.cancel_requested.set()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_cancel_mid_render_stops_and_leaves_the_worker_ready(silk):
+    scene = diffuse_scene(64, 64, steps=2)
+    bpy.ops.render.render()  # warm: worker started, model loaded
+    pid = worker_link._client.worker_pid
+    scene.silk.steps = 400
+    watcher = cancel_when_busy()
+    started = time.monotonic()
+    bpy.ops.render.render()
+    watcher.join(5)
+    assert time.monotonic() - started < 30  # 400 steps would take minutes
+    assert any("Cancelled" in message for _, message in render_engine.last_reports)
+    assert not errors() and render_engine.last_picture is None
+    scene.silk.steps = 2
+    bpy.ops.render.render()
+    assert not errors() and render_engine.last_picture is not None
+    assert worker_link._client.worker_pid == pid  # the same worker, still serving
+
+
+def test_wrong_model_path_is_one_clear_error(silk, tmp_path):
+    scene = diffuse_scene()
+    scene.silk.model = str(tmp_path / "no-such-model")
+    render_expecting_error("does not exist.*diffusers folder")
+
+
+def test_unknown_sampler_is_one_clear_error(silk):
+    scene = diffuse_scene()
+    scene.silk["scheduler"] = 99  # as a file saved by a newer Silk with more samplers would load
+    render_expecting_error("Unknown sampler.*Sampling panel")
+
+
+def test_missing_controlnet_is_one_clear_error(silk, tmp_path):
+    scene = diffuse_scene()
+    bpy.ops.silk.unit_add(kind="DEPTH")
+    scene.silk.units.remove(2)
+    scene.silk.units[1].controlnet = str(tmp_path / "no-such-controlnet")
+    render_expecting_error("Cannot load the ControlNet .*no-such-controlnet")
+
+
+def test_worker_crash_mid_render_is_one_clear_error_and_the_next_render_recovers(silk):
+    scene = diffuse_scene(64, 64, steps=2)
+    bpy.ops.render.render()
+    old_pid = worker_link._client.worker_pid
+    scene.silk.steps = 400
+
+    def kill_when_busy():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            client = worker_link._client
+            if client.state == "busy":
+                time.sleep(0.3)
+                client.kill()
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=kill_when_busy, daemon=True).start()
+    started = time.monotonic()
+    render_expecting_error("worker stopped unexpectedly")
+    assert time.monotonic() - started < 30
+    scene.silk.steps = 2
+    bpy.ops.render.render()
+    assert not errors() and render_engine.last_picture is not None
+    assert worker_link._client.worker_pid != old_pid
+
+
+def test_render_preview_paints_the_current_frame_small_into_an_image(silk):
+    scene = diffuse_scene(100, 60)
+    scene.silk.preview_scale = 0.5
+    scene.silk.preview_steps = 2
+    assert bpy.ops.silk.render_preview() == {"FINISHED"}
+    image = bpy.data.images[f"Silk Preview {scene.name}"]
+    assert tuple(image.size) == (50, 30)
+    pixels = np.empty(50 * 30 * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    assert pixels.reshape(30, 50, 4)[..., :3].std() > 0.01
+
+
+def test_worker_status_and_start_stop(silk):
+    diffuse_scene()
+    bpy.ops.silk.stop_worker()
+    assert worker_link.status()[0] == "stopped"
+    assert bpy.ops.silk.start_worker() == {"FINISHED"}
+    assert worker_link.status()[0] == "ready"
+    bpy.ops.render.render()
+    state, text = worker_link.status()
+    assert state == "ready" and text == "Ready on CPU with tiny"
+
+
+def test_panels_register_and_poll_on_this_blender(silk):
+    from silk.ui import panels
+
+    scene = diffuse_scene()
+    for panel in panels.CLASSES:
+        assert panel.is_registered, panel.__name__
+        if hasattr(panel, "poll") and issubclass(panel, bpy.types.Panel):
+            panel.poll(bpy.context)  # no exception
+    assert panels.SILK_PT_render.poll(bpy.context)
+    scene.render.engine = "CYCLES"
+    assert not panels.SILK_PT_render.poll(bpy.context)
+    scene.view_settings.view_transform = "Standard"
+    assert panels.color_management_note(scene) is None
+    scene.view_settings.view_transform = "Filmic" if bpy.app.version < (4, 0, 0) else "AgX"
+    assert "Standard" in panels.color_management_note(scene)
