@@ -78,8 +78,9 @@ class JobSettings:
 def model_family(model: str, family: str = "AUTO") -> str:
     if family in ("SD15", "SDXL"):
         return family.lower()
-    name = os.path.basename(model.rstrip("/\\")).lower()
-    return "sdxl" if re.search(r"(^|[^a-z])xl([^a-z]|$)|sdxl", name) else "sd15"
+    name = os.path.basename(model.rstrip("/\\"))
+    # "juggernautXL", "sd_xl_base", "stable-diffusion-xl": an upper-case XL, or xl standing alone.
+    return "sdxl" if re.search(r"XL|sdxl|(^|[^a-z])xl([^a-z]|$)", name) or "sdxl" in name.lower() else "sd15"
 
 
 def controlnet_for(unit: UnitSettings, model: str, family: str) -> str:
