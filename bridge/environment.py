@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 ENV_VAR = "SILK_WORKER_PYTHON"
 REQUIREMENTS_VAR = "SILK_WORKER_REQUIREMENTS"  # a requirements file to install instead of the defaults
 WORKER_PACKAGES = ["diffusers>=0.30", "transformers>=4.44", "safetensors", "controlnet-aux", "opencv-python-headless",
-                   "pillow", "numpy", "huggingface_hub", "accelerate"]
+                   "pillow", "numpy", "huggingface_hub", "accelerate", "peft>=0.17"]
 TORCH_CUDA_INDEX = "https://download.pytorch.org/whl/cu128"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
