@@ -89,6 +89,7 @@ class WorkerClient:
         self.state = "stopped"
         self.last_error: str | None = None
         self.worker_pid: int | None = None
+        self.worker_annotators: list | None = None  # None: a worker older than annotators
         self._sock: socket.socket | None = None
         self._inbox: queue.Queue = queue.Queue()
         self._send_lock = threading.Lock()
@@ -188,6 +189,7 @@ class WorkerClient:
         if reply.get("type") != "hello":
             raise WorkerUnavailable("The worker did not greet back")
         self.worker_pid = reply.get("pid")
+        self.worker_annotators = reply.get("annotators")
         self.shared_frames = bool(reply.get("shared_frames"))
         if reply.get("missing"):
             raise WorkerUnavailable(
@@ -404,6 +406,13 @@ class WorkerClient:
                 self.state = "ready"
         return reply["model"]
 
+    def _check_annotator(self, unit: dict) -> None:
+        """A worker from before annotators would ignore one and paint with the raw image: refuse instead."""
+        annotator = unit.get("annotator")
+        if annotator not in (None, "none") and self.worker_annotators is None:
+            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run '{annotator}'. "
+                            "Update Silk (bridge/) on the worker's machine and restart the worker")
+
     def echo(self, frame: dict, attachments=(), output: dict | None = None, timeout: float = 30.0):
         self.ensure_started()
         reply, reply_attachments = self._call({"type": "echo", "frame": frame, "output": output},
@@ -415,15 +424,22 @@ class WorkerClient:
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
                  mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
                  on_progress=None, should_cancel=None) -> tuple[np.ndarray, dict]:
-        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...].
-        Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and details."""
+        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
+        optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
+        annotator on the image first). Returns the (height, width, 3) float32 image in [0, 1] (display
+        sRGB) and details."""
         self.ensure_started()
         attachments = []
         units = []
         for index, unit in enumerate(controlnets):
+            self._check_annotator(unit)
             descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"control{index}")
-            units.append({"image": descriptor, "weight": float(unit.get("weight", 1.0)),
-                          "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))})
+            entry = {"image": descriptor, "weight": float(unit.get("weight", 1.0)),
+                     "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))}
+            for key in protocol.ANNOTATOR_FIELDS:
+                if unit.get(key) is not None:
+                    entry[key] = dict(unit[key]) if key == "annotator_options" else unit[key]
+            units.append(entry)
         request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
                    "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
                    "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,

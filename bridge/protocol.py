@@ -34,6 +34,10 @@ REQUESTS = {
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
     "shutdown": ({}, {}),
 }
+# Optional fields of a ControlNet unit in 'generate.controlnets' (the worker runs the annotator on the
+# unit's image first); an annotator option is a number, a string or a boolean.
+ANNOTATOR_FIELDS = {"annotator": str, "annotator_options": dict, "annotator_weights": str}
+ANNOTATOR_OPTION_TYPES = (int, float, str, bool)
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
@@ -106,7 +110,21 @@ def validate_request(message: dict) -> dict:
     for name, expected in optional.items():
         if name in message:
             _check_type(kind, name, message[name], expected, message["id"])
+    if kind == "generate":
+        _check_controlnet_units(message.get("controlnets", []), message["id"])
     return message
+
+
+def _check_controlnet_units(units: list, reply_to) -> None:
+    for index, unit in enumerate(units):
+        where = f"controlnets[{index}]"
+        if not isinstance(unit, dict):
+            raise ProtocolError("malformed", f"'generate.{where}' must be an object", reply_to)
+        for name, expected in ANNOTATOR_FIELDS.items():
+            if name in unit:
+                _check_type("generate", f"{where}.{name}", unit[name], expected, reply_to)
+        for option, value in unit.get("annotator_options", {}).items():
+            _check_type("generate", f"{where}.annotator_options.{option}", value, ANNOTATOR_OPTION_TYPES, reply_to)
 
 
 def _check_type(kind, name, value, expected, reply_to):

@@ -64,6 +64,9 @@ class WorkerServer:
         # One long-lived job thread: torch's thread pools stay warm from job to job.
         self._jobs: queue.Queue = queue.Queue()
         threading.Thread(target=self._job_loop, name="jobs", daemon=True).start()
+        from .annotators import Annotators  # here, not at the top: annotators.py imports JobError from this module
+
+        self.annotators = Annotators()
 
     # -- lifetime ---------------------------------------------------------
     def serve_forever(self) -> None:
@@ -152,7 +155,7 @@ class WorkerServer:
         self._frames = WorkerFrames(shared_dir if shared else None)
         self.send({"type": "hello", "reply_to": hello["id"], "protocol": protocol.PROTOCOL_VERSION,
                    "worker": WORKER_VERSION, "pid": os.getpid(), "shared_frames": shared,
-                   "missing": self.backend.missing_modules()})
+                   "missing": self.backend.missing_modules(), "annotators": list(self.annotators.names)})
         connection.settimeout(None)
         while not self._stopping.is_set():
             try:
@@ -253,10 +256,19 @@ class WorkerServer:
             if request.get(key) is not None:
                 images[key] = self._frames.open(request[key], job.attachments)
         units = []
+        annotating = None  # seconds spent in annotators, when any ran
         for unit in request.get("controlnets", []):
             if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
                 raise JobError("malformed", "each ControlNet unit needs an 'image' frame")
-            units.append(dict(unit, image=self._frames.open(unit["image"], job.attachments)))
+            if job.cancel.is_set():
+                raise Cancelled()
+            started = time.perf_counter()
+            # The backend sees the annotator's output (or the image itself), never the annotator fields.
+            image = self.annotators.apply(unit, self._frames.open(unit["image"], job.attachments))
+            if unit.get("annotator", "none") != "none":
+                annotating = (annotating or 0.0) + time.perf_counter() - started
+            units.append({key: value for key, value in dict(unit, image=image).items()
+                          if key not in protocol.ANNOTATOR_FIELDS})
 
         def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
             if job.cancel.is_set():
@@ -270,7 +282,8 @@ class WorkerServer:
                 self.send(message)
 
         result = self.backend.generate(request, images, units, progress=progress, cancel=job.cancel)
-        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=result.timings,
+        timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
+        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
                                  model=result.model)
 
 
