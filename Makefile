@@ -26,9 +26,11 @@ $(VENV_LTS)/.ready: requirements/test.txt Makefile
 
 venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
-## Render the demo scene's guides to out/ (passes, guide pictures, contact sheet).
+## Render the demo scene to out/: guides, passes, paintings, contact sheet.
+## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
+MODEL ?=
 demo: $(VENV)/.ready
-	$(VENV)/bin/python tools/demo.py
+	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
 
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
