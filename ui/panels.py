@@ -210,6 +210,9 @@ class SILK_PT_guides(SilkPanel, bpy.types.Panel):
         note = color_management_note(context.scene)
         if note:
             _label_lines(layout, note)
+        if context.scene.render.dither_intensity > 0:
+            _label_lines(layout, "Dither (Output > Post Processing) adds about 1/255 of noise to 8-bit files; "
+                                 "set it to 0 for the model's exact colours")
 
 
 class SILK_PT_worker(SilkPanel, bpy.types.Panel):
