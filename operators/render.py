@@ -86,7 +86,8 @@ class SILK_OT_cancel(bpy.types.Operator):
 class PreviewJob:
     """One preview painted on a thread; the operator polls it from the main thread."""
 
-    def __init__(self, job, units, width, height):
+    def __init__(self, worker, job, units, width, height):
+        self.worker = worker  # made on the main thread: the thread must not read bpy.context
         self.job, self.units, self.width, self.height = job, units, width, height
         self.step = 0
         self.steps = job.steps
@@ -107,7 +108,7 @@ class PreviewJob:
                 return
             try:
                 worker_link.cancel_requested.clear()
-                worker = worker_link.client()
+                worker = self.worker
                 worker.ensure_started()
                 model = diffusion_job.model_request(self.job)
                 worker_link.note_loaded(worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
@@ -183,7 +184,7 @@ class SILK_OT_render_preview(bpy.types.Operator):
                            or conditioning.DepthRange.from_clip(guides.camera.clip_start, guides.camera.clip_end))
         units = diffusion_job.control_units(job, guides, depth_range)
         diffusion_job.model_request(job)  # settings errors now, in the operator's report
-        return PreviewJob(job, units, width, height)
+        return PreviewJob(worker_link.client(), job, units, width, height)
 
     def invoke(self, context, event):
         try:
