@@ -86,6 +86,19 @@ class SilkLora(bpy.types.PropertyGroup):
     weight: FloatProperty(name="Weight", default=0.8, min=-5.0, max=5.0, soft_min=0.0, soft_max=1.5)
 
 
+NOISE_MODES = [
+    ("FIXED", "Fixed", "The same noise for every frame of a shot (the seed)"),
+    ("WARPED", "Warped", "The noise travels with the scene's motion; fresh where surfaces appear"),
+    ("RANDOM", "Random", "New noise every frame (seed + frame): for comparison, it flickers"),
+]
+
+
+class SilkPromptKey(bpy.types.PropertyGroup):
+    frame: IntProperty(name="Frame", default=1, description="From this frame on, this prompt is reached")
+    prompt: StringProperty(name="Prompt")
+    negative_prompt: StringProperty(name="Negative Prompt")
+
+
 class SilkSceneSettings(bpy.types.PropertyGroup):
     mode: EnumProperty(name="Mode", items=MODES, default="DIFFUSE",
                        description="What the Silk engine renders into Combined")
@@ -123,6 +136,39 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
                                   description="How strictly to follow the prompt (classifier-free guidance)")
     scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="dpmpp_2m_karras")
 
+    # -- animation ----------------------------------------------------------
+    use_feedback: BoolProperty(
+        name="Feedback", default=True,
+        description="Start each frame from the previous painted frame, warped by the scene's exact motion "
+                    "(off: every frame is painted on its own)")
+    strength: FloatProperty(
+        name="Strength", default=0.55, min=0.05, max=1.0, subtype="FACTOR",
+        description="How much of each frame is re-painted where the previous frame saw the surface "
+                    "(1 = paint anew; pixels the previous frame did not see are always painted anew)")
+    fusion: FloatProperty(
+        name="Fusion", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
+        description="At every denoising step, pull pixels seen in the previous frame toward its warped "
+                    "picture by this much (0 = off)")
+    noise_mode: EnumProperty(name="Noise", items=NOISE_MODES, default="FIXED")
+    color_coherence: FloatProperty(
+        name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
+        description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
+    cadence: IntProperty(
+        name="Cadence", default=1, min=1, max=16,
+        description="Paint every n-th frame; build the frames between from the two painted neighbours, "
+                    "warped by exact motion (faster, softer)")
+    use_loop: BoolProperty(
+        name="Loop", default=False,
+        description="A cyclic shot: after its last frame, repaint its first frames with feedback from the "
+                    "last ones and cross-fade, so the take loops without a seam")
+    loop_frames: IntProperty(name="Loop Frames", default=6, min=1, max=64,
+                             description="How many first frames the loop repaints and cross-fades")
+    prompt_keys: CollectionProperty(type=SilkPromptKey)
+    active_prompt_key: IntProperty(name="Active Prompt Key", default=0, min=0)
+    prompt_easing: FloatProperty(
+        name="Prompt Easing", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="How prompts travel between keys: 0 = evenly, 1 = slow in and out (smoothstep)")
+
     # -- worker -------------------------------------------------------------
     attention_slicing: BoolProperty(name="Attention Slicing", default=False,
                                     description="Less GPU memory, a little slower")
@@ -137,7 +183,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
                                 description="How many F12 results the Image Editor keeps to step back through")
 
 
-CLASSES = (SilkControlUnit, SilkLora, SilkSceneSettings)
+CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkSceneSettings)
 
 
 def ensure_default_units(scene) -> None:

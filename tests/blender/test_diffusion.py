@@ -120,9 +120,9 @@ def test_settings_are_read_per_frame_so_keyframes_schedule_them(silk):
 def test_every_numeric_setting_is_animatable(silk):
     from silk.engine import settings
 
-    for group in (settings.SilkSceneSettings, settings.SilkControlUnit, settings.SilkLora):
+    for group in (settings.SilkSceneSettings, settings.SilkControlUnit, settings.SilkLora, settings.SilkPromptKey):
         for prop in group.bl_rna.properties:
-            if prop.type in ("INT", "FLOAT") and prop.identifier not in ("active_unit", "active_lora"):
+            if prop.type in ("INT", "FLOAT") and prop.identifier not in ("active_unit", "active_lora", "active_prompt_key"):
                 assert prop.is_animatable, f"{group.__name__}.{prop.identifier} cannot be keyframed"
 
 
