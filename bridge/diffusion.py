@@ -1,38 +1,76 @@
 """The worker's Stable Diffusion backend (torch and diffusers live only here).
 
 Models: a Hugging Face repo id, a local diffusers folder, a single-file
-``.safetensors``/``.ckpt`` checkpoint, or ``tiny`` (see tiny_model.py); each with a
-ControlNet (repo id or folder) per unit. Loaded pipelines stay cached and
+``.safetensors``/``.ckpt`` checkpoint, or ``tiny``/``tiny-xl`` (see tiny_model.py);
+each with a ControlNet (repo id or folder) per unit, and optionally LoRAs. Two
+families: SD 1.5 and SDXL, told apart by the model's ``model_index.json`` (or the
+checkpoint's keys) unless the spec says. Loaded pipelines stay cached and
 text-to-image and image-to-image share their components; prompt embeddings are
-cached per prompt.
+cached per prompt; LoRAs are applied to the cached pipeline, so changing their
+weights never reloads the model.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
+import math
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import tiny_model
 from .server import Cancelled, JobError
 
 log = logging.getLogger("silk.worker")
 
 REQUIRED_MODULES = ("torch", "diffusers", "transformers", "safetensors", "numpy", "PIL")
 SCHEDULERS = ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm")
+FAMILIES = ("sd15", "sdxl")
+FAMILY_LABELS = {"sd15": "SD 1.5", "sdxl": "SDXL"}
+# The ControlNet the engine uses per family and guide. SDXL has no widely used normal-map
+# ControlNet in diffusers' format (the union models need another model class), so SDXL
+# renders are steered by depth alone.
+DEFAULT_CONTROLNETS = {
+    "sd15": {"depth": "lllyasviel/control_v11f1p_sd15_depth", "normal": "lllyasviel/control_v11p_sd15_normalbae"},
+    "sdxl": {"depth": "diffusers/controlnet-depth-sdxl-1.0"},
+}
+# text-to-image and image-to-image pipeline classes per family
+PIPELINES = {
+    "sd15": ("StableDiffusionControlNetPipeline", "StableDiffusionControlNetImg2ImgPipeline"),
+    "sdxl": ("StableDiffusionXLControlNetPipeline", "StableDiffusionXLControlNetImg2ImgPipeline"),
+}
 # The VAE's downsampling factor and the UNet's: sizes are padded to a multiple of this.
 SIZE_MULTIPLE = 64
-# SD 1.5 latent-to-RGB approximation for cheap previews (rows: latent channels).
-LATENT_RGB = np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264], [-0.184, -0.271, -0.473]])
+# Latent-to-RGB approximations for cheap previews (rows: latent channels; then a bias per colour).
+LATENT_RGB = {
+    "sd15": (np.array([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],
+                       [-0.184, -0.271, -0.473]]), np.zeros(3)),
+    "sdxl": (np.array([[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362],
+                       [-0.3165, -0.2492, -0.2188]]), np.array([0.1084, -0.0175, -0.0011])),
+}
+LORA_WEIGHT_LIMIT = 10.0
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+@dataclass
+class LoraSpec:
+    path: str
+    weight: float = 1.0
 
 
 @dataclass
 class ModelSpec:
     source: str
     controlnets: list = field(default_factory=list)
+    config: str | None = None  # for a single-file checkpoint: the diffusers folder or repo id whose configs it uses
+    family: str = "auto"  # auto, sd15 or sdxl
+    loras: list = field(default_factory=list)  # [LoraSpec]
     device: str = "auto"
     precision: str = "auto"
     attention_slicing: bool = False
@@ -47,7 +85,7 @@ class ModelSpec:
         if not isinstance(controlnets, list) or not all(isinstance(c, str) and c for c in controlnets):
             raise JobError("bad_model", "'controlnets' must be a list of repo ids or folders")
         spec = cls(source=data["source"].strip(), controlnets=list(controlnets))
-        for name in ("device", "precision"):
+        for name in ("device", "precision", "family"):
             if name in data:
                 if not isinstance(data[name], str):
                     raise JobError("bad_model", f"'{name}' must be a string")
@@ -59,11 +97,43 @@ class ModelSpec:
             raise JobError("bad_model", f"unknown device {spec.device!r} (auto, cuda, mps or cpu)")
         if spec.precision not in ("auto", "fp16", "bf16", "fp32"):
             raise JobError("bad_model", f"unknown precision {spec.precision!r} (auto, fp16, bf16 or fp32)")
+        if spec.family not in ("auto",) + FAMILIES:
+            raise JobError("bad_model", f"unknown family {spec.family!r} (auto, sd15 or sdxl)")
+        config = data.get("config")
+        if config is not None:
+            if not isinstance(config, str) or not config.strip():
+                raise JobError("bad_model", "'config' must be a diffusers folder or hub repo id")
+            if not spec.source.lower().endswith((".safetensors", ".ckpt")):
+                raise JobError("bad_model", "'config' is only for single-file checkpoints (.safetensors or .ckpt); "
+                               "a folder or repo id brings its own configs")
+            spec.config = config.strip()
+        spec.loras = _lora_specs(data.get("loras", []))
         return spec
 
     def key(self) -> tuple:
-        return (self.source, tuple(self.controlnets), self.device, self.precision,
+        """What identifies a loaded pipeline. Not the LoRAs: they are applied to the loaded
+        pipeline, so changing them never reloads the model."""
+        return (self.source, tuple(self.controlnets), self.config, self.family, self.device, self.precision,
                 self.attention_slicing, self.vae_tiling, self.cpu_offload)
+
+
+def _lora_specs(loras) -> list:
+    if not isinstance(loras, list):
+        raise JobError("bad_lora", "'loras' must be a list of {\"path\": file, \"weight\": number}")
+    specs = []
+    for lora in loras:
+        if not isinstance(lora, dict) or not isinstance(lora.get("path"), str) or not lora["path"].strip():
+            raise JobError("bad_lora", "each LoRA needs a 'path' to its .safetensors file")
+        weight = lora.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or abs(weight) > LORA_WEIGHT_LIMIT:
+            raise JobError("bad_lora", f"the LoRA weight must be a number from -{LORA_WEIGHT_LIMIT:g} to "
+                           f"{LORA_WEIGHT_LIMIT:g}")
+        specs.append(LoraSpec(path=os.path.abspath(os.path.expanduser(lora["path"].strip())), weight=float(weight)))
+    paths = [lora.path for lora in specs]
+    if len(set(paths)) != len(paths):
+        raise JobError("bad_lora", "each LoRA file may be listed once (add up its weights instead)")
+    return specs
 
 
 @dataclass
@@ -112,60 +182,69 @@ class DiffusionBackend:
         spec = ModelSpec.from_request(model)
         entry = self._pipeline(spec)
         return {"source": spec.source, "device": entry["device"], "dtype": entry["dtype"],
-                "controlnets": len(entry["controlnets"])}
+                "controlnets": len(entry["controlnets"]), "family": entry["family"],
+                "loras": len(entry["loras"])}
 
     def _pipeline(self, spec: ModelSpec) -> dict:
+        """The loaded pipeline for ``spec`` (loading it if needed), with the spec's LoRAs applied."""
         self._require()
         with self._lock:
             entry = self._pipelines.get(spec.key())
-            if entry is not None:
-                return entry
-            self._pipelines.clear()  # one model at a time keeps memory predictable
-            self._embeddings.clear()
-            _free_memory()
-            started = time.perf_counter()
-            try:
-                entry = self._load(spec)
-            except JobError:
-                raise
-            except Exception as error:
-                raise _explain_load_error(spec, error) from None
-            log.info("loaded %s on %s in %.1f s", spec.source, entry["device"], time.perf_counter() - started)
-            self._pipelines[spec.key()] = entry
+            if entry is None:
+                self._pipelines.clear()  # one model at a time keeps memory predictable
+                self._embeddings.clear()
+                _free_memory()
+                started = time.perf_counter()
+                try:
+                    entry = self._load(spec)
+                except JobError:
+                    raise
+                except Exception as error:
+                    raise _explain_load_error(spec, error) from None
+                log.info("loaded %s (%s) on %s in %.1f s", spec.source, entry["family"], entry["device"],
+                         time.perf_counter() - started)
+                self._pipelines[spec.key()] = entry
+            self._apply_loras(entry, spec.loras)
             return entry
 
     def _load(self, spec: ModelSpec) -> dict:
+        import diffusers
         import torch
-        from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline, \
-            StableDiffusionControlNetPipeline
+        from diffusers import ControlNetModel
 
         device, dtype = _choose_device(spec)
         self._device_name = device
         source = spec.source
-        controlnet_sources = list(spec.controlnets)
-        if source == "tiny":
-            from . import tiny_model
-
-            source = tiny_model.ensure_tiny(self.cache_dir)
-            if not controlnet_sources:
-                controlnet_sources = [os.path.join(source, folder) for folder in tiny_model.CONTROLNET_FOLDERS]
+        controlnet_sources = [self._resolve_controlnet(name) for name in spec.controlnets]
+        if source in tiny_model.TINY_MODELS:
+            source, tiny_controlnets = self._tiny(source)
+            controlnet_sources = controlnet_sources or tiny_controlnets
+        controlnet_names = spec.controlnets or controlnet_sources  # as the user wrote them, for messages
         _check_source(source)
+        config = self._tiny(spec.config)[0] if spec.config in tiny_model.TINY_MODELS else spec.config
+        if config is not None:
+            _check_config(config)
+        family = _choose_family(spec, source, config)
         if not controlnet_sources:
             raise JobError("bad_model", "at least one ControlNet is needed (a repo id or folder per unit)")
         controlnets = []
-        for controlnet in controlnet_sources:
+        for name, controlnet in zip(controlnet_names, controlnet_sources):
             try:
                 controlnets.append(ControlNetModel.from_pretrained(controlnet, torch_dtype=dtype))
             except Exception as error:
-                raise JobError("missing_controlnet", f"Cannot load the ControlNet '{controlnet}': {_short(error)}. "
+                raise JobError("missing_controlnet", f"Cannot load the ControlNet '{name}': {_short(error)}. "
                                "Give a hub repo id (with internet or a filled cache) or a local folder") from None
+        text2image_class, image2image_class = (getattr(diffusers, name) for name in PIPELINES[family])
+        options = ({"safety_checker": None, "requires_safety_checker": False} if family == "sd15"
+                   else {"add_watermarker": False})
         if os.path.isfile(source):
-            text2image = StableDiffusionControlNetPipeline.from_single_file(
-                source, controlnet=controlnets, torch_dtype=dtype, safety_checker=None)
+            if config is not None:
+                options["config"] = config
+            text2image = text2image_class.from_single_file(source, controlnet=controlnets, torch_dtype=dtype, **options)
         else:
-            text2image = StableDiffusionControlNetPipeline.from_pretrained(
-                source, controlnet=controlnets, torch_dtype=dtype, safety_checker=None,
-                requires_safety_checker=False)
+            text2image = text2image_class.from_pretrained(source, controlnet=controlnets, torch_dtype=dtype, **options)
+        for name, controlnet in zip(controlnet_names, controlnets):
+            _check_controlnet_fits(name, controlnet.config, spec.source, text2image.unet.config, family)
         text2image.set_progress_bar_config(disable=True)
         if spec.cpu_offload and device == "cuda":
             text2image.enable_model_cpu_offload()
@@ -175,11 +254,97 @@ class DiffusionBackend:
             text2image.enable_attention_slicing()
         if spec.vae_tiling:
             text2image.vae.enable_tiling()
-        image2image = StableDiffusionControlNetImg2ImgPipeline.from_pipe(text2image)
+        image2image = image2image_class.from_pipe(text2image)
         image2image.set_progress_bar_config(disable=True)
-        return {"text2image": text2image, "image2image": image2image, "device": device,
+        return {"text2image": text2image, "image2image": image2image, "device": device, "family": family,
                 "dtype": str(dtype).replace("torch.", ""), "controlnets": controlnets, "spec": spec,
-                "schedulers": {}, "torch": torch}
+                "schedulers": {}, "loras": {}, "lora_weights": (), "torch": torch}
+
+    def _tiny(self, name: str) -> tuple:
+        """A tiny model's folder (built on first use) and its ControlNet folders."""
+        ensure, controlnets = tiny_model.TINY_MODELS[name]
+        folder = ensure(self.cache_dir)
+        return folder, [os.path.join(folder, sub) for sub in controlnets.values()]
+
+    def _resolve_controlnet(self, name: str) -> str:
+        """``tiny:depth``, ``tiny-xl:depth`` etc. name a tiny model's ControlNet; anything else is as given."""
+        model, _, kind = name.partition(":")
+        if kind and model in tiny_model.TINY_MODELS:
+            folders = tiny_model.TINY_MODELS[model][1]
+            if kind not in folders:
+                raise JobError("missing_controlnet", f"'{model}' has no '{kind}' ControlNet (it has: "
+                               + ", ".join(folders) + ")")
+            return os.path.join(self._tiny(model)[0], folders[kind])
+        return name
+
+    # -- LoRAs ------------------------------------------------------------
+    def _apply_loras(self, entry: dict, loras: list) -> None:
+        """Make the pipeline's adapters exactly ``loras``: load files not loaded yet (each under
+        its own adapter name), drop the ones no longer wanted, then set the weights. A file is
+        known by path, size and modification time, so one rewritten on disk is read again."""
+        pipe = entry["text2image"]
+        if loras and importlib.util.find_spec("peft") is None:
+            raise JobError("missing_modules", "LoRAs need the 'peft' package in the worker's Python: run 'Install "
+                           "worker environment' in Silk's preferences again, or pip install peft")
+        wanted = []
+        for lora in loras:
+            try:
+                stat = os.stat(lora.path)
+            except OSError:
+                raise JobError("bad_lora", f"The LoRA file '{lora.path}' does not exist") from None
+            identity = f"{lora.path}|{stat.st_size}|{stat.st_mtime_ns}"
+            wanted.append(("lora_" + hashlib.sha1(identity.encode()).hexdigest()[:12], lora))
+        loaded = entry["loras"]
+        wanted_names = [name for name, _ in wanted]
+        stale = [name for name in loaded if name not in wanted_names]
+        if stale:
+            if len(stale) == len(loaded):
+                pipe.unload_lora_weights()  # restores the original layers, not just empty adapters
+            else:
+                pipe.delete_adapters(stale)
+            for name in stale:
+                del loaded[name]
+        for name, lora in wanted:
+            if name not in loaded:
+                entry["lora_weights"] = None  # loading changes which adapters are active: set them again below
+                self._load_lora(entry, name, lora)
+                loaded[name] = lora.path
+        weights = tuple((name, lora.weight) for name, lora in wanted)
+        if wanted and weights != entry["lora_weights"]:
+            pipe.set_adapters(wanted_names, adapter_weights=[lora.weight for _, lora in wanted])
+        entry["lora_weights"] = weights
+
+    def _load_lora(self, entry: dict, name: str, lora: LoraSpec) -> None:
+        pipe = entry["text2image"]
+        label = FAMILY_LABELS[entry["family"]]
+        try:
+            with _logged_warnings("diffusers.utils.peft_utils") as warnings:
+                pipe.load_lora_weights(lora.path, adapter_name=name)
+        except Exception as error:  # diffusers removes a half-loaded adapter itself
+            text = str(error)
+            mismatch = re.search(r"size mismatch for (\S+?): copying a param with shape torch\.Size\((\[[^\]]*\])\) "
+                                 r"from checkpoint, the shape in current model is torch\.Size\((\[[^\]]*\])\)", text)
+            if mismatch:
+                layer = mismatch.group(1).replace(f".{name}.", ".")
+                reason = (f"its layers have other shapes than this {label} model's (e.g. {layer}: "
+                          f"{mismatch.group(2)} vs {mismatch.group(3)}); is it made for another model family?")
+            elif "not found in the base model" in text:
+                reason = f"it names layers this {label} model does not have; is it made for another model family?"
+            else:
+                reason = f"it is not a LoRA diffusers can read ({_short(error)})"
+            raise JobError("bad_lora", f"The LoRA '{lora.path}' does not fit the model '{entry['spec'].source}': "
+                           + reason) from None
+        # diffusers loads a LoRA whose layers only partly exist in the model and merely logs the
+        # rest as unexpected keys: a partial fit means a LoRA made for another model.
+        unused = [message for message in warnings if "unexpected keys" in message or "missing keys" in message]
+        if unused or not any(name in names for names in pipe.get_list_adapters().values()):
+            if unused and entry["loras"]:
+                pipe.delete_adapters([name])
+            elif unused:
+                pipe.unload_lora_weights()
+            raise JobError("bad_lora", f"The LoRA '{lora.path}' does not fit the model '{entry['spec'].source}': "
+                           f"some of its weights match no layer of this {label} model; is it made for another "
+                           "model family?")
 
     # -- generation -------------------------------------------------------
     def generate(self, request: dict, images: dict, units: list, progress, cancel) -> Result:
@@ -206,12 +371,10 @@ class DiffusionBackend:
         use_image2image = init is not None
         pipe = entry["image2image"] if use_image2image else entry["text2image"]
         pipe.scheduler = self._scheduler(entry, settings["scheduler"])
-        device = entry["device"]
         generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
 
         control_images = [_to_pil(_fit(unit["image"], padded_h, padded_w)) for unit in units]
-        prompt_embeds, negative_embeds = self._embed(entry, request["prompt"], settings["negative_prompt"],
-                                                     settings["guidance"])
+        embeddings = self._embed(entry, request["prompt"], settings["negative_prompt"], settings["guidance"])
         steps = settings["steps"]
         strength = settings["strength"] if use_image2image else 1.0
         total = max(1, int(steps * strength)) if use_image2image else steps
@@ -227,17 +390,16 @@ class DiffusionBackend:
             if blend is not None:
                 latents = blend.apply(latents, step, total)
                 callback_kwargs["latents"] = latents
-            preview = _preview(latents) if request.get("preview") else None
+            preview = _preview(latents, height, width, entry["family"]) if request.get("preview") else None
             progress(step + 1, total, preview)
             return callback_kwargs
 
         common = dict(
-            prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds,
             num_inference_steps=steps, guidance_scale=settings["guidance"], generator=generator,
             controlnet_conditioning_scale=[u["weight"] for u in settings["units"]],
             control_guidance_start=[u["start"] for u in settings["units"]],
             control_guidance_end=[u["end"] for u in settings["units"]],
-            output_type="np", callback_on_step_end=on_step_end, height=padded_h, width=padded_w,
+            output_type="np", callback_on_step_end=on_step_end, height=padded_h, width=padded_w, **embeddings,
         )
         if len(control_images) == 1:
             common["controlnet_conditioning_scale"] = common["controlnet_conditioning_scale"][0]
@@ -275,15 +437,23 @@ class DiffusionBackend:
         entry["schedulers"][name] = scheduler
         return scheduler
 
-    def _embed(self, entry, prompt: str, negative: str, guidance: float):
-        key = (id(entry["text2image"]), prompt, negative, guidance > 1.0)
+    def _embed(self, entry, prompt: str, negative: str, guidance: float) -> dict:
+        """The prompt's embeddings as pipeline arguments (SDXL adds the pooled ones), cached.
+        LoRAs on a text encoder change them, so their weights are part of the key."""
+        pipe = entry["text2image"]
+        text_adapters = {name for component, names in pipe.get_list_adapters().items()
+                         if component.startswith("text_encoder") for name in names} if entry["loras"] else set()
+        text_loras = tuple(item for item in entry["lora_weights"] if item[0] in text_adapters)
+        key = (id(pipe), prompt, negative, guidance > 1.0, text_loras)
         found = self._embeddings.get(key)
         if found is None:
-            pipe = entry["text2image"]
-            positive, negative_embeds = pipe.encode_prompt(
+            encoded = pipe.encode_prompt(
                 prompt, device=pipe._execution_device, num_images_per_prompt=1,
                 do_classifier_free_guidance=guidance > 1.0, negative_prompt=negative or None)
-            found = (positive, negative_embeds)
+            names = ("prompt_embeds", "negative_prompt_embeds")
+            if entry["family"] == "sdxl":
+                names += ("pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+            found = dict(zip(names, encoded))
             if len(self._embeddings) > 64:
                 self._embeddings.clear()
             self._embeddings[key] = found
@@ -298,10 +468,25 @@ class _StrengthMask:
     def __init__(self, pipe, mask, init, strength, generator, torch):
         device = pipe._execution_device
         dtype = pipe.unet.dtype
-        image = torch.from_numpy(np.ascontiguousarray(init[..., :3].transpose(2, 0, 1)))[None].to(device, dtype)
+        vae = pipe.vae
+        # SDXL's VAE overflows in fp16 (force_upcast): encode in fp32 as its pipelines do.
+        vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) and dtype == torch.float16 else dtype
+        image = torch.from_numpy(np.ascontiguousarray(init[..., :3].transpose(2, 0, 1)))[None].to(device, vae_dtype)
+        original_vae_dtype = vae.dtype
         with torch.no_grad():
-            latents = pipe.vae.encode(image * 2 - 1).latent_dist.mean * pipe.vae.config.scaling_factor
-        self.init_latents = latents
+            if vae_dtype != original_vae_dtype:
+                vae.to(vae_dtype)
+            latents = vae.encode(image * 2 - 1).latent_dist.mean
+            if vae_dtype != original_vae_dtype:
+                vae.to(original_vae_dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+            latents = (latents - mean) * vae.config.scaling_factor / std
+        else:
+            latents = latents * vae.config.scaling_factor
+        self.init_latents = latents.to(dtype)
         factor = pipe.vae_scale_factor
         small = mask[::factor, ::factor, 0] if mask.ndim == 3 else mask[::factor, ::factor]
         self.mask = torch.from_numpy(np.ascontiguousarray(np.clip(small, 0, 1), dtype=np.float32))[None, None].to(
@@ -325,6 +510,26 @@ class _StrengthMask:
         else:
             noised = self.scheduler.add_noise(self.init_latents, self.noise, timesteps[index:index + 1])
         return self.torch.where(keep, noised.to(latents.dtype), latents)
+
+
+class _logged_warnings:
+    """Collect the warnings one logger emits inside a ``with`` block (as a list of messages)."""
+
+    def __init__(self, name: str):
+        self.logger = logging.getLogger(name)
+        self.messages: list = []
+        self.handler = logging.Handler(logging.WARNING)
+        self.handler.emit = lambda record: self.messages.append(record.getMessage())
+
+    def __enter__(self) -> list:
+        self.level = self.logger.level
+        self.logger.setLevel(logging.WARNING)  # also when diffusers' verbosity is set quieter
+        self.logger.addHandler(self.handler)
+        return self.messages
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
 
 
 def _generation_settings(request: dict, units: list, controlnet_count: int) -> dict:
@@ -392,10 +597,13 @@ def _to_pil(image: np.ndarray):
     return Image.fromarray((np.clip(data, 0, 1) * 255 + 0.5).astype(np.uint8))
 
 
-def _preview(latents) -> np.ndarray:
-    """A cheap RGB picture of the current latents (8x smaller than the output)."""
-    data = latents[0].float().cpu().numpy().transpose(1, 2, 0)
-    rgb = data @ LATENT_RGB
+def _preview(latents, height: int, width: int, family: str = "sd15") -> np.ndarray:
+    """A cheap RGB picture of the current latents, one pixel per 8x8 block of the requested
+    frame (the padding added to reach a multiple of 64 is cut off)."""
+    rows, columns = -(-height // 8), -(-width // 8)
+    data = latents[0, :, :rows, :columns].float().cpu().numpy().transpose(1, 2, 0)
+    factors, bias = LATENT_RGB[family]
+    rgb = data @ factors + bias
     return (np.clip((rgb + 1.0) * 0.5, 0, 1) * 255).astype(np.uint8)
 
 
@@ -409,9 +617,7 @@ def _check_source(source: str) -> None:
         if not os.path.exists(os.path.join(source, "model_index.json")):
             raise JobError("bad_model", f"The folder '{source}' is not a diffusers model (no model_index.json)")
         return
-    import re
-
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) or os.path.isabs(source):
+    if not _REPO_ID.fullmatch(source) or os.path.isabs(source):
         raise JobError("bad_model", f"The model '{source}' does not exist: give a diffusers folder, a .safetensors "
                        "or .ckpt file, a hub repo id like 'owner/name', or 'tiny'")
     try:
@@ -422,6 +628,95 @@ def _check_source(source: str) -> None:
         raise JobError("bad_model", f"Cannot load the model '{source}': it is neither a local folder nor a model the "
                        f"hub could provide here ({_short(error)}). Give a local folder, a checkpoint file, or "
                        "'tiny' for offline tests") from None
+
+
+def _check_config(config: str) -> None:
+    if os.path.isdir(config):
+        if not os.path.exists(os.path.join(config, "model_index.json")):
+            raise JobError("bad_model", f"The config folder '{config}' is not a diffusers model (no model_index.json)")
+    elif not _REPO_ID.fullmatch(config) or os.path.isabs(config):
+        raise JobError("bad_model", f"The config '{config}' is neither a diffusers folder nor a hub repo id")
+
+
+def _pipeline_class_name(name: str) -> str | None:
+    """The ``_class_name`` in a diffusers folder's or hub repo's model_index.json, if it can be read here."""
+    try:
+        if os.path.isdir(name):
+            path = os.path.join(name, "model_index.json")
+        elif _REPO_ID.fullmatch(name):
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(name, "model_index.json")
+        else:
+            return None
+        with open(path) as handle:
+            return json.load(handle).get("_class_name")
+    except Exception:  # unreadable or offline: the family falls back to the spec or SD 1.5
+        return None
+
+
+def _checkpoint_family(path: str) -> str | None:
+    """SDXL checkpoints keep their text encoders under ``conditioner.embedders``; SD 1.5 ones under
+    ``cond_stage_model``. Only .safetensors can be peeked at without loading everything."""
+    if not path.lower().endswith(".safetensors"):
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception:  # a broken file is reported by the loader, with its own message
+        return None
+    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+        return "sdxl"
+    if any(key.startswith("cond_stage_model.transformer.") for key in keys):
+        return "sd15"
+    return None
+
+
+def _choose_family(spec: ModelSpec, source: str, config: str | None) -> str:
+    """``spec.family`` unless "auto"; else what the model says: "XL" in its pipeline class name
+    (model_index.json), or a single file's keys. A family the model contradicts is an error."""
+    described = config if os.path.isfile(source) else source
+    class_name = _pipeline_class_name(described) if described else None
+    if class_name:
+        detected, evidence = ("sdxl" if "XL" in class_name else "sd15"), f"its model_index.json names {class_name}"
+    else:
+        detected = _checkpoint_family(source) if os.path.isfile(source) else None
+        evidence = "its checkpoint keys say so"
+    if spec.family == "auto":
+        return detected or "sd15"
+    if detected and detected != spec.family:
+        raise JobError("bad_model", f"The model '{spec.source}' is {FAMILY_LABELS[detected]} ({evidence}), but the "
+                       f"spec's family is '{spec.family}': set family to 'auto' or '{detected}'")
+    return spec.family
+
+
+def _unet_family(config) -> str:
+    if config.get("addition_embed_type") == "text_time":
+        return "SDXL"
+    return "SD 2" if config.get("cross_attention_dim") == 1024 else "SD 1.5"
+
+
+def _check_controlnet_fits(name: str, controlnet_config, source: str, unet_config, family: str) -> None:
+    """A ControlNet adds its outputs to the UNet's blocks and reads the same text embeddings:
+    those shapes must agree. Say so in words instead of letting torch fail on a shape."""
+    def norm(value):
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+    for key, label in (("addition_embed_type", "added embedding"), ("cross_attention_dim", "text-embedding width"),
+                       ("block_out_channels", "block channels"), ("layers_per_block", "layers per block")):
+        made_for, model = norm(controlnet_config.get(key)), norm(unet_config.get(key))
+        if made_for == model:
+            continue
+        controlnet_family, model_family = _unet_family(controlnet_config), _unet_family(unet_config)
+        if controlnet_family != model_family:
+            suggestion = DEFAULT_CONTROLNETS[family]["depth"]
+            raise JobError("controlnet_mismatch", f"The ControlNet '{name}' is made for {controlnet_family} models, but "
+                           f"the model '{source}' is {model_family} (their {label} differs: {made_for} vs {model}). "
+                           f"Use an {model_family} ControlNet, e.g. '{suggestion}' for depth")
+        raise JobError("controlnet_mismatch", f"The ControlNet '{name}' does not fit the model '{source}': their "
+                       f"{label} differs ({made_for} vs {model})")
 
 
 def _choose_device(spec: ModelSpec):
@@ -471,9 +766,22 @@ def _short(error: Exception) -> str:
 
 def _explain_load_error(spec: ModelSpec, error: Exception) -> JobError:
     text = str(error)
-    if isinstance(error, OSError) and ("offline" in text.lower() or "connect" in text.lower()
-                                       or "does not appear to have" in text or "not a local folder" in text
-                                       or "Repo id" in text or "repository" in text.lower()):
+    hub_trouble = ("offline" in text.lower() or "connect" in text.lower() or "does not appear to have" in text
+                   or "not a local folder" in text or "Repo id" in text or "repository" in text.lower()
+                   or "snapshot" in text or "outgoing traffic" in text)
+    if os.path.isfile(spec.source):
+        if "Unable to load weights from checkpoint file" in text or "header" in text.lower():
+            return JobError("bad_model", f"Cannot load the model '{spec.source}': the file is not a readable "
+                            f"checkpoint ({_short(error)})")
+        if "appear to be missing" in text:
+            return JobError("bad_model", f"Cannot load the model '{spec.source}': the file is not a Stable Diffusion "
+                            f"checkpoint of this family ({_short(error)})")
+        if hub_trouble and spec.config is None:
+            return JobError("bad_model", f"Cannot load the model '{spec.source}': a single-file checkpoint needs "
+                            f"the diffusers configs of its architecture, which the hub could not provide here "
+                            f"({_short(error)}). Set the model's 'config' to a diffusers folder of the same "
+                            "architecture")
+    if isinstance(error, OSError) and hub_trouble:
         return JobError("bad_model", f"Cannot load the model '{spec.source}': it is neither a local folder nor a "
                         f"model the hub could provide here ({_short(error)}). Give a local folder, a checkpoint "
                         "file, or 'tiny' for offline tests")

@@ -10,9 +10,9 @@ machine, offline, in about a second for a 128x128 frame on one CPU core. Their w
 are seeded noise: their pictures are noise too. Each is built once and saved like any
 diffusers model, then loaded from disk like one.
 
-``save_original_checkpoint`` writes a diffusers SD 1.5-shaped model out as one
-``.safetensors`` file in the original (CompVis/LDM) key layout, the layout single-file
-checkpoints come in, so single-file loading is tested on real files too.
+``save_original_checkpoint`` writes a diffusers SD 1.5- or SDXL-shaped model out as one
+``.safetensors`` file in the original (CompVis/LDM, Stability) key layout, the layout
+single-file checkpoints come in, so single-file loading is tested on real files too.
 """
 from __future__ import annotations
 
@@ -106,15 +106,15 @@ def _tokenizer(folder: str):
     return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), model_max_length=77)
 
 
-def _text_config(**extra):
+def _text_config(hidden_size: int = 32):
     from transformers import CLIPTextConfig
 
     vocabulary = _byte_vocabulary()
     return CLIPTextConfig(
-        vocab_size=len(vocabulary), hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        vocab_size=len(vocabulary), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, projection_dim=32,
         bos_token_id=vocabulary["<|startoftext|>"], eos_token_id=vocabulary["<|endoftext|>"],
-        pad_token_id=vocabulary["<|endoftext|>"], **extra)
+        pad_token_id=vocabulary["<|endoftext|>"])
 
 
 def _vae(scaling_factor: float):
@@ -180,8 +180,10 @@ def build_tiny(path: str) -> None:
 
 def build_tiny_xl(path: str) -> None:
     """SDXL's shape in miniature: the UNet's cross-attention takes both text encoders' hidden
-    states side by side (32 + 32), and its text-time embedding takes the second encoder's
-    pooled projection (32) plus six size/crop numbers embedded in 8 channels each (48)."""
+    states side by side (32 + 64), and its text-time embedding takes the second encoder's
+    pooled projection (32) plus six size/crop numbers embedded in 8 channels each (48). The
+    two encoders differ in width, as in SDXL (768 and 1280), which is how single-file
+    loading tells them apart."""
     import torch
     from diffusers import ControlNetModel, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -194,7 +196,7 @@ def build_tiny_xl(path: str) -> None:
         sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         transformer_layers_per_block=(1, 2), attention_head_dim=(2, 4), use_linear_projection=True,
-        cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+        cross_attention_dim=32 + 64, addition_embed_type="text_time", addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=32 + 6 * 8, norm_num_groups=8,
     )
     torch.manual_seed(21)
@@ -202,7 +204,7 @@ def build_tiny_xl(path: str) -> None:
     torch.manual_seed(22)
     text_encoder = CLIPTextModel(_text_config())
     torch.manual_seed(23)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(hidden_size=64))
     base = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=_scheduler(),
                                      force_zeros_for_empty_prompt=True, add_watermarker=False)
@@ -225,14 +227,18 @@ _VAE_ATTENTION_NAMES = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("
 
 
 def save_original_checkpoint(model_folder: str, path: str) -> None:
-    """Write an SD 1.5-shaped diffusers model (UNet, VAE, CLIP text encoder) as one
-    ``.safetensors`` file in the original Stable Diffusion key layout: ``model.diffusion_model.*``,
-    ``first_stage_model.*``, ``cond_stage_model.transformer.*``. The inverse of what diffusers'
-    ``from_single_file`` converts from."""
+    """Write a diffusers SD 1.5- or SDXL-shaped model (UNet, VAE, text encoders) as one
+    ``.safetensors`` file in the original Stable Diffusion key layout, the inverse of what
+    diffusers' ``from_single_file`` converts from: ``model.diffusion_model.*``,
+    ``first_stage_model.*``, and ``cond_stage_model.transformer.*`` (SD 1.5) or
+    ``conditioner.embedders.0.transformer.*`` and ``conditioner.embedders.1.model.*`` (SDXL's
+    CLIP and OpenCLIP encoders)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from safetensors.torch import save_file
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
+    with open(os.path.join(model_folder, "model_index.json")) as handle:
+        is_xl = "text_encoder_2" in json.load(handle)
     unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(model_folder, subfolder="vae")
     text_encoder = CLIPTextModel.from_pretrained(model_folder, subfolder="text_encoder")
@@ -240,13 +246,59 @@ def save_original_checkpoint(model_folder: str, path: str) -> None:
     checkpoint.update({"model.diffusion_model." + key: value
                        for key, value in original_unet_state_dict(unet).items()})
     checkpoint.update({"first_stage_model." + key: value for key, value in original_vae_state_dict(vae).items()})
+    clip_prefix = "conditioner.embedders.0.transformer." if is_xl else "cond_stage_model.transformer."
     for key, value in text_encoder.state_dict().items():
         if key.endswith("position_ids"):
             continue
         # transformers 5 flattened CLIPTextModel; the original layout keeps the ``text_model.`` level.
         key = key if key.startswith("text_model.") else "text_model." + key
-        checkpoint["cond_stage_model.transformer." + key] = value
+        checkpoint[clip_prefix + key] = value
+    if is_xl:
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(model_folder, subfolder="text_encoder_2")
+        checkpoint.update({"conditioner.embedders.1.model." + key: value
+                           for key, value in original_open_clip_state_dict(text_encoder_2).items()})
     save_file({key: value.detach().contiguous() for key, value in checkpoint.items()}, path)
+
+
+_OPEN_CLIP_LAYER_NAMES = (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"),
+                          ("mlp.fc2", "mlp.c_proj"), ("self_attn.out_proj", "attn.out_proj"))
+
+
+def original_open_clip_state_dict(text_encoder) -> dict:
+    """A CLIP text encoder with projection under OpenCLIP's names (SDXL's second encoder):
+    ``transformer.resblocks.N`` with the query, key and value projections stacked into one
+    ``in_proj``, and ``text_projection`` as a matrix applied from the right."""
+    renamed, attention = {}, {}
+    for key, value in text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        if key.endswith("position_ids"):
+            continue
+        if key == "embeddings.position_embedding.weight":
+            renamed["positional_embedding"] = value
+        elif key == "embeddings.token_embedding.weight":
+            renamed["token_embedding.weight"] = value
+        elif key.startswith("final_layer_norm."):
+            renamed["ln_final." + key.rsplit(".", 1)[1]] = value
+        elif key == "text_projection.weight":
+            renamed["text_projection"] = value.T
+        elif key.startswith("encoder.layers."):
+            _, _, layer, rest = key.split(".", 3)
+            projection = rest.split(".")[1] if rest.startswith("self_attn.") else None
+            if projection in ("q_proj", "k_proj", "v_proj"):
+                attention[(layer, rest.rsplit(".", 1)[1], projection)] = value
+                continue
+            for new, old in _OPEN_CLIP_LAYER_NAMES:
+                if rest.startswith(new + "."):
+                    rest = old + rest[len(new):]
+            renamed[f"transformer.resblocks.{layer}.{rest}"] = value
+        else:
+            raise ValueError(f"no OpenCLIP name known for the text encoder weight {key!r}")
+    import torch
+
+    for layer, kind in sorted({(layer, kind) for layer, kind, _ in attention}):
+        renamed[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(
+            [attention[(layer, kind, projection)] for projection in ("q_proj", "k_proj", "v_proj")])
+    return renamed
 
 
 def original_unet_state_dict(unet) -> dict:

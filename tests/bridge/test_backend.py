@@ -1,10 +1,14 @@
-"""The diffusion backend in-process (torch in this Python): caching, sharing, the strength mask."""
-import threading
+"""The diffusion backend in-process (torch in this Python): caching, sharing, the strength mask, previews."""
+import os
 
-import numpy as np
-import pytest
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing may be downloaded; before diffusers reads it
 
-import torch  # the worker's libraries are in the test venv (make venv)
+import threading  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 
 from silk.bridge import diffusion  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
@@ -79,3 +83,23 @@ def test_unknown_scheduler_and_bad_sizes_are_refused(backend):
         backend.generate(request(scheduler="nope"), {}, units(), progress=lambda *a: None, cancel=threading.Event())
     with pytest.raises(JobError, match="width and height"):
         backend.generate(request(width=4), {}, units(), progress=lambda *a: None, cancel=threading.Event())
+
+
+def test_preview_covers_the_requested_frame_not_the_padding(backend):
+    """An 80x64 frame runs padded to 128x64; its preview is one pixel per 8x8 block of the 80x64."""
+    progress = []
+    backend.generate(request(width=80, height=64, steps=2, preview=True), {}, units(64, 80),
+                     progress=lambda *a: progress.append(a), cancel=threading.Event())
+    assert [p[2].shape for p in progress] == [(8, 10, 3), (8, 10, 3)]
+    assert all(p[2].dtype == np.uint8 for p in progress)
+
+
+def test_preview_crops_the_latents_before_converting():
+    latents = torch.full((1, 4, 8, 16), 50.0)  # the padding: saturates the picture
+    latents[:, :, :, :11] = 0.0
+    preview = diffusion._preview(latents, 57, 81)  # ceil(57/8) x ceil(81/8) = 8 x 11
+    assert preview.shape == (8, 11, 3)
+    assert (preview == 127).all()  # zero latents are mid-grey: nothing from the padding
+    xl = diffusion._preview(torch.zeros(1, 4, 8, 8), 64, 64, "sdxl")
+    bias = diffusion.LATENT_RGB["sdxl"][1]
+    assert np.array_equal(xl[0, 0], ((bias + 1) * 0.5 * 255).astype(np.uint8))
