@@ -64,6 +64,8 @@ class JobSettings:
     loras: list = field(default_factory=list)  # [(path, weight)]
     prompt: str = ""
     negative_prompt: str = ""
+    # Prompt travel: [{"prompt", "negative_prompt", "weight"}], weights summing to 1 (empty: ``prompt``).
+    prompt_mix: list = field(default_factory=list)
     seed: int = 0
     steps: int = 20
     guidance: float = 7.0

@@ -8,7 +8,9 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import diffusion_job, worker_link
+from dataclasses import dataclass
+
+from . import diffusion_job, schedule, worker_link
 from .settings import SCHEDULERS
 from .color import linear_to_srgb
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
@@ -27,10 +29,18 @@ def from_scene(scene) -> JobSettings:
         # An enum value this version does not know, e.g. from a file saved by a newer Silk.
         raise JobSettingsError(f"Unknown sampler {scheduler or '(none)'!r}: choose one in Silk's Sampling panel")
     device, precision = worker_link.device_setting()
+    prompt, negative_prompt, prompt_mix = settings.prompt, settings.negative_prompt, []
+    keys = [schedule.PromptKey(key.frame, key.prompt, key.negative_prompt) for key in settings.prompt_keys]
+    if keys:
+        mix = schedule.prompt_mix(keys, scene.frame_current, settings.prompt_easing)
+        prompt, negative_prompt = mix[0][0], mix[0][1]
+        if len(mix) > 1:
+            prompt_mix = [{"prompt": p, "negative_prompt": n, "weight": w} for p, n, w in mix]
     return JobSettings(
         model=_model_source(settings.model), family=settings.model_family, units=units,
         loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
-        prompt=settings.prompt, negative_prompt=settings.negative_prompt, seed=settings.seed, steps=settings.steps,
+        prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
+        steps=settings.steps,
         guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
         attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
         cpu_offload=settings.cpu_offload)
@@ -66,3 +76,45 @@ def _image_pixels(image) -> np.ndarray:
     rgb = pixels[..., :3]
     # Float images hold scene-linear values; byte images hold their file's (sRGB) values.
     return linear_to_srgb(rgb) if image.is_float else np.ascontiguousarray(rgb)
+
+
+@dataclass
+class TemporalSettings:
+    use_feedback: bool = True
+    strength: float = 0.55
+    fusion: float = 0.5
+    noise_mode: str = "FIXED"
+    color_coherence: float = 0.5
+    cadence: int = 1
+    use_loop: bool = False
+    loop_frames: int = 6
+
+
+def temporal_from_scene(scene) -> TemporalSettings:
+    settings = scene.silk
+    return TemporalSettings(
+        use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
+        noise_mode=settings.noise_mode, color_coherence=settings.color_coherence, cadence=settings.cadence,
+        use_loop=settings.use_loop, loop_frames=settings.loop_frames)
+
+
+SHOT_MARKER_PREFIX = "shot"
+
+
+def shot_cuts(scene) -> list[int]:
+    """Frames where feedback restarts: camera changes (camera-bound markers) and markers
+    the user named "Shot..." (Silk's 'Mark Shot Start' adds one)."""
+    cuts = []
+    previous_camera = None
+    for marker in sorted(scene.timeline_markers, key=lambda marker: marker.frame):
+        if marker.camera is not None:
+            if marker.camera != previous_camera:
+                cuts.append(marker.frame)
+            previous_camera = marker.camera
+        elif marker.name.lower().startswith(SHOT_MARKER_PREFIX):
+            cuts.append(marker.frame)
+    return cuts
+
+
+def shot_of(scene, frame: int) -> schedule.Shot:
+    return schedule.shot_of(frame, min(scene.frame_start, frame), max(scene.frame_end, frame), shot_cuts(scene))

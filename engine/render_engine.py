@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import conditioning, diffusion_job, job_settings, result_history, worker_link
+from . import animation, conditioning, diffusion_job, job_settings, result_history, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_frame, capture_motion_frames, render_size
@@ -45,6 +45,7 @@ last_picture: np.ndarray | None = None
 
 def clear_job_caches(*_args) -> None:
     _shot_depth_ranges.clear()
+    animation.new_job()
 
 
 class SilkRenderEngine(bpy.types.RenderEngine):
@@ -123,7 +124,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                 return
             self._write_passes(result, {"Combined": combined})
             self.update_result(result)  # the guides are visible while the worker paints
-            picture = self._diffuse(depsgraph, guides, result, combined)
+            picture = self._diffuse(depsgraph, guides, current, result, combined)
             global last_picture
             last_picture = picture
             # A cancelled or failed frame leaves Combined black, never a half-denoised preview.
@@ -138,13 +139,15 @@ class SilkRenderEngine(bpy.types.RenderEngine):
     def _should_cancel(self) -> bool:
         return self.test_break() or worker_link.cancel_requested.is_set()
 
-    def _diffuse(self, depsgraph, guides, result, combined):
-        """Guides -> conditioning -> worker. Returns the picture (display sRGB) or None."""
+    def _diffuse(self, depsgraph, guides, current, result, combined):
+        """Guides -> conditioning -> worker (with feedback in animation). Returns the picture
+        (display sRGB) or None."""
         scene = depsgraph.scene
         height, width = guides.depth.shape
         job = job_settings.from_scene(scene)
-        units = diffusion_job.control_units(job, guides, self._depth_range(depsgraph, guides))
         model = diffusion_job.model_request(job)
+        shot = job_settings.shot_of(scene, scene.frame_current)
+        camera_object = scene.camera
         try:
             worker = worker_link.client()
         except WorkerError as error:
@@ -161,23 +164,57 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                 self.update_stats("Silk", f"Loading {model['source']} (once; the first time may download it)")
             worker_link.note_loaded(worker.load_model(model, should_cancel=self._should_cancel))
             device = worker_link.loaded.get("device", "?").upper()
-            label = f"seed {job.seed} | {model['source']} | {device}"
             started = time.perf_counter()
 
-            def on_progress(progress):
-                self.update_progress(progress.step / max(1, progress.steps))
-                self.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
-                if progress.preview is not None:
-                    combined[..., :3] = srgb_to_linear(diffusion_job.upscale_preview(progress.preview, height, width))
-                    self._write_passes(result, {"Combined": combined})
-                    self.update_result(result)
+            def paint(frame_guides, frame_job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None):
+                seed = frame_job.seed if seed is None else seed
+                label = f"seed {seed} | {model['source']} | {device}"
+                preview_here = frame_guides is guides  # a key painted ahead is not this frame's preview
 
-            self.update_stats("Silk", f"Painting | {label}")
-            picture, _info = worker.generate(
-                model, job.prompt, units, width, height, negative_prompt=job.negative_prompt, seed=job.seed,
-                steps=job.steps, guidance=job.guidance, scheduler=job.scheduler, preview=True,
-                on_progress=on_progress, should_cancel=self._should_cancel)
-            self.update_stats("Silk", f"Done in {time.perf_counter() - started:.1f} s | {label}")
+                def on_progress(progress):
+                    self.update_progress(progress.step / max(1, progress.steps))
+                    self.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
+                    if progress.preview is not None and preview_here:
+                        combined[..., :3] = srgb_to_linear(
+                            diffusion_job.upscale_preview(progress.preview, height, width))
+                        self._write_passes(result, {"Combined": combined})
+                        self.update_result(result)
+
+                self.update_stats("Silk", f"Painting | {label}")
+                units = diffusion_job.control_units(frame_job, frame_guides, self._depth_range(depsgraph, guides))
+                extra = {}
+                if init is not None:
+                    extra.update(init_image=init, mask=strength_map, strength=float(strength_map.max()))
+                    if fusion > 0:
+                        extra["fusion"] = float(fusion)
+                if noise is not None:
+                    extra["noise"] = noise
+                if frame_job.prompt_mix:
+                    extra["prompt_mix"] = frame_job.prompt_mix
+                picture, _info = worker.generate(
+                    model, frame_job.prompt, units, width, height, negative_prompt=frame_job.negative_prompt,
+                    seed=seed, steps=frame_job.steps, guidance=frame_job.guidance, scheduler=frame_job.scheduler,
+                    preview=True, on_progress=on_progress, should_cancel=self._should_cancel, **extra)
+                return picture
+
+            def motion_to(other):
+                return animation.guides_between(self, depsgraph, camera_object, width, height,
+                                                scene.frame_current, other, current=current)
+
+            def key_guides(frame, other):
+                self.update_stats("Silk", f"Painting key frame {frame} ahead (cadence)")
+                return animation.guides_between(self, depsgraph, camera_object, width, height, frame, other)
+
+            context = animation.FrameContext(
+                frame=scene.frame_current, shot=shot,
+                take_key=(scene.name, shot.start, camera_object.name, width, height), width=width, height=height,
+                is_animation=bool(self.is_animation),
+                frame_path=lambda frame: scene.render.frame_path(frame=frame) if scene.render.filepath else "")
+            painter = animation.FramePainter(context, job, job_settings.temporal_from_scene(scene), paint,
+                                             motion_to, key_guides)
+            picture = painter.paint(guides)
+            self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
+                                      f"{model['source']} | {device}")
             return picture
         except JobCancelled:
             self._report("INFO", "Cancelled; the worker is ready for the next render")
@@ -215,7 +252,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         camera = guides.camera
         if scene.silk.depth_normalization == "CLIP":
             return conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end)
-        shot_start = scene.frame_start
+        shot_start = job_settings.shot_of(scene, scene.frame_current).start
         key = (scene.name, shot_start, scene.camera.name, camera.width, camera.height)
         found = _shot_depth_ranges.get(key)
         if found is None:

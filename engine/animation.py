@@ -1,0 +1,265 @@
+"""Painting a frame of an animation: feedback from the previous painted frame warped by the
+scene's exact motion, occlusion-aware fusion, noise per shot, colour coherence, cadence.
+
+What a take remembers lives in ``TakeMemory`` (this Blender session) and in small
+sidecar files next to the saved frames (``<output folder>/.silk/<frame file>.npz``), so
+a render that was interrupted, or a farm machine that renders the second half of a
+shot, continues from the last finished frame without a seam. The maths is in
+``temporal.py`` and ``schedule.py``; this module decides what to paint from what.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import diffusion_job, schedule, temporal
+from .guides import compute_guides
+from .scene_capture import capture_frame
+
+log = logging.getLogger("silk")
+
+SIDECAR_FOLDER = ".silk"
+LATENT_FACTOR = 8  # the VAE's downsampling: latent noise is 8x smaller than the frame
+
+
+@dataclass
+class Painted:
+    picture: np.ndarray  # display sRGB (H, W, 3)
+    noise: np.ndarray | None = None  # the latent noise it grew from (WARPED mode)
+
+
+@dataclass
+class TakeMemory:
+    """What one shot's take has painted in this session."""
+
+    job: int
+    frames: dict = field(default_factory=dict)  # frame -> Painted
+    anchor: temporal.ColorAnchor | None = None
+    last_frame: int | None = None
+
+    def keep_recent(self, frame: int, window: int) -> None:
+        for old in [f for f in self.frames if abs(f - frame) > window]:
+            del self.frames[old]
+
+
+_takes: dict = {}
+_job = 0
+
+
+def new_job(*_args) -> None:
+    """A render job starts (render_init): frames remembered from earlier jobs are only used
+    for F12 stepping to the next frame; animations continue from their sidecar files."""
+    global _job
+    _job += 1
+
+
+def forget_all() -> None:
+    _takes.clear()
+
+
+# -- sidecars ----------------------------------------------------------------------
+def sidecar_path(frame_path: str) -> str:
+    folder, name = os.path.split(frame_path)
+    return os.path.join(folder, SIDECAR_FOLDER, name + ".npz")
+
+
+def save_sidecar(frame_path: str, painted: Painted) -> None:
+    path = sidecar_path(frame_path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    arrays = {"picture": painted.picture.astype(np.float16)}
+    if painted.noise is not None:
+        arrays["noise"] = painted.noise.astype(np.float32)
+    temporary = path + ".part.npz"
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+
+
+def load_sidecar(frame_path: str, height: int, width: int) -> Painted | None:
+    """A finished frame's painting, if its file and its sidecar both exist and fit."""
+    path = sidecar_path(frame_path)
+    if not (os.path.exists(frame_path) and os.path.exists(path)):
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:  # never unpickle
+            picture = np.asarray(data["picture"], dtype=np.float32)
+            noise = np.asarray(data["noise"], dtype=np.float32) if "noise" in data.files else None
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("Ignoring the unreadable take file %s: %s", path, error)
+        return None
+    if picture.shape != (height, width, 3):
+        return None
+    return Painted(picture, noise)
+
+
+# -- the painter --------------------------------------------------------------------
+@dataclass
+class FrameContext:
+    """Everything about the frame being rendered that painting needs."""
+
+    frame: int
+    shot: schedule.Shot
+    take_key: tuple
+    width: int
+    height: int
+    is_animation: bool
+    frame_path: callable  # frame number -> the file Blender saves it to ("" when not saving)
+
+
+class FramePainter:
+    """Paints the current frame (and, under cadence, the key frame after it when needed).
+
+    ``paint_fn(guides, job, init=None, strength_map=None, fusion=0, noise=None, seed=None)``
+    runs the worker and returns a display picture; ``motion_fn(frame)`` returns the guides
+    of the current frame relative to another frame; ``key_guides_fn(frame, other)``
+    returns the guides of ``frame`` relative to ``other`` (for painting a key ahead).
+    """
+
+    def __init__(self, context: FrameContext, job: diffusion_job.JobSettings, temporal_settings, paint_fn,
+                 motion_fn, key_guides_fn):
+        self.context = context
+        self.job = job
+        self.settings = temporal_settings
+        self.paint_fn = paint_fn
+        self.motion_fn = motion_fn
+        self.key_guides_fn = key_guides_fn
+        take = _takes.get(context.take_key)
+        if take is None or (take.job != _job and context.is_animation):
+            take = TakeMemory(job=_job)
+            _takes.clear()  # one take at a time keeps memory bounded
+            _takes[context.take_key] = take
+        self.take = take
+
+    # -- public ---------------------------------------------------------------------
+    def paint(self, guides) -> np.ndarray:
+        settings, context = self.settings, self.context
+        frame = context.frame
+        if not settings.use_feedback:
+            painted = self._paint_key(frame, guides, previous_frame=None)
+            return painted.picture
+        step = schedule.cadence_step(frame, context.shot, settings.cadence)
+        if step.is_key:
+            # A key painted ahead by an in-between of this animation job is used as it is;
+            # F12 always paints anew (the user re-renders to see a change).
+            ahead = self.context.is_animation and self.take.job == _job
+            painted = self.take.frames.get(frame) if ahead else None
+            if painted is None:
+                painted = self._paint_key(frame, guides, previous_frame=self._previous_key(frame))
+            self._remember(frame, painted)
+            return painted.picture
+        return self._in_between(step)
+
+    # -- keys -------------------------------------------------------------------------
+    def _previous_key(self, frame: int) -> int | None:
+        shot, cadence = self.context.shot, max(1, self.settings.cadence)
+        offset = (frame - shot.start) % cadence
+        previous = frame - (offset or cadence)
+        return previous if previous >= shot.start else None
+
+    def _painted(self, frame: int) -> Painted | None:
+        """A painted frame of this take: remembered, or finished earlier (its sidecar)."""
+        take = self.take
+        found = take.frames.get(frame)
+        if found is not None and (take.job == _job or take.last_frame == frame):
+            return found
+        if self.context.is_animation:
+            path = self.context.frame_path(frame)
+            if path:
+                return load_sidecar(path, self.context.height, self.context.width)
+        return None
+
+    def _paint_key(self, frame: int, guides, previous_frame: int | None) -> Painted:
+        settings, job = self.settings, self.job
+        previous = self._painted(previous_frame) if previous_frame is not None else None
+        seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
+        noise = None
+        if settings.use_feedback and settings.noise_mode == "WARPED":
+            noise = self._noise_for(frame, guides, previous_frame, previous)
+        if previous is None:
+            picture = self.paint_fn(guides, job, seed=seed, noise=noise)
+        else:
+            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+            picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
+                                    fusion=settings.fusion, seed=seed, noise=noise)
+        picture = self._color(frame, picture, first=previous is None)
+        return Painted(picture, noise)
+
+    def _noise_for(self, frame, guides, previous_frame, previous) -> np.ndarray:
+        height, width = self.context.height, self.context.width
+        shape = (-(-height // LATENT_FACTOR), -(-width // LATENT_FACTOR), 4)
+        rng = np.random.default_rng([self.job.seed & 0xFFFFFFFF, frame])
+        if previous is None or previous.noise is None or previous.noise.shape != shape:
+            return np.random.default_rng(self.job.seed & 0xFFFFFFFF).standard_normal(shape).astype(np.float32)
+        return temporal.warp_noise(previous.noise, guides.vector, guides.occlusion, rng)
+
+    def _color(self, frame: int, picture: np.ndarray, first: bool) -> np.ndarray:
+        take, strength = self.take, self.settings.color_coherence
+        shot_start = self.context.shot.start
+        if take.anchor is None:
+            if first or frame == shot_start:
+                take.anchor = temporal.ColorAnchor.of(picture)
+                return picture
+            start = self._painted(shot_start)
+            take.anchor = temporal.ColorAnchor.of(start.picture if start is not None else picture)
+        if strength <= 0 or frame == shot_start:
+            return picture
+        return temporal.match_color(picture, take.anchor, strength)
+
+    def _remember(self, frame: int, painted: Painted) -> None:
+        take = self.take
+        take.frames[frame] = painted
+        take.last_frame = frame
+        take.keep_recent(frame, 2 * max(1, self.settings.cadence) + 1)
+        path = self.context.frame_path(frame) if self.context.is_animation else ""
+        if path:
+            save_sidecar(path, painted)
+
+    # -- cadence ----------------------------------------------------------------------
+    def _in_between(self, step: schedule.CadenceStep) -> np.ndarray:
+        before = self._painted(step.before)
+        if before is None:  # the key before was never painted (a render started mid-way): paint it now
+            before = self._paint_ahead(step.before)
+        after = self.take.frames.get(step.after) if self.take.job == _job else None
+        if after is None:
+            after = self._paint_ahead(step.after, previous_frame=step.before, previous=before)
+        to_before = self.motion_fn(step.before)
+        to_after = self.motion_fn(step.after)
+        return temporal.in_between(before.picture, to_before.vector, to_before.occlusion,
+                                   after.picture, to_after.vector, to_after.occlusion, step.position)
+
+    def _paint_ahead(self, frame: int, previous_frame: int | None = None, previous: Painted | None = None) -> Painted:
+        """Paint key ``frame`` now (it is needed by the frames before it)."""
+        if previous_frame is None:
+            previous_frame = self._previous_key(frame)
+        guides = self.key_guides_fn(frame, previous_frame)
+        if previous is not None:
+            self.take.frames[previous_frame] = previous
+        painted = self._paint_key(frame, guides, previous_frame)
+        self.take.frames[frame] = painted
+        if self.context.is_animation and self.context.frame_path(frame):
+            save_sidecar(self.context.frame_path(frame), painted)
+        return painted
+
+
+# -- geometry at other frames (bpy through the engine) --------------------------------------
+def guides_between(engine, depsgraph, camera_object, width, height, frame: int, other: int | None, current=None):
+    """The guides of ``frame`` with motion and occlusion relative to ``other`` (any frame).
+
+    ``current``: frame's geometry when already captured. Returns to the frame being rendered."""
+    scene = depsgraph.scene
+    rendering, subframe = scene.frame_current, scene.frame_subframe
+    try:
+        if current is None:
+            engine.frame_set(frame, 0.0)
+            current, _ = capture_frame(depsgraph, camera_object, width, height)
+        other_geometry = None
+        if other is not None:
+            engine.frame_set(other, 0.0)
+            known = frozenset(instance.key for instance in current.instances)
+            other_geometry, _ = capture_frame(depsgraph, camera_object, width, height, known)
+    finally:
+        if scene.frame_current != rendering:
+            engine.frame_set(rendering, subframe)
+    return compute_guides(current, other_geometry)
