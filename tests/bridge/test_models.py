@@ -152,10 +152,11 @@ def write_lora(unet, path, seed, rank=4, scale=0.5):
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for name, module in unet.named_modules():
+        layer = getattr(module, "base_layer", module)  # a layer a LoRA is already loaded into is wrapped
         if name.endswith(("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_out.0")) \
-                and isinstance(module, torch.nn.Linear):
-            weights[f"unet.{name}.lora_A.weight"] = torch.randn(rank, module.in_features, generator=generator) * scale
-            weights[f"unet.{name}.lora_B.weight"] = torch.randn(module.out_features, rank, generator=generator) * scale
+                and isinstance(layer, torch.nn.Linear):
+            weights[f"unet.{name}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=generator) * scale
+            weights[f"unet.{name}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=generator) * scale
     assert weights
     save_file(weights, str(path))
     return str(path)
@@ -233,6 +234,22 @@ def test_a_missing_or_unfitting_lora_is_a_clear_error(backend, loras, model_cach
             backend.load({"source": "tiny", "loras": bad})
         assert caught.value.code == "bad_lora"
     np.testing.assert_allclose(generate(backend, {"source": "tiny"}), base, atol=1e-6)  # the model is unharmed
+
+
+def test_a_lora_file_rewritten_on_disk_is_read_again(backend, tmp_path):
+    backend.load({"source": "tiny"})
+    unet = entry_for(backend, {"source": "tiny"})["text2image"].unet
+    path = write_lora(unet, tmp_path / "edited.safetensors", seed=11)
+    edited = write_lora(unet, tmp_path / "edited-later.safetensors", seed=12)  # same size, other weights
+    model = {"source": "tiny", "loras": [{"path": path, "weight": 1.0}]}
+    before = generate(backend, model)
+    with open(edited, "rb") as source, open(path, "wb") as target:
+        target.write(source.read())
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # a newer time even on coarse clocks
+    after = generate(backend, model)
+    assert np.abs(after - before).max() > 0.01
+    assert len(entry_for(backend, model)["loras"]) == 1  # the old version's adapter is gone
 
 
 def test_a_text_encoder_lora_weight_change_encodes_the_prompt_again(backend, tmp_path):
