@@ -20,7 +20,7 @@ import json
 import os
 
 TINY_VERSION = "tiny-v3"
-TINY_XL_VERSION = "tiny-xl-v1"
+TINY_XL_VERSION = "tiny-xl-v2"  # v2: second text encoder 64 wide
 CONTROLNET_FOLDERS = ("controlnet-depth", "controlnet-normal")
 XL_CONTROLNET_FOLDERS = ("controlnet-depth",)
 
