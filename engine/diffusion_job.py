@@ -92,6 +92,8 @@ def controlnet_for(unit: UnitSettings, model: str, family: str) -> str:
     if model == "tiny":
         # tiny has a depth and a normal ControlNet (random weights); other types share the depth one.
         return "tiny:normal" if unit.kind == "NORMAL" else "tiny:depth"
+    if model == "tiny-xl":
+        return "tiny-xl:depth"  # tiny-xl has one (depth) ControlNet, like real SDXL has no normal one
     found = DEFAULT_CONTROLNETS[family].get(unit.kind)
     if found is None:
         label = "SDXL" if family == "sdxl" else "SD 1.5"

@@ -35,6 +35,8 @@ def test_tiny_uses_its_own_controlnets_and_a_units_own_controlnet_wins():
              UnitSettings("DEPTH", controlnet=" /my/controlnet ")]
     request = diffusion_job.model_request(JobSettings(model="tiny", units=units))
     assert request["controlnets"] == ["tiny:depth", "tiny:normal", "tiny:depth", "/my/controlnet"]
+    request = diffusion_job.model_request(JobSettings(model="tiny-xl", units=units[:2]))
+    assert request["controlnets"] == ["tiny-xl:depth", "tiny-xl:depth"]
 
 
 def test_sdxl_has_no_default_normal_controlnet_and_says_so():
