@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench build clean
+.PHONY: all venv demo test test-latest test-lts bench bench-animation build clean
 
 all: test
 
@@ -49,6 +49,11 @@ bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_bridge.py
 
 ## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
+## Temporal coherence and speed of animation modes on the demo scene (tiny by default;
+## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
+bench-animation: $(VENV)/.ready
+	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
+
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,11 +50,27 @@ _takes: dict = {}
 _job = 0
 
 
+@dataclass(frozen=True)
+class FrameNote:
+    """How a frame was made, for the stats line, scripts and tests."""
+
+    frame: int
+    kind: str  # "fresh" (no feedback), "feedback", "in-between", "loop"
+    source: int | None = None  # the frame it was warped from (in-betweens: the key before)
+    strength: float | None = None
+    feedback_seconds: float = 0.0  # warping, filling, noise and colour work here (not in the worker)
+
+
+# How the frames of the current job were made, in order.
+frame_notes: list = []
+
+
 def new_job(*_args) -> None:
     """A render job starts (render_init): frames remembered from earlier jobs are only used
     for F12 stepping to the next frame; animations continue from their sidecar files."""
     global _job
     _job += 1
+    frame_notes.clear()
 
 
 def forget_all() -> None:
@@ -118,8 +135,9 @@ class FramePainter:
     """
 
     def __init__(self, context: FrameContext, job: diffusion_job.JobSettings, temporal_settings, paint_fn,
-                 motion_fn, key_guides_fn):
+                 motion_fn, key_guides_fn, rewrite_fn=None):
         self.context = context
+        self.rewrite_fn = rewrite_fn  # (frame, picture): save over a finished frame (loops)
         self.job = job
         self.settings = temporal_settings
         self.paint_fn = paint_fn
@@ -147,9 +165,14 @@ class FramePainter:
             painted = self.take.frames.get(frame) if ahead else None
             if painted is None:
                 painted = self._paint_key(frame, guides, previous_frame=self._previous_key(frame))
-            self._remember(frame, painted)
-            return painted.picture
-        return self._in_between(step)
+        else:
+            painted = Painted(self._in_between(step))
+            frame_notes.append(FrameNote(frame, "in-between", step.before))
+        self._remember(frame, painted)
+        if (settings.use_loop and context.is_animation and frame == context.shot.end
+                and context.shot.end > context.shot.start and self.rewrite_fn is not None):
+            self._repaint_loop()
+        return painted.picture
 
     # -- keys -------------------------------------------------------------------------
     def _previous_key(self, frame: int) -> int | None:
@@ -174,16 +197,24 @@ class FramePainter:
         settings, job = self.settings, self.job
         previous = self._painted(previous_frame) if previous_frame is not None else None
         seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
+        started = time.perf_counter()
         noise = None
         if settings.use_feedback and settings.noise_mode == "WARPED":
             noise = self._noise_for(frame, guides, previous_frame, previous)
-        if previous is None:
+        feedback = None
+        if previous is not None:
+            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+        spent = time.perf_counter() - started
+        if feedback is None:
             picture = self.paint_fn(guides, job, seed=seed, noise=noise)
         else:
-            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
             picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
                                     fusion=settings.fusion, seed=seed, noise=noise)
+        started = time.perf_counter()
         picture = self._color(frame, picture, first=previous is None)
+        spent += time.perf_counter() - started
+        frame_notes.append(FrameNote(frame, "fresh") if feedback is None else
+                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent))
         return Painted(picture, noise)
 
     def _noise_for(self, frame, guides, previous_frame, previous) -> np.ndarray:
@@ -215,6 +246,28 @@ class FramePainter:
         path = self.context.frame_path(frame) if self.context.is_animation else ""
         if path:
             save_sidecar(path, painted)
+
+    # -- loops --------------------------------------------------------------------------
+    def _repaint_loop(self) -> None:
+        """Repaint the shot's first frames with feedback running on from its last frame, and
+        cross-fade them into the first take, so the last frame flows into the first."""
+        shot, settings, job = self.context.shot, self.settings, self.job
+        length = min(settings.loop_frames, shot.end - shot.start)
+        previous_frame, previous = shot.end, self.take.frames[shot.end]
+        for frame in range(shot.start, shot.start + length):
+            guides = self.key_guides_fn(frame, previous_frame)
+            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+            seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
+            picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
+                                    fusion=settings.fusion, seed=seed)
+            if self.take.anchor is not None and settings.color_coherence > 0:
+                picture = temporal.match_color(picture, self.take.anchor, settings.color_coherence)
+            frame_notes.append(FrameNote(frame, "loop", previous_frame, settings.strength))
+            original = self._painted(frame)
+            weight = schedule.loop_blend(frame, shot, length)
+            final = picture if original is None else weight * picture + (1.0 - weight) * original.picture
+            self.rewrite_fn(frame, final.astype(np.float32))
+            previous_frame, previous = frame, Painted(picture)
 
     # -- cadence ----------------------------------------------------------------------
     def _in_between(self, step: schedule.CadenceStep) -> np.ndarray:

@@ -8,6 +8,7 @@ nothing raises out of ``render()``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 
@@ -15,7 +16,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import animation, conditioning, diffusion_job, job_settings, result_history, worker_link
+from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_frame, capture_motion_frames, render_size
@@ -41,6 +42,17 @@ _shot_depth_ranges: dict = {}
 last_reports: list[tuple[str, str]] = []
 # The worker's picture of the last painted frame (display sRGB, rows top-down), for scripts.
 last_picture: np.ndarray | None = None
+
+
+def take_label(job, temporal_settings, model: str) -> str:
+    """A take's settings in a strip name."""
+    if not temporal_settings.use_feedback:
+        return f"independent | seed {job.seed} | {os.path.basename(model.rstrip('/'))}"
+    parts = [f"seed {job.seed}", f"str {temporal_settings.strength:.2f}", f"fus {temporal_settings.fusion:.2f}",
+             temporal_settings.noise_mode.lower()]
+    if temporal_settings.cadence > 1:
+        parts.append(f"cad {temporal_settings.cadence}")
+    return " | ".join(parts + [os.path.basename(model.rstrip("/"))])
 
 
 def clear_job_caches(*_args) -> None:
@@ -210,9 +222,12 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                 take_key=(scene.name, shot.start, camera_object.name, width, height), width=width, height=height,
                 is_animation=bool(self.is_animation),
                 frame_path=lambda frame: scene.render.frame_path(frame=frame) if scene.render.filepath else "")
-            painter = animation.FramePainter(context, job, job_settings.temporal_from_scene(scene), paint,
-                                             motion_to, key_guides)
+            temporal_settings = job_settings.temporal_from_scene(scene)
+            painter = animation.FramePainter(context, job, temporal_settings, paint, motion_to, key_guides,
+                                             rewrite_fn=lambda frame, picture: takes.rewrite(scene, frame, picture))
             picture = painter.paint(guides)
+            if self.is_animation:
+                takes.record(scene, scene.frame_current, take_label(job, temporal_settings, model["source"]))
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
                                       f"{model['source']} | {device}")
             return picture

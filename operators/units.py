@@ -1,4 +1,4 @@
-"""Add and remove ControlNet units and LoRAs in ``scene.silk``."""
+"""Add and remove ControlNet units, LoRAs and prompt keys in ``scene.silk``; mark shot starts."""
 import bpy
 from bpy.props import EnumProperty
 
@@ -71,7 +71,56 @@ class SILK_OT_lora_remove(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (SILK_OT_unit_add, SILK_OT_unit_remove, SILK_OT_lora_add, SILK_OT_lora_remove)
+class SILK_OT_prompt_key_add(bpy.types.Operator):
+    bl_idname = "silk.prompt_key_add"
+    bl_label = "Add Prompt Key"
+    bl_description = "Add a prompt key at the current frame (starting from the current prompt)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        settings = context.scene.silk
+        key = settings.prompt_keys.add()
+        key.frame = context.scene.frame_current
+        key.prompt, key.negative_prompt = settings.prompt, settings.negative_prompt
+        settings.active_prompt_key = len(settings.prompt_keys) - 1
+        return {"FINISHED"}
+
+
+class SILK_OT_prompt_key_remove(bpy.types.Operator):
+    bl_idname = "silk.prompt_key_remove"
+    bl_label = "Remove Prompt Key"
+    bl_description = "Remove the selected prompt key"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return len(context.scene.silk.prompt_keys) > 0
+
+    def execute(self, context):
+        settings = context.scene.silk
+        settings.prompt_keys.remove(min(settings.active_prompt_key, len(settings.prompt_keys) - 1))
+        settings.active_prompt_key = max(0, min(settings.active_prompt_key, len(settings.prompt_keys) - 1))
+        return {"FINISHED"}
+
+
+class SILK_OT_mark_shot_start(bpy.types.Operator):
+    bl_idname = "silk.mark_shot_start"
+    bl_label = "Mark Shot Start"
+    bl_description = "Add a timeline marker named 'Shot' here: feedback restarts at this frame"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        scene = context.scene
+        if any(marker.frame == scene.frame_current and marker.name.lower().startswith("shot")
+               for marker in scene.timeline_markers):
+            self.report({"INFO"}, "Silk: a shot already starts here")
+            return {"CANCELLED"}
+        scene.timeline_markers.new("Shot", frame=scene.frame_current)
+        return {"FINISHED"}
+
+
+CLASSES = (SILK_OT_unit_add, SILK_OT_unit_remove, SILK_OT_lora_add, SILK_OT_lora_remove, SILK_OT_prompt_key_add,
+           SILK_OT_prompt_key_remove, SILK_OT_mark_shot_start)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

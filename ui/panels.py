@@ -197,6 +197,60 @@ class SILK_PT_sampling(SilkPanel, bpy.types.Panel):
         layout.prop(settings, "scheduler")
 
 
+class SILK_UL_prompt_keys(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_property, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.prop(item, "frame", text="", emboss=False)
+        row.label(text=item.prompt or "(empty prompt)")
+
+
+class SILK_PT_animation(SilkPanel, bpy.types.Panel):
+    bl_label = "Animation"
+    bl_parent_id = "SILK_PT_render"
+
+    def draw_header(self, context):
+        self.layout.prop(context.scene.silk, "use_feedback", text="")
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        settings = context.scene.silk
+        column = layout.column()
+        column.active = settings.use_feedback
+        column.prop(settings, "strength")
+        column.prop(settings, "fusion")
+        column.prop(settings, "noise_mode")
+        column.prop(settings, "color_coherence")
+        column.prop(settings, "cadence")
+        row = column.row(heading="Loop")
+        row.prop(settings, "use_loop", text="")
+        sub = row.row()
+        sub.active = settings.use_loop
+        sub.prop(settings, "loop_frames", text="Frames")
+        layout.operator("silk.mark_shot_start", icon="MARKER_HLT")
+
+
+class SILK_PT_prompt_schedule(SilkPanel, bpy.types.Panel):
+    bl_label = "Prompt Schedule"
+    bl_parent_id = "SILK_PT_prompt"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.silk
+        _list_with_buttons(layout, "SILK_UL_prompt_keys", settings, "prompt_keys", "active_prompt_key",
+                           "silk.prompt_key_add", "silk.prompt_key_remove")
+        if 0 <= settings.active_prompt_key < len(settings.prompt_keys):
+            key = settings.prompt_keys[settings.active_prompt_key]
+            layout.prop(key, "frame")
+            layout.prop(key, "prompt", text="")
+            layout.prop(key, "negative_prompt", text="", icon="REMOVE")
+        layout.use_property_split = True
+        layout.prop(settings, "prompt_easing")
+        if not len(settings.prompt_keys):
+            _label_lines(layout, "Without keys the prompt above holds for every frame")
+
+
 class SILK_PT_guides(SilkPanel, bpy.types.Panel):
     bl_label = "Guides"
     bl_parent_id = "SILK_PT_render"
@@ -253,6 +307,9 @@ class SILK_PT_sidebar(bpy.types.Panel):
         draw_seed(column, settings)
         column.prop(settings, "steps")
         column.prop(settings, "guidance_scale")
+        if settings.use_feedback:
+            column.prop(settings, "strength")
+            column.prop(settings, "fusion")
         if settings.units_initialized or len(settings.units):
             for unit in settings.units:
                 if unit.enabled:
@@ -282,8 +339,9 @@ class SILK_PT_history(bpy.types.Panel):
         row.operator("silk.history_step", text="Newer", icon="TRIA_RIGHT").direction = 1
 
 
-CLASSES = (SILK_UL_units, SILK_UL_loras, SILK_PT_render, SILK_PT_prompt, SILK_PT_model, SILK_PT_units,
-           SILK_PT_sampling, SILK_PT_guides, SILK_PT_worker, SILK_PT_sidebar, SILK_PT_history)
+CLASSES = (SILK_UL_units, SILK_UL_loras, SILK_UL_prompt_keys, SILK_PT_render, SILK_PT_prompt,
+           SILK_PT_prompt_schedule, SILK_PT_model, SILK_PT_units, SILK_PT_sampling, SILK_PT_animation, SILK_PT_guides,
+           SILK_PT_worker, SILK_PT_sidebar, SILK_PT_history)
 
 
 def register():

@@ -1,0 +1,187 @@
+"""Benchmark: how smoothly Silk animates, and what feedback and cadence cost.
+
+Renders the demo scene (moving objects, a moving camera, occlusions) as animations with
+the Silk engine through Blender's own animation render, once per mode:
+
+- independent frames, random seeds (seed + frame)      - the flicker baseline
+- independent frames, fixed seed                       - the usual baseline
+- warp feedback (exact motion, holes filled, no fusion)
+- warp feedback + fusion
+- warp feedback + fusion + warped noise
+- warp feedback + fusion, cadence 4
+
+and measures from the saved multilayer EXRs (Combined, Vector, Occlusion):
+- warp error (Lai et al. 2018; exact motion; Occlusion mask eroded 1 px; RGB in [0, 1]),
+  mean over consecutive frames;
+- long-range warp error: frame t against frame t-16, warped by the exact motion between
+  them (computed from the scene, not chained);
+- colour drift: CIE76 delta E of each frame's mean LAB colour against frame 1, mean;
+- wall time per frame (the whole animation render / frames).
+
+Then, at --overhead-size (512), the per-frame cost of feedback: Silk's own warp, fill
+and colour work (timed inside the engine), and the worker's fusion (the same frames
+with and without fusion).
+
+    .venv/bin/python tools/bench_temporal.py [--model tiny] [--frames 48] [--size 256] [--steps 8]
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bpy  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tools import demo_scene  # noqa: E402
+from tools.blender_env import ROOT, load_silk, set_multilayer_exr  # noqa: E402
+
+MODES = [
+    ("independent, random seeds", dict(use_feedback=False, noise_mode="RANDOM")),
+    ("independent, fixed seed", dict(use_feedback=False, noise_mode="FIXED")),
+    ("warp feedback", dict(use_feedback=True, fusion=0.0, noise_mode="FIXED")),
+    ("warp feedback + fusion", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED")),
+    ("+ warped noise", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED")),
+    ("feedback + fusion, cadence 4", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED", cadence=4)),
+]
+LONG_RANGE = 16
+
+
+def read_frame(path):
+    from tests.support import exr
+
+    passes = exr.read_passes(path)
+    occlusion = passes["Occlusion"]
+    return passes["Combined"][..., :3], passes["Vector"], occlusion[..., 0] if occlusion.ndim == 3 else occlusion
+
+
+def exact_motion(scene, frame, other, width, height):
+    """Vector and Occlusion of ``frame`` relative to any ``other`` frame, from the scene itself."""
+    from silk.engine.guides import compute_guides
+    from silk.engine.scene_capture import capture_frame
+
+    scene.frame_set(frame)
+    current, _ = capture_frame(bpy.context.evaluated_depsgraph_get(), scene.camera, width, height)
+    scene.frame_set(other)
+    known = frozenset(instance.key for instance in current.instances)
+    earlier, _ = capture_frame(bpy.context.evaluated_depsgraph_get(), scene.camera, width, height, known)
+    guides = compute_guides(current, earlier)
+    return guides.vector, guides.occlusion
+
+
+def render_mode(scene, folder, settings):
+    silk = scene.silk
+    for name, value in dict(use_feedback=True, fusion=0.0, noise_mode="FIXED", cadence=1).items():
+        setattr(silk, name, value)
+    for name, value in settings.items():
+        setattr(silk, name, value)
+    set_multilayer_exr(scene)
+    scene.render.filepath = os.path.join(folder, "f_")
+    started = time.perf_counter()
+    bpy.ops.render.render(animation=True)
+    return time.perf_counter() - started
+
+
+def measure(scene, folder, frames, width, height, long_range_motion):
+    from silk.engine import temporal
+    from silk.engine.color import linear_to_srgb
+
+    pictures, vectors, occlusions = {}, {}, {}
+    for frame in frames:
+        combined, vector, occlusion = read_frame(os.path.join(folder, f"f_{frame:04d}.exr"))
+        pictures[frame], vectors[frame], occlusions[frame] = linear_to_srgb(combined), vector, occlusion
+    short = [temporal.warp_error(pictures[f], pictures[f - 1], vectors[f], occlusions[f]) for f in frames[1:]]
+    long = [temporal.warp_error(pictures[f], pictures[f - LONG_RANGE], *long_range_motion[f])
+            for f in frames if f - LONG_RANGE in pictures]
+    drift = [temporal.color_drift(pictures[f], pictures[frames[0]]) for f in frames[1:]]
+    return {"warp_error": float(np.nanmean(short)), "long_range_warp_error": float(np.nanmean(long)) if long else None,
+            "color_drift": float(np.mean(drift))}
+
+
+def feedback_overhead(scene, size, steps, frames=4):
+    """Per-frame cost of feedback at ``size``: engine-side work, and the worker's fusion."""
+    from silk.engine import animation
+
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.frame_start, scene.frame_end = 1, frames
+    scene.silk.steps = steps
+    results = {}
+    with tempfile.TemporaryDirectory() as folder:
+        render_mode(scene, folder, dict(use_feedback=True, fusion=0.0))  # warm: model loaded at this size
+        for label, fusion in (("no_fusion", 0.0), ("fusion", 0.8)):
+            seconds = render_mode(scene, folder, dict(use_feedback=True, fusion=fusion))
+            notes = [note for note in animation.frame_notes if note.kind == "feedback"]
+            results[label] = {"seconds_per_frame": seconds / frames,
+                              "engine_feedback_seconds": float(np.mean([note.feedback_seconds for note in notes]))}
+    per_frame = results["fusion"]["seconds_per_frame"]
+    fusion_cost = max(0.0, per_frame - results["no_fusion"]["seconds_per_frame"])
+    engine_cost = results["fusion"]["engine_feedback_seconds"]
+    return {"size": size, "steps": steps, "frames": frames, "seconds_per_frame": per_frame,
+            "engine_feedback_seconds": engine_cost, "fusion_seconds": fusion_cost,
+            "overhead_fraction": (engine_cost + fusion_cost) / per_frame}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.environ.get("MODEL") or "tiny")
+    parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--overhead-size", type=int, default=512)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
+
+    load_silk()
+    scene = demo_scene.build(args.size, args.size)
+    scene.frame_start, scene.frame_end = 1, args.frames
+    scene.render.engine = "SILK"
+    scene.view_settings.view_transform = "Standard"
+    scene.render.dither_intensity = 0.0
+    silk = scene.silk
+    silk.mode = "DIFFUSE"
+    silk.model = args.model
+    silk.steps = args.steps
+    silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
+    frames = list(range(1, args.frames + 1))
+    long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
+                         for f in frames if f - LONG_RANGE >= 1}
+    results = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
+               "model": args.model, "size": args.size, "frames": args.frames, "steps": args.steps, "modes": {}}
+    for label, settings in MODES:
+        with tempfile.TemporaryDirectory() as folder:
+            seconds = render_mode(scene, folder, settings)
+            metrics = measure(scene, folder, frames, args.size, args.size, long_range_motion)
+        metrics["seconds_per_frame"] = seconds / len(frames)
+        results["modes"][label] = metrics
+        print(f"{label:32s} warp {metrics['warp_error']:.5f}  long {metrics['long_range_warp_error'] or float('nan'):.5f}"
+              f"  drift {metrics['color_drift']:.2f}  {metrics['seconds_per_frame']:.2f} s/frame", flush=True)
+    modes = results["modes"]
+    fixed = modes["independent, fixed seed"]["warp_error"]
+    results["fusion_vs_fixed_seed"] = modes["warp feedback + fusion"]["warp_error"] / fixed
+    results["cadence4_vs_cadence1_time"] = (modes["feedback + fusion, cadence 4"]["seconds_per_frame"]
+                                            / modes["warp feedback + fusion"]["seconds_per_frame"])
+    print(f"feedback + fusion warp error / fixed seed: {results['fusion_vs_fixed_seed']:.3f} (goal <= 0.5)")
+    print(f"cadence 4 wall time / cadence 1: {results['cadence4_vs_cadence1_time']:.3f} (goal <= 0.4)")
+    if not args.skip_overhead:
+        overhead = feedback_overhead(scene, args.overhead_size, args.steps)
+        results["overhead"] = overhead
+        print(f"feedback overhead at {overhead['size']}x{overhead['size']}: engine {overhead['engine_feedback_seconds']:.3f}"
+              f" s + fusion {overhead['fusion_seconds']:.3f} s of {overhead['seconds_per_frame']:.2f} s/frame = "
+              f"{100 * overhead['overhead_fraction']:.1f}% (goal <= 10%)")
+    from silk.engine import worker_link
+
+    worker_link.unregister()
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
