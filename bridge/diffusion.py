@@ -8,6 +8,11 @@ checkpoint's keys) unless the spec says. Loaded pipelines stay cached and
 text-to-image and image-to-image share their components; prompt embeddings are
 cached per prompt; LoRAs are applied to the cached pipeline, so changing their
 weights never reloads the model.
+
+Temporal feedback for animation (docs/worker.md, "Temporal feedback"): image-to-image
+encodes and noises the initial image itself, with one noise (the seed's, or the request's
+``noise``) that the per-pixel strength mask and occlusion-aware ``fusion`` then follow
+every step; ``prompt_mix`` paints with a weighted mean of several prompts' embeddings.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ LATENT_RGB = {
                        [-0.3165, -0.2492, -0.2188]]), np.array([0.1084, -0.0175, -0.0011])),
 }
 LORA_WEIGHT_LIMIT = 10.0
+PROMPT_MIX_LIMIT = 64  # prompts in one prompt_mix
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -350,7 +356,7 @@ class DiffusionBackend:
     def generate(self, request: dict, images: dict, units: list, progress, cancel) -> Result:
         spec = ModelSpec.from_request(request["model"])
         entry = self._pipeline(spec)
-        settings = _generation_settings(request, units, len(entry["controlnets"]))
+        settings = _generation_settings(request, units, len(entry["controlnets"]), "init_image" in images)
         started = time.perf_counter()
         try:
             return self._generate(entry, spec, request, settings, images, units, progress, cancel, started)
@@ -371,24 +377,62 @@ class DiffusionBackend:
         use_image2image = init is not None
         pipe = entry["image2image"] if use_image2image else entry["text2image"]
         pipe.scheduler = self._scheduler(entry, settings["scheduler"])
+        scheduler = pipe.scheduler
+        device, dtype = pipe._execution_device, pipe.unet.dtype
+        factor = pipe.vae_scale_factor
+        latent_shape = (1, pipe.unet.config.in_channels, padded_h // factor, padded_w // factor)
+        given_noise = _checked_noise(images.get("noise"), height, width, factor, latent_shape[1])
         generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
 
         control_images = [_to_pil(_fit(unit["image"], padded_h, padded_w)) for unit in units]
-        embeddings = self._embed(entry, request["prompt"], settings["negative_prompt"], settings["guidance"])
+        embeddings = self._prompt_embeddings(entry, request["prompt"], settings)
         steps = settings["steps"]
         strength = settings["strength"] if use_image2image else 1.0
-        total = max(1, int(steps * strength)) if use_image2image else steps
-        blend = None
-        if use_image2image and mask is not None:
-            blend = _StrengthMask(pipe, _fit(mask[..., :1] if mask.ndim == 3 else mask[..., None], padded_h, padded_w),
-                                  _fit(init, padded_h, padded_w), strength, generator, torch)
+        # The starting noise: the seed's (drawn here exactly as the pipeline would draw it, so the
+        # generator is left in the same state for an ancestral sampler's per-step noise), with the
+        # request's noise in place of it over the frame; the rest is the padding to a multiple of 64.
+        noise = None
+        if given_noise is not None or use_image2image:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            noise = randn_tensor(latent_shape, generator=generator, device=torch.device(device), dtype=dtype)
+            if given_noise is not None:
+                rows, columns = given_noise.shape[:2]
+                noise[:, :, :rows, :columns] = torch.from_numpy(
+                    np.ascontiguousarray(given_noise.transpose(2, 0, 1)))[None].to(device, dtype)
+        latents = None
+        total = steps
+        guides = []
+        if use_image2image:
+            # Encode and noise the initial image here (the pipeline skips its own noising when
+            # given latents): the strength mask and fusion then follow the very noise that
+            # started the run.
+            scheduler.set_timesteps(steps, device=device)
+            timesteps, total = pipe.get_timesteps(steps, strength, device)
+            if total < 1 or len(timesteps) == 0:
+                raise JobError("bad_request", f"{steps} steps at strength {strength:g} leave no step to run: "
+                               "raise steps or strength")
+            begin = len(scheduler.timesteps) - len(timesteps)
+            init_latents = _encode_image(pipe, _fit(init, padded_h, padded_w), torch)
+            latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+            target = _NoisedInit(init_latents, noise, scheduler, begin)
+            fitted_mask = None
+            if mask is not None:
+                fitted_mask = _fit(mask[..., :1] if mask.ndim == 3 else mask[..., None], padded_h, padded_w)
+                guides.append(_StrengthMask(target, fitted_mask, strength, factor, torch))
+            if settings["fusion"] > 0:
+                visible = _visible_latents(fitted_mask, factor, padded_h, padded_w, device, torch)
+                guides.append(_Fusion(target, visible, settings["fusion"], torch))
+        elif given_noise is not None:
+            latents = noise  # the text-to-image pipeline scales it by the scheduler's init_noise_sigma
 
         def on_step_end(pipeline, step, timestep, callback_kwargs):
             if cancel.is_set():
                 raise Cancelled()
             latents = callback_kwargs["latents"]
-            if blend is not None:
-                latents = blend.apply(latents, step, total)
+            for guide in guides:
+                latents = guide.apply(latents, step, total)
+            if guides:
                 callback_kwargs["latents"] = latents
             preview = _preview(latents, height, width, entry["family"]) if request.get("preview") else None
             progress(step + 1, total, preview)
@@ -401,6 +445,8 @@ class DiffusionBackend:
             control_guidance_end=[u["end"] for u in settings["units"]],
             output_type="np", callback_on_step_end=on_step_end, height=padded_h, width=padded_w, **embeddings,
         )
+        if latents is not None:
+            common["latents"] = latents
         if len(control_images) == 1:
             common["controlnet_conditioning_scale"] = common["controlnet_conditioning_scale"][0]
         with torch.inference_mode():
@@ -437,6 +483,32 @@ class DiffusionBackend:
         entry["schedulers"][name] = scheduler
         return scheduler
 
+    def _prompt_embeddings(self, entry, prompt: str, settings: dict) -> dict:
+        """The request's embeddings: its prompt's, or the mix of its ``prompt_mix``."""
+        if settings["prompt_mix"]:
+            return self._mixed_embeddings(entry, settings["prompt_mix"], settings["guidance"])
+        return self._embed(entry, prompt, settings["negative_prompt"], settings["guidance"])
+
+    def _mixed_embeddings(self, entry, mix: list, guidance: float) -> dict:
+        """Prompt travel: the weight-normalised sum of each (prompt, negative prompt, weight)'s
+        embeddings (and of SDXL's pooled ones). Each entry's embeddings come from the cache;
+        entries of weight 0 are not encoded, and a single entry left is used exactly as it is."""
+        total = sum(weight for _, _, weight in mix)
+        parts = [(self._embed(entry, prompt, negative, guidance), weight / total)
+                 for prompt, negative, weight in mix if weight > 0]
+        if len(parts) == 1:
+            return parts[0][0]
+        mixed = {}
+        for name, first in parts[0][0].items():
+            if first is None:  # no negative embeddings without classifier-free guidance
+                mixed[name] = None
+                continue
+            value = first * parts[0][1]
+            for embeddings, weight in parts[1:]:
+                value = value + embeddings[name] * weight
+            mixed[name] = value
+        return mixed
+
     def _embed(self, entry, prompt: str, negative: str, guidance: float) -> dict:
         """The prompt's embeddings as pipeline arguments (SDXL adds the pooled ones), cached.
         LoRAs on a text encoder change them, so their weights are part of the key."""
@@ -460,56 +532,131 @@ class DiffusionBackend:
         return found
 
 
+def _encode_image(pipe, image: np.ndarray, torch):
+    """The VAE's latents of an RGB picture in [0, 1] (the distribution's mean, no sampling:
+    the same picture always gives the same latents), scaled as the pipelines scale them."""
+    device = pipe._execution_device
+    dtype = pipe.unet.dtype
+    vae = pipe.vae
+    if image.shape[2] < 3:  # grey (or grey and alpha): the grey on every channel, as _to_pil does
+        image = np.repeat(image[..., :1], 3, axis=2)
+    # SDXL's VAE overflows in fp16 (force_upcast): encode in fp32 as its pipelines do.
+    vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) and dtype == torch.float16 else dtype
+    pixels = torch.from_numpy(np.ascontiguousarray(image[..., :3].transpose(2, 0, 1)))[None].to(device, vae_dtype)
+    original_vae_dtype = vae.dtype
+    with torch.no_grad():
+        if vae_dtype != original_vae_dtype:
+            vae.to(vae_dtype)
+        latents = vae.encode(pixels * 2 - 1).latent_dist.mean
+        if vae_dtype != original_vae_dtype:
+            vae.to(original_vae_dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+        std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
+        latents = (latents - mean) * vae.config.scaling_factor / std
+    else:
+        latents = latents * vae.config.scaling_factor
+    return latents.to(dtype)
+
+
+class _NoisedInit:
+    """The initial image's latents noised, with the noise that started the run, to the noise
+    level the latents have after a step of the run. ``begin`` is where the run's (truncated)
+    schedule starts in the scheduler's timesteps."""
+
+    def __init__(self, init_latents, noise, scheduler, begin: int):
+        self.init_latents = init_latents
+        self.noise = noise
+        self.scheduler = scheduler
+        self.begin = begin
+        self._cached = (None, None)
+
+    def after(self, step: int, total: int):
+        if self._cached[0] == step:
+            return self._cached[1]
+        if step + 1 >= total:
+            noised = self.init_latents
+        else:
+            timesteps = self.scheduler.timesteps
+            index = min(self.begin + step + 1, len(timesteps) - 1)
+            # Schedulers that count steps (Euler, DPM-Solver, UniPC) take the level from their step
+            # index, the others (DDIM, LCM) from this timestep: the same level either way.
+            noised = self.scheduler.add_noise(self.init_latents, self.noise, timesteps[index:index + 1])
+        self._cached = (step, noised)
+        return noised
+
+
 class _StrengthMask:
     """Per-pixel denoising strength (differential diffusion): a pixel with strength s
     follows the noised initial image until the last s of the schedule, then denoises
     freely. Strength 1 = generate anew, 0 = keep the initial image."""
 
-    def __init__(self, pipe, mask, init, strength, generator, torch):
-        device = pipe._execution_device
-        dtype = pipe.unet.dtype
-        vae = pipe.vae
-        # SDXL's VAE overflows in fp16 (force_upcast): encode in fp32 as its pipelines do.
-        vae_dtype = torch.float32 if getattr(vae.config, "force_upcast", False) and dtype == torch.float16 else dtype
-        image = torch.from_numpy(np.ascontiguousarray(init[..., :3].transpose(2, 0, 1)))[None].to(device, vae_dtype)
-        original_vae_dtype = vae.dtype
-        with torch.no_grad():
-            if vae_dtype != original_vae_dtype:
-                vae.to(vae_dtype)
-            latents = vae.encode(image * 2 - 1).latent_dist.mean
-            if vae_dtype != original_vae_dtype:
-                vae.to(original_vae_dtype)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents)
-            latents = (latents - mean) * vae.config.scaling_factor / std
-        else:
-            latents = latents * vae.config.scaling_factor
-        self.init_latents = latents.to(dtype)
-        factor = pipe.vae_scale_factor
+    def __init__(self, target: _NoisedInit, mask: np.ndarray, strength: float, factor: int, torch):
+        self.target = target
+        self.init_latents = target.init_latents
+        latents = target.init_latents
         small = mask[::factor, ::factor, 0] if mask.ndim == 3 else mask[::factor, ::factor]
         self.mask = torch.from_numpy(np.ascontiguousarray(np.clip(small, 0, 1), dtype=np.float32))[None, None].to(
-            device, dtype)
+            latents.device, latents.dtype)
         self.strength = max(float(strength), 1e-6)
-        self.noise = torch.randn(latents.shape, generator=generator, dtype=torch.float32).to(device, dtype)
-        self.scheduler = pipe.scheduler
         self.torch = torch
 
     def apply(self, latents, step, total):
-        timesteps = self.scheduler.timesteps
-        order = getattr(self.scheduler, "order", 1)
-        index = min((step + 1) * order, len(timesteps) - 1)
         done = (step + 1) / total  # fraction of this run's steps completed
         # A pixel joins the free denoising once the schedule's remaining fraction is within its strength.
         keep = (self.mask / self.strength) <= (1.0 - done)
         if not bool(keep.any()):
             return latents
-        if step + 1 >= total:
-            noised = self.init_latents
-        else:
-            noised = self.scheduler.add_noise(self.init_latents, self.noise, timesteps[index:index + 1])
-        return self.torch.where(keep, noised.to(latents.dtype), latents)
+        return self.torch.where(keep, self.target.after(step, total).to(latents.dtype), latents)
+
+
+class _Fusion:
+    """Occlusion-aware latent fusion: after every step, the latents of pixels visible in the
+    previous frame move ``amount`` of the way to the initial image's latents noised to the
+    same level; pixels the previous frame did not see denoise freely."""
+
+    def __init__(self, target: _NoisedInit, visible, amount: float, torch):
+        self.target = target
+        self.visible = visible  # (1, 1, h, w) bool on the latent grid, or None: every pixel
+        self.amount = float(amount)
+        self.torch = torch
+
+    def apply(self, latents, step, total):
+        target = self.target.after(step, total).to(latents.dtype)
+        pulled = self.torch.lerp(latents, target, self.amount)  # exactly ``target`` at amount 1
+        if self.visible is None:
+            return pulled
+        return self.torch.where(self.visible, pulled, latents)
+
+
+def _visible_latents(mask: np.ndarray | None, factor: int, height: int, width: int, device, torch):
+    """Which latent pixels the previous frame saw: those whose every frame pixel has a
+    strength below 1 (so a silhouette's latent pixel is repainted). ``mask`` is at the padded
+    frame size; None (no mask) means every pixel was visible."""
+    if mask is None:
+        return None
+    values = np.asarray(mask, dtype=np.float32).reshape(height, width)
+    blocks = values.reshape(height // factor, factor, width // factor, factor).max(axis=(1, 3))
+    return torch.from_numpy(np.ascontiguousarray(blocks < 1.0))[None, None].to(device)
+
+
+def _checked_noise(noise, height: int, width: int, factor: int, channels: int):
+    """The request's latent noise, checked: float32 (rows, columns, channels) at the latent size
+    of the requested frame (before padding), finite."""
+    if noise is None:
+        return None
+    expected = (-(-height // factor), -(-width // factor), channels)
+    if not isinstance(noise, np.ndarray) or noise.dtype != np.float32:
+        kind = noise.dtype.name if isinstance(noise, np.ndarray) else type(noise).__name__
+        raise JobError("bad_request", f"noise must be a float32 array, not {kind}")
+    if tuple(noise.shape) != expected:
+        raise JobError("bad_request", f"noise must have the shape {expected} (ceil(height/{factor}), "
+                       f"ceil(width/{factor}), {channels} latent channels) for a {width}x{height} frame, "
+                       f"not {tuple(noise.shape)}")
+    if not np.isfinite(noise).all():
+        raise JobError("bad_request", "noise must be finite (no NaN or infinity)")
+    return noise
 
 
 class _logged_warnings:
@@ -532,7 +679,7 @@ class _logged_warnings:
         self.logger.setLevel(self.level)
 
 
-def _generation_settings(request: dict, units: list, controlnet_count: int) -> dict:
+def _generation_settings(request: dict, units: list, controlnet_count: int, has_init: bool = False) -> dict:
     scheduler = request.get("scheduler", "euler")
     if scheduler not in SCHEDULERS:
         raise JobError("bad_scheduler", f"Unknown scheduler '{scheduler}'. Choose one of: {', '.join(SCHEDULERS)}")
@@ -563,10 +710,39 @@ def _generation_settings(request: dict, units: list, controlnet_count: int) -> d
         if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
             raise JobError("bad_request", "ControlNet images must be (height, width, channels) arrays")
         settings_units.append({"weight": float(weight), "start": float(start), "end": float(end)})
+    fusion = request.get("fusion", 0.0)
+    if isinstance(fusion, bool) or not isinstance(fusion, (int, float)) or not 0.0 <= fusion <= 1.0:
+        raise JobError("bad_request", "fusion must be a number from 0 to 1")
+    if fusion > 0 and not has_init:
+        raise JobError("bad_request", "fusion pulls the latents toward the initial image: it needs an init_image")
     seed = request.get("seed", 0)
     return {"scheduler": scheduler, "steps": steps, "width": width, "height": height, "strength": strength,
             "guidance": guidance, "units": settings_units, "seed": int(seed) % (2 ** 63),
-            "negative_prompt": request.get("negative_prompt", "")}
+            "negative_prompt": request.get("negative_prompt", ""), "fusion": float(fusion),
+            "prompt_mix": _prompt_mix(request.get("prompt_mix"))}
+
+
+def _prompt_mix(mix) -> list:
+    """``prompt_mix`` as [(prompt, negative prompt, weight)]; empty when not given (or empty)."""
+    if mix is None:
+        return []
+    if not isinstance(mix, list) or len(mix) > PROMPT_MIX_LIMIT:
+        raise JobError("bad_request", f"prompt_mix must be a list of at most {PROMPT_MIX_LIMIT} "
+                       "{\"prompt\", \"negative_prompt\", \"weight\"} objects")
+    entries = []
+    for index, item in enumerate(mix):
+        if not isinstance(item, dict) or not isinstance(item.get("prompt"), str) \
+                or not isinstance(item.get("negative_prompt", ""), str):
+            raise JobError("bad_request", f"prompt_mix[{index}] needs a 'prompt' (text) and may have a "
+                           "'negative_prompt' (text)")
+        weight = item.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) \
+                or weight < 0:
+            raise JobError("bad_request", f"prompt_mix[{index}] needs a 'weight': a number of at least 0")
+        entries.append((item["prompt"], item.get("negative_prompt", ""), float(weight)))
+    if entries and not sum(weight for _, _, weight in entries) > 0:
+        raise JobError("bad_request", "the weights of prompt_mix must add up to more than 0")
+    return entries
 
 
 def _padded(size: int) -> int:
