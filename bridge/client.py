@@ -90,6 +90,7 @@ class WorkerClient:
         self.last_error: str | None = None
         self.worker_pid: int | None = None
         self.worker_annotators: list | None = None  # None: a worker older than annotators
+        self.worker_features: list | None = None  # None: a worker older than fusion, noise and prompt_mix
         self._sock: socket.socket | None = None
         self._inbox: queue.Queue = queue.Queue()
         self._send_lock = threading.Lock()
@@ -190,6 +191,7 @@ class WorkerClient:
             raise WorkerUnavailable("The worker did not greet back")
         self.worker_pid = reply.get("pid")
         self.worker_annotators = reply.get("annotators")
+        self.worker_features = reply.get("features")
         self.shared_frames = bool(reply.get("shared_frames"))
         if reply.get("missing"):
             raise WorkerUnavailable(
@@ -423,12 +425,26 @@ class WorkerClient:
                  negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
                  mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
-                 on_progress=None, should_cancel=None) -> tuple[np.ndarray, dict]:
+                 on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
+                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
         """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
         optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
-        annotator on the image first). Returns the (height, width, 3) float32 image in [0, 1] (display
-        sRGB) and details."""
+        annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
+        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
+        ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
+        [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
+        embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
+        float32 image in [0, 1] (display sRGB) and details."""
         self.ensure_started()
+        used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
+                                      ("prompt_mix", bool(prompt_mix))) if on]
+        if used and self.worker_features is None:
+            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
+                            f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
+        if noise is not None:
+            noise = np.asarray(noise)
+            if noise.dtype.kind != "f":
+                raise JobFailed("bad_request", f"noise must be a float array, not {noise.dtype.name}")
         attachments = []
         units = []
         for index, unit in enumerate(controlnets):
@@ -444,9 +460,13 @@ class WorkerClient:
                    "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
                    "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,
                    "preview": bool(preview)}
-        for key, array in (("init_image", init_image), ("mask", mask)):
+        for key, array in (("init_image", init_image), ("mask", mask), ("noise", noise)):
             if array is not None:
                 request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
+        if fusion > 0:
+            request["fusion"] = float(fusion)
+        if prompt_mix:
+            request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
         if self.shared_frames:
             _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
         self.state = "busy"
@@ -458,3 +478,12 @@ class WorkerClient:
                 self.state = "ready"
         image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
         return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+
+
+def _mix_entry(entry: dict) -> dict:
+    """A prompt_mix entry as JSON takes it (a numpy weight becomes a float; anything else goes as
+    it is, for the worker to refuse with a clear message)."""
+    entry = dict(entry)
+    if isinstance(entry.get("weight"), (np.floating, np.integer)):
+        entry["weight"] = float(entry["weight"])
+    return entry

@@ -29,6 +29,7 @@ REQUESTS = {
         "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
         "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
         "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
+        "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
     }),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
@@ -38,6 +39,12 @@ REQUESTS = {
 # unit's image first); an annotator option is a number, a string or a boolean.
 ANNOTATOR_FIELDS = {"annotator": str, "annotator_options": dict, "annotator_weights": str}
 ANNOTATOR_OPTION_TYPES = (int, float, str, bool)
+# Fields of an entry of 'generate.prompt_mix' (required, optional).
+PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt": str})
+# What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
+# ("features"): a client refuses to send these to a worker that does not list them (an older
+# worker would ignore the fields and paint without them).
+FEATURES = ("fusion", "noise", "prompt_mix")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
@@ -112,7 +119,23 @@ def validate_request(message: dict) -> dict:
             _check_type(kind, name, message[name], expected, message["id"])
     if kind == "generate":
         _check_controlnet_units(message.get("controlnets", []), message["id"])
+        _check_prompt_mix(message.get("prompt_mix", []), message["id"])
     return message
+
+
+def _check_prompt_mix(mix: list, reply_to) -> None:
+    required, optional = PROMPT_MIX_FIELDS
+    for index, entry in enumerate(mix):
+        where = f"prompt_mix[{index}]"
+        if not isinstance(entry, dict):
+            raise ProtocolError("malformed", f"'generate.{where}' must be an object", reply_to)
+        for name, expected in required.items():
+            if name not in entry:
+                raise ProtocolError("malformed", f"'generate.{where}' needs '{name}'", reply_to)
+            _check_type("generate", f"{where}.{name}", entry[name], expected, reply_to)
+        for name, expected in optional.items():
+            if name in entry:
+                _check_type("generate", f"{where}.{name}", entry[name], expected, reply_to)
 
 
 def _check_controlnet_units(units: list, reply_to) -> None:

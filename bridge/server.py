@@ -155,7 +155,8 @@ class WorkerServer:
         self._frames = WorkerFrames(shared_dir if shared else None)
         self.send({"type": "hello", "reply_to": hello["id"], "protocol": protocol.PROTOCOL_VERSION,
                    "worker": WORKER_VERSION, "pid": os.getpid(), "shared_frames": shared,
-                   "missing": self.backend.missing_modules(), "annotators": list(self.annotators.names)})
+                   "missing": self.backend.missing_modules(), "annotators": list(self.annotators.names),
+                   "features": list(protocol.FEATURES)})
         connection.settimeout(None)
         while not self._stopping.is_set():
             try:
@@ -252,7 +253,7 @@ class WorkerServer:
     def _generate(self, job: Job) -> None:
         request = job.request
         images = {}
-        for key in ("init_image", "mask"):
+        for key in ("init_image", "mask", "noise"):
             if request.get(key) is not None:
                 images[key] = self._frames.open(request[key], job.attachments)
         units = []
