@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 import os
 
-TINY_VERSION = "tiny-v3"
-TINY_XL_VERSION = "tiny-xl-v2"  # v2: second text encoder 64 wide
+TINY_VERSION = "tiny-v5"  # v4: a VAE that gives pictures back (see _make_vae_faithful)
+TINY_XL_VERSION = "tiny-xl-v3"  # v2: second text encoder 64 wide; v3: faithful VAE
 CONTROLNET_FOLDERS = ("controlnet-depth", "controlnet-normal")
 XL_CONTROLNET_FOLDERS = ("controlnet-depth",)
 
@@ -118,14 +118,84 @@ def _text_config(hidden_size: int = 32):
 
 
 def _vae(scaling_factor: float):
+    import torch
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         block_out_channels=(8, 8, 16, 16), in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1, norm_num_groups=4, sample_size=128, mid_block_add_attention=False,
         scaling_factor=scaling_factor,
     )
+    _make_vae_faithful(vae, torch)
+    return vae
+
+
+# Where the colour channels travel inside the faithful VAE (see _make_vae_faithful).
+_ENCODER_FINAL_CHANNELS = (0, 4, 8)  # one colour per GroupNorm group of the 16-channel stage
+_DECODER_FINAL_CHANNELS = (0, 2, 4)  # the same for the 8-channel stage
+_NORM_SCALE, _NORM_SHIFT = 0.2, 4.0  # keeps SiLU's input where it is almost a straight line
+
+
+def _make_vae_faithful(vae, torch) -> None:
+    """Set the VAE's weights so that decode(encode(image)) gives the image back (up to one
+    colour normalisation per image and the softness of 8x smaller latents).
+
+    A random VAE scrambles pictures, so image-to-image and temporal feedback cannot be
+    checked with it: the previous frame would not survive the round trip. Built by hand,
+    no training: every residual block is an identity (its last convolution is zero), the
+    encoder averages 2x2 pixels at each of its three downsamplings, the decoder upsamples
+    with linear interpolation, and each colour sits in a GroupNorm group of its own, whose
+    scale and shift keep SiLU nearly linear; the convolution after it undoes both.
+    """
+    with torch.no_grad():
+        for parameter in vae.parameters():
+            parameter.zero_()
+        silu = torch.nn.functional.silu
+        shift = torch.tensor(_NORM_SHIFT)
+        value = float(silu(shift))
+        slope = float(torch.sigmoid(shift) * (1 + _NORM_SHIFT * (1 - torch.sigmoid(shift))))
+
+        def identity(conv, pairs):
+            centre = conv.kernel_size[0] // 2
+            for source, target in pairs:
+                conv.weight[target, source, centre, centre] = 1.0
+
+        def straight(norm, conv, channels, targets, gain=1.0):
+            """GroupNorm -> SiLU -> conv as (almost) the identity on ``channels``."""
+            norm.weight.fill_(1.0)
+            for channel in channels:
+                norm.weight[channel], norm.bias[channel] = _NORM_SCALE, _NORM_SHIFT
+            centre = conv.kernel_size[0] // 2
+            for channel, target in zip(channels, targets):
+                conv.weight[target, channel, centre, centre] = gain / (_NORM_SCALE * slope)
+                conv.bias[target] = -gain * value / (_NORM_SCALE * slope)
+
+        for norm in (module for module in vae.modules() if isinstance(module, torch.nn.GroupNorm)):
+            norm.weight.fill_(1.0)
+        encoder, decoder = vae.encoder, vae.decoder
+        identity(encoder.conv_in, [(0, 0), (1, 1), (2, 2)])
+        for block in encoder.down_blocks:
+            for resnet in block.resnets:
+                if resnet.conv_shortcut is not None:  # 8 -> 16 channels: spread the colours over groups
+                    identity(resnet.conv_shortcut, zip((0, 1, 2), _ENCODER_FINAL_CHANNELS))
+            for downsampler in block.downsamplers or []:
+                conv = downsampler.conv  # 3x3, stride 2, input padded on the right and bottom
+                for channel in range(conv.in_channels):
+                    conv.weight[channel, channel, 0:2, 0:2] = 0.25
+        straight(encoder.conv_norm_out, encoder.conv_out, _ENCODER_FINAL_CHANNELS, (0, 1, 2))
+        encoder.conv_out.bias[4:] = -30.0  # log-variance: a sharp latent distribution
+        identity(vae.quant_conv, [(channel, channel) for channel in range(8)])
+        identity(vae.post_quant_conv, [(channel, channel) for channel in range(4)])
+        identity(decoder.conv_in, [(0, 0), (1, 1), (2, 2)])
+        for block in decoder.up_blocks:
+            for resnet in block.resnets:
+                if resnet.conv_shortcut is not None:  # 16 -> 8 channels
+                    identity(resnet.conv_shortcut, zip((0, 1, 2), _DECODER_FINAL_CHANNELS))
+            for upsampler in block.upsamplers or []:
+                identity(upsampler.conv, [(channel, channel) for channel in range(upsampler.conv.in_channels)])
+        # Colours leave the decoder at half the normalised spread: pictures of mean 0.5, spread 0.25.
+        straight(decoder.conv_norm_out, decoder.conv_out, _DECODER_FINAL_CHANNELS, (0, 1, 2), gain=0.5)
 
 
 def _scheduler():

@@ -204,17 +204,19 @@ class FramePainter:
         feedback = None
         if previous is not None:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+            # Colour coherence on the start picture, as Deforum does: the model then paints from
+            # colours anchored to the shot's first frame, and its own output is left untouched.
+            feedback.init_image = self._anchored(feedback.init_image)
         spent = time.perf_counter() - started
+        frame_notes.append(FrameNote(frame, "fresh") if feedback is None else
+                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent))
         if feedback is None:
             picture = self.paint_fn(guides, job, seed=seed, noise=noise)
+            if self.take.anchor is None or frame == self.context.shot.start:
+                self.take.anchor = temporal.ColorAnchor.of(picture)
         else:
             picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
                                     fusion=settings.fusion, seed=seed, noise=noise)
-        started = time.perf_counter()
-        picture = self._color(frame, picture, first=previous is None)
-        spent += time.perf_counter() - started
-        frame_notes.append(FrameNote(frame, "fresh") if feedback is None else
-                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent))
         return Painted(picture, noise)
 
     def _noise_for(self, frame, guides, previous_frame, previous) -> np.ndarray:
@@ -225,16 +227,13 @@ class FramePainter:
             return np.random.default_rng(self.job.seed & 0xFFFFFFFF).standard_normal(shape).astype(np.float32)
         return temporal.warp_noise(previous.noise, guides.vector, guides.occlusion, rng)
 
-    def _color(self, frame: int, picture: np.ndarray, first: bool) -> np.ndarray:
+    def _anchored(self, picture: np.ndarray) -> np.ndarray:
+        """``picture`` with its colours pulled toward the shot's first frame."""
         take, strength = self.take, self.settings.color_coherence
-        shot_start = self.context.shot.start
-        if take.anchor is None:
-            if first or frame == shot_start:
-                take.anchor = temporal.ColorAnchor.of(picture)
-                return picture
-            start = self._painted(shot_start)
+        if take.anchor is None:  # resumed mid-shot: the first frame's painting is on disk
+            start = self._painted(self.context.shot.start)
             take.anchor = temporal.ColorAnchor.of(start.picture if start is not None else picture)
-        if strength <= 0 or frame == shot_start:
+        if strength <= 0:
             return picture
         return temporal.match_color(picture, take.anchor, strength)
 
@@ -257,11 +256,10 @@ class FramePainter:
         for frame in range(shot.start, shot.start + length):
             guides = self.key_guides_fn(frame, previous_frame)
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+            feedback.init_image = self._anchored(feedback.init_image)
             seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
             picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
                                     fusion=settings.fusion, seed=seed)
-            if self.take.anchor is not None and settings.color_coherence > 0:
-                picture = temporal.match_color(picture, self.take.anchor, settings.color_coherence)
             frame_notes.append(FrameNote(frame, "loop", previous_frame, settings.strength))
             original = self._painted(frame)
             weight = schedule.loop_blend(frame, shot, length)

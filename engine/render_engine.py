@@ -55,6 +55,7 @@ def take_label(job, temporal_settings, model: str) -> str:
     return " | ".join(parts + [os.path.basename(model.rstrip("/"))])
 
 
+@bpy.app.handlers.persistent  # opening a file must not drop it
 def clear_job_caches(*_args) -> None:
     _shot_depth_ranges.clear()
     animation.new_job()
@@ -84,8 +85,9 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         global last_picture
         last_reports.clear()
         last_picture = None
+        painted = False
         try:
-            self._render(depsgraph)
+            painted = self._render(depsgraph)
         except (CaptureError, diffusion_job.JobSettingsError) as error:
             self._report("ERROR", str(error))
         except MemoryError:
@@ -93,8 +95,11 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         except Exception as error:  # never let a traceback reach the user's render
             log.error("Silk render failed:\n%s", traceback.format_exc())
             self._report("ERROR", f"Render failed ({type(error).__name__}: {error}); details in the system console")
+        if not painted:
+            log.info("Silk: frame %d not finished", depsgraph.scene.frame_current)
 
-    def _render(self, depsgraph) -> None:
+    def _render(self, depsgraph) -> bool:
+        """Renders the frame; False when it could not be finished (nothing worth saving)."""
         scene = depsgraph.scene
         settings = scene.silk
         width, height = render_size(scene)
@@ -108,7 +113,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         self.update_stats("Silk", "Evaluating frames for motion")
         current, previous, following, warnings = capture_motion_frames(self, depsgraph, camera_object, width, height)
         if self.test_break():
-            return
+            return False
         if kernels.AVAILABLE and not kernels.rasterize_indexed.signatures:
             self.update_stats("Silk", "Loading the guide kernels (compiled on the first render after install)")
         else:
@@ -133,7 +138,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             if settings.mode == "GUIDES":
                 combined[..., :3] = srgb_to_linear(self._guide_picture(depsgraph, guides, settings))
                 self._write_passes(result, {"Combined": combined})
-                return
+                return True
             self._write_passes(result, {"Combined": combined})
             self.update_result(result)  # the guides are visible while the worker paints
             picture = self._diffuse(depsgraph, guides, current, result, combined)
@@ -144,6 +149,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             self._write_passes(result, {"Combined": combined})
             if picture is not None and not self.is_animation:
                 result_history.queue(scene, combined)
+            return picture is not None
         finally:
             self.end_result(result)
 

@@ -4,8 +4,9 @@
 ``render_complete`` handler (main thread) writes the frames a looping shot repainted,
 then adds the take to an editing scene of its own, "<scene> Silk Takes" (so the
 rendered scene's own render is never replaced by its sequencer): one channel per take,
-the strip named with the take number and the settings; rendering the same range again
-replaces that take's strip. Blender 4.2-4.3 call strips "sequences", 4.4+ "strips".
+the strip named with the take number and the settings; rendering the same range to the
+same output again (after a change, or resuming an interrupted render) replaces that
+take's strip. Blender 4.2-4.3 call strips "sequences", 4.4+ "strips".
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from .color import srgb_to_linear
 
 TAKE_KEY = "silk_take"
 RANGE_KEY = "silk_range"
+OUTPUT_KEY = "silk_output"  # the render's output path: a take is a range rendered to one place
 
 
 @dataclass
@@ -121,8 +123,10 @@ def add_take(scene, label: str):
     editor = editing.sequence_editor or editing.sequence_editor_create()
     strips = _strips(editor)
     frame_range = [scene.frame_start, scene.frame_end]
+    output = bpy.path.abspath(scene.render.filepath)
     existing = [strip for strip in _all_strips(editor) if TAKE_KEY in strip.keys()]
-    same_range = [strip for strip in existing if list(strip.get(RANGE_KEY, [])) == frame_range]
+    same_range = [strip for strip in existing
+                  if list(strip.get(RANGE_KEY, [])) == frame_range and strip.get(OUTPUT_KEY) == output]
     if same_range:
         take = int(same_range[0][TAKE_KEY])
         channel = same_range[0].channel
@@ -140,6 +144,7 @@ def add_take(scene, label: str):
             strip.elements.append(os.path.basename(path))
     strip[TAKE_KEY] = take
     strip[RANGE_KEY] = frame_range
+    strip[OUTPUT_KEY] = output
     editing.frame_start = min(editing.frame_start, start) if existing else start
     editing.frame_end = max(editing.frame_end, start + len(files) - 1) if existing else start + len(files) - 1
     return strip

@@ -1,0 +1,173 @@
+"""Animation renders with feedback in Blender's module: the real worker, the `tiny` model."""
+import math
+import os
+import threading
+import time
+
+import bpy
+import numpy as np
+import pytest
+
+from silk.engine import animation, render_engine, takes, temporal, worker_link
+from silk.engine.color import linear_to_srgb
+from tests.blender.test_diffusion import diffuse_scene
+from tests.support import exr, scenes
+from tools.blender_env import set_multilayer_exr, set_png
+
+
+def animated_scene(frames=8, width=64, height=48):
+    scene = diffuse_scene(width, height, steps=4)
+    scene.frame_start, scene.frame_end = 1, frames
+    camera = scene.camera
+    scenes.keyframe(camera, "location", [(1, (0, -8, 2)), (frames, (0.6, -7.4, 2.1))])
+    return scene
+
+
+def render_take(scene, folder, exr_output=True):
+    (set_multilayer_exr if exr_output else set_png)(scene)
+    scene.render.filepath = os.path.join(str(folder), "f_")
+    bpy.ops.render.render(animation=True)
+    return sorted(name for name in os.listdir(folder) if name.startswith("f_"))
+
+
+def take_warp_error(folder, frames):
+    """Mean warp error of a rendered take, from its own Combined, Vector and Occlusion passes."""
+    passes = [exr.read_passes(os.path.join(str(folder), f"f_{frame:04d}.exr")) for frame in frames]
+    errors = []
+    for before, now in zip(passes, passes[1:]):
+        errors.append(temporal.warp_error(linear_to_srgb(now["Combined"][..., :3]),
+                                          linear_to_srgb(before["Combined"][..., :3]), now["Vector"],
+                                          now["Occlusion"][..., 0] if now["Occlusion"].ndim == 3 else now["Occlusion"]))
+    return float(np.mean(errors))
+
+
+def editing_strips(scene):
+    editing = bpy.data.scenes.get(takes.editing_scene_name(scene.name))
+    assert editing is not None, "no editing scene"
+    return [strip for strip in takes._all_strips(editing.sequence_editor) if takes.TAKE_KEY in strip.keys()]
+
+
+def strip_range(strip):
+    start = strip.frame_final_start
+    return start, start + strip.frame_final_duration - 1
+
+
+def test_eight_frames_with_feedback_make_eight_files_a_take_and_flow_better(silk, tmp_path):
+    scene = animated_scene(8, 128, 96)  # tiny's latents are 8x smaller: give them room
+    scene.silk.use_feedback = False  # the baseline: independent frames, fixed seed
+    assert render_take(scene, tmp_path / "independent") == [f"f_{frame:04d}.exr" for frame in range(1, 9)]
+    independent = take_warp_error(tmp_path / "independent", range(1, 9))
+    scene.silk.use_feedback = True
+    scene.silk.fusion = 0.8
+    files = render_take(scene, tmp_path / "feedback")
+    assert files == [f"f_{frame:04d}.exr" for frame in range(1, 9)]
+    assert not any(level == "ERROR" for level, _ in render_engine.last_reports)
+    assert [note.kind for note in animation.frame_notes] == ["fresh"] + ["feedback"] * 7
+    feedback = take_warp_error(tmp_path / "feedback", range(1, 9))
+    assert feedback < independent, (feedback, independent)
+    strips = editing_strips(scene)
+    assert len(strips) == 2  # one channel per take
+    newest = max(strips, key=lambda strip: strip[takes.TAKE_KEY])
+    assert strip_range(newest) == (1, 8) and newest.channel == 2
+    assert newest.name.startswith("Take 2 | seed 42 | str ")
+    # Rendering the same range again replaces that take's strip.
+    render_take(scene, tmp_path / "feedback")
+    strips = editing_strips(scene)
+    assert len(strips) == 2 and sorted(strip[takes.TAKE_KEY] for strip in strips) == [1, 2]
+
+
+def test_the_rendered_scene_keeps_its_own_render(silk, tmp_path):
+    scene = animated_scene(2)
+    render_take(scene, tmp_path, exr_output=False)
+    assert scene.sequence_editor is None or not len(takes._all_strips(scene.sequence_editor))
+    assert bpy.data.scenes.get(takes.editing_scene_name(scene.name)) is not None
+
+
+def test_a_keyframed_strength_is_read_per_frame(silk, tmp_path):
+    scene = animated_scene(4)
+    scene.silk.strength = 0.3
+    scene.silk.keyframe_insert("strength", frame=1)
+    scene.silk.strength = 0.9
+    scene.silk.keyframe_insert("strength", frame=4)
+    render_take(scene, tmp_path, exr_output=False)
+    used = {note.frame: note.strength for note in animation.frame_notes if note.kind == "feedback"}
+    expected = {}
+    for frame in (2, 3, 4):
+        scene.frame_set(frame)
+        expected[frame] = scene.silk.strength
+    assert used == pytest.approx(expected)
+    assert used[2] < used[3] < used[4]
+
+
+def test_a_camera_cut_restarts_feedback(silk, tmp_path):
+    scene = animated_scene(6)
+    second = bpy.data.objects.new("Camera 2", scene.camera.data.copy())
+    scene.collection.objects.link(second)
+    second.location, second.rotation_euler = (6, -6, 3), (math.radians(70), 0, math.radians(45))
+    first_marker = scene.timeline_markers.new("A", frame=1)
+    first_marker.camera = scene.camera
+    cut = scene.timeline_markers.new("B", frame=4)
+    cut.camera = second
+    render_take(scene, tmp_path, exr_output=False)
+    notes = {note.frame: note for note in animation.frame_notes}
+    assert notes[1].kind == "fresh" and notes[4].kind == "fresh"
+    assert notes[3].source == 2 and notes[5].source == 4 and notes[6].source == 5
+
+
+def test_a_shot_marker_restarts_feedback(silk, tmp_path):
+    scene = animated_scene(4)
+    scene.timeline_markers.new("Shot 2", frame=3)
+    render_take(scene, tmp_path, exr_output=False)
+    assert [note.kind for note in animation.frame_notes] == ["fresh", "feedback", "fresh", "feedback"]
+
+
+def test_cadence_paints_keys_and_builds_the_frames_between(silk, tmp_path):
+    scene = animated_scene(6)
+    scene.silk.cadence = 3
+    files = render_take(scene, tmp_path, exr_output=False)
+    assert len(files) == 6
+    notes = [(note.frame, note.kind) for note in animation.frame_notes]
+    # Keys 1, 4 and 6 (the shot's last); 4 is painted ahead while making frame 2.
+    assert notes == [(1, "fresh"), (4, "feedback"), (2, "in-between"), (3, "in-between"), (6, "feedback"),
+                     (5, "in-between")]
+
+
+def test_killing_the_worker_at_frame_five_reports_and_a_rerun_resumes_there(silk, tmp_path):
+    scene = animated_scene(8)
+    scene.render.use_overwrite = False
+
+    def kill_at_frame_five():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            client = worker_link._client
+            if any(note.frame == 5 for note in animation.frame_notes) and client and client.state == "busy":
+                client.kill()
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_at_frame_five, daemon=True)
+    watcher.start()
+    with pytest.raises(RuntimeError, match="worker stopped unexpectedly"):
+        render_take(scene, tmp_path, exr_output=False)
+    watcher.join(5)
+    done = sorted(os.listdir(tmp_path))
+    assert [name for name in done if name.startswith("f_")] == [f"f_{frame:04d}.png" for frame in range(1, 5)]
+    before = {name: os.path.getmtime(tmp_path / name) for name in done if name.startswith("f_")}
+    files = render_take(scene, tmp_path, exr_output=False)
+    assert files == [f"f_{frame:04d}.png" for frame in range(1, 9)]
+    assert all(os.path.getmtime(tmp_path / name) == mtime for name, mtime in before.items())  # not redone
+    notes = [(note.frame, note.kind, note.source) for note in animation.frame_notes]
+    assert notes[0] == (5, "feedback", 4)  # continued from frame 4's painting: no seam
+    assert [frame for frame, _, _ in notes] == [5, 6, 7, 8]
+    strips = editing_strips(scene)
+    assert strip_range(max(strips, key=lambda strip: strip[takes.TAKE_KEY])) == (1, 8)
+
+
+def test_a_looping_shot_repaints_its_first_frames_from_its_last(silk, tmp_path):
+    scene = animated_scene(6)
+    scene.silk.use_loop = True
+    scene.silk.loop_frames = 2
+    render_take(scene, tmp_path, exr_output=False)
+    loops = [(note.frame, note.source) for note in animation.frame_notes if note.kind == "loop"]
+    assert loops == [(1, 6), (2, 1)]
+    assert len([name for name in os.listdir(tmp_path) if name.startswith("f_")]) == 6
