@@ -25,6 +25,15 @@ def worker_environment(tmp_path_factory):
     worker_link.unregister()  # stop the worker
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_the_worker_after_each_module():
+    """Each test file starts its own worker and leaves no process or shared frames behind."""
+    yield
+    from silk.engine import worker_link
+
+    worker_link.unregister()
+
+
 @pytest.fixture(scope="session")
 def silk():
     return load_silk(register=True)

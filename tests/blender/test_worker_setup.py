@@ -31,8 +31,10 @@ def install_into(silk, tmp_path, monkeypatch):
     return configure
 
 
-def test_install_worker_environment_operator_installs_and_reruns(install_into, tmp_path):
+def test_install_worker_environment_operator_installs_and_reruns(install_into, tmp_path, monkeypatch):
     from silk.operators import worker
+
+    monkeypatch.delenv(environment.ENV_VAR, raising=False)  # the tests' own worker Python would win
 
     install_into("six==1.16.0")
     for _ in range(2):  # safe to run again
