@@ -59,6 +59,7 @@ class FrameNote:
     source: int | None = None  # the frame it was warped from (in-betweens: the key before)
     strength: float | None = None
     feedback_seconds: float = 0.0  # warping, filling, noise and colour work here (not in the worker)
+    seed: int | None = None
 
 
 # How the frames of the current job were made, in order.
@@ -131,7 +132,8 @@ class FramePainter:
     ``paint_fn(guides, job, init=None, strength_map=None, fusion=0, noise=None, seed=None)``
     runs the worker and returns a display picture; ``motion_fn(frame)`` returns the guides
     of the current frame relative to another frame; ``key_guides_fn(frame, other)``
-    returns the guides of ``frame`` relative to ``other`` (for painting a key ahead).
+    returns ``(guides, job, temporal_settings)`` of ``frame``, its guides relative to
+    ``other`` and its settings as keyframed at ``frame`` (for painting a key ahead).
     """
 
     def __init__(self, context: FrameContext, job: diffusion_job.JobSettings, temporal_settings, paint_fn,
@@ -193,8 +195,8 @@ class FramePainter:
                 return load_sidecar(path, self.context.height, self.context.width)
         return None
 
-    def _paint_key(self, frame: int, guides, previous_frame: int | None) -> Painted:
-        settings, job = self.settings, self.job
+    def _paint_key(self, frame: int, guides, previous_frame: int | None, job=None, settings=None) -> Painted:
+        settings, job = settings or self.settings, job or self.job
         previous = self._painted(previous_frame) if previous_frame is not None else None
         seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
         started = time.perf_counter()
@@ -208,8 +210,8 @@ class FramePainter:
             # colours anchored to the shot's first frame, and its own output is left untouched.
             feedback.init_image = self._anchored(feedback.init_image)
         spent = time.perf_counter() - started
-        frame_notes.append(FrameNote(frame, "fresh") if feedback is None else
-                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent))
+        frame_notes.append(FrameNote(frame, "fresh", seed=seed) if feedback is None else
+                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent, seed))
         if feedback is None:
             picture = self.paint_fn(guides, job, seed=seed, noise=noise)
             if self.take.anchor is None or frame == self.context.shot.start:
@@ -250,11 +252,11 @@ class FramePainter:
     def _repaint_loop(self) -> None:
         """Repaint the shot's first frames with feedback running on from its last frame, and
         cross-fade them into the first take, so the last frame flows into the first."""
-        shot, settings, job = self.context.shot, self.settings, self.job
-        length = min(settings.loop_frames, shot.end - shot.start)
+        shot = self.context.shot
+        length = min(self.settings.loop_frames, shot.end - shot.start)
         previous_frame, previous = shot.end, self.take.frames[shot.end]
         for frame in range(shot.start, shot.start + length):
-            guides = self.key_guides_fn(frame, previous_frame)
+            guides, job, settings = self.key_guides_fn(frame, previous_frame)
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
             feedback.init_image = self._anchored(feedback.init_image)
             seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
@@ -284,10 +286,10 @@ class FramePainter:
         """Paint key ``frame`` now (it is needed by the frames before it)."""
         if previous_frame is None:
             previous_frame = self._previous_key(frame)
-        guides = self.key_guides_fn(frame, previous_frame)
+        guides, job, settings = self.key_guides_fn(frame, previous_frame)
         if previous is not None:
             self.take.frames[previous_frame] = previous
-        painted = self._paint_key(frame, guides, previous_frame)
+        painted = self._paint_key(frame, guides, previous_frame, job, settings)
         self.take.frames[frame] = painted
         if self.context.is_animation and self.context.frame_path(frame):
             save_sidecar(self.context.frame_path(frame), painted)
@@ -295,16 +297,22 @@ class FramePainter:
 
 
 # -- geometry at other frames (bpy through the engine) --------------------------------------
-def guides_between(engine, depsgraph, camera_object, width, height, frame: int, other: int | None, current=None):
+def guides_between(engine, depsgraph, camera_object, width, height, frame: int, other: int | None, current=None,
+                   read_settings=None):
     """The guides of ``frame`` with motion and occlusion relative to ``other`` (any frame).
 
-    ``current``: frame's geometry when already captured. Returns to the frame being rendered."""
+    ``current``: frame's geometry when already captured. ``read_settings(evaluated_scene)``
+    is called while the scene stands at ``frame`` (keyframed values of that frame); its
+    result is returned beside the guides. Returns to the frame being rendered."""
     scene = depsgraph.scene
     rendering, subframe = scene.frame_current, scene.frame_subframe
+    settings = None
     try:
         if current is None:
             engine.frame_set(frame, 0.0)
             current, _ = capture_frame(depsgraph, camera_object, width, height)
+            if read_settings is not None:
+                settings = read_settings(depsgraph.scene_eval)
         other_geometry = None
         if other is not None:
             engine.frame_set(other, 0.0)
@@ -313,4 +321,5 @@ def guides_between(engine, depsgraph, camera_object, width, height, frame: int, 
     finally:
         if scene.frame_current != rendering:
             engine.frame_set(rendering, subframe)
-    return compute_guides(current, other_geometry)
+    guides = compute_guides(current, other_geometry)
+    return guides if read_settings is None else (guides, settings)

@@ -220,8 +220,12 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                                                 scene.frame_current, other, current=current)
 
             def key_guides(frame, other):
-                self.update_stats("Silk", f"Painting key frame {frame} ahead (cadence)")
-                return animation.guides_between(self, depsgraph, camera_object, width, height, frame, other)
+                self.update_stats("Silk", f"Painting frame {frame} (needed before its turn)")
+                guides_there, (job_there, temporal_there) = animation.guides_between(
+                    self, depsgraph, camera_object, width, height, frame, other,
+                    read_settings=lambda evaluated: (job_settings.from_scene(evaluated),
+                                                     job_settings.temporal_from_scene(evaluated)))
+                return guides_there, job_there, temporal_there
 
             context = animation.FrameContext(
                 frame=scene.frame_current, shot=shot,

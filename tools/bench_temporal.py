@@ -121,6 +121,7 @@ def feedback_overhead(scene, size, steps, frames=4):
     fusion_cost = max(0.0, per_frame - results["no_fusion"]["seconds_per_frame"])
     engine_cost = results["fusion"]["engine_feedback_seconds"]
     return {"size": size, "steps": steps, "frames": frames, "seconds_per_frame": per_frame,
+            "seconds_per_frame_without_fusion": results["no_fusion"]["seconds_per_frame"],
             "engine_feedback_seconds": engine_cost, "fusion_seconds": fusion_cost,
             "overhead_fraction": (engine_cost + fusion_cost) / per_frame}
 
@@ -133,6 +134,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--overhead-size", type=int, default=512)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--only-overhead", action="store_true", help="measure only the feedback overhead")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
@@ -149,10 +151,29 @@ def main(argv=None):
     silk.steps = args.steps
     silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
     frames = list(range(1, args.frames + 1))
-    long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
-                         for f in frames if f - LONG_RANGE >= 1}
     results = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
                "model": args.model, "size": args.size, "frames": args.frames, "steps": args.steps, "modes": {}}
+    if not args.only_overhead:
+        measure_modes(scene, frames, args, results)
+    if not args.skip_overhead:
+        overhead = feedback_overhead(scene, args.overhead_size, args.steps)
+        results["overhead"] = overhead
+        print(f"feedback overhead at {overhead['size']}x{overhead['size']}: engine {overhead['engine_feedback_seconds']:.3f}"
+              f" s + fusion {overhead['fusion_seconds']:.3f} s of {overhead['seconds_per_frame']:.2f} s/frame "
+              f"({overhead['seconds_per_frame_without_fusion']:.2f} s/frame without fusion) = "
+              f"{100 * overhead['overhead_fraction']:.1f}% (goal <= 10%)")
+    from silk.engine import worker_link
+
+    worker_link.unregister()
+    print(json.dumps(results, indent=1))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+def measure_modes(scene, frames, args, results):
+    long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
+                         for f in frames if f - LONG_RANGE >= 1}
     for label, settings in MODES:
         with tempfile.TemporaryDirectory() as folder:
             seconds = render_mode(scene, folder, settings)
@@ -168,19 +189,6 @@ def main(argv=None):
                                             / modes["warp feedback + fusion"]["seconds_per_frame"])
     print(f"feedback + fusion warp error / fixed seed: {results['fusion_vs_fixed_seed']:.3f} (goal <= 0.5)")
     print(f"cadence 4 wall time / cadence 1: {results['cadence4_vs_cadence1_time']:.3f} (goal <= 0.4)")
-    if not args.skip_overhead:
-        overhead = feedback_overhead(scene, args.overhead_size, args.steps)
-        results["overhead"] = overhead
-        print(f"feedback overhead at {overhead['size']}x{overhead['size']}: engine {overhead['engine_feedback_seconds']:.3f}"
-              f" s + fusion {overhead['fusion_seconds']:.3f} s of {overhead['seconds_per_frame']:.2f} s/frame = "
-              f"{100 * overhead['overhead_fraction']:.1f}% (goal <= 10%)")
-    from silk.engine import worker_link
-
-    worker_link.unregister()
-    print(json.dumps(results, indent=1))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -132,6 +132,21 @@ def test_cadence_paints_keys_and_builds_the_frames_between(silk, tmp_path):
                      (5, "in-between")]
 
 
+def test_a_key_painted_before_its_turn_uses_its_own_frames_settings(silk, tmp_path):
+    scene = animated_scene(4)
+    scene.silk.cadence = 3
+    for frame, seed in ((1, 10), (4, 40)):
+        scene.silk.seed = seed
+        scene.silk.keyframe_insert("seed", frame=frame)
+    scene.silk.strength = 0.3
+    scene.silk.keyframe_insert("strength", frame=1)
+    scene.silk.strength = 0.8
+    scene.silk.keyframe_insert("strength", frame=4)
+    render_take(scene, tmp_path, exr_output=False)
+    key = next(note for note in animation.frame_notes if note.frame == 4)
+    assert key.seed == 40 and key.strength == pytest.approx(0.8)  # painted while rendering frame 2
+
+
 def test_killing_the_worker_at_frame_five_reports_and_a_rerun_resumes_there(silk, tmp_path):
     scene = animated_scene(8)
     scene.render.use_overwrite = False
@@ -171,3 +186,33 @@ def test_a_looping_shot_repaints_its_first_frames_from_its_last(silk, tmp_path):
     loops = [(note.frame, note.source) for note in animation.frame_notes if note.kind == "loop"]
     assert loops == [(1, 6), (2, 1)]
     assert len([name for name in os.listdir(tmp_path) if name.startswith("f_")]) == 6
+
+
+def test_prompt_keys_travel_between_prompts_per_frame(silk):
+    from silk.engine import job_settings
+
+    scene = animated_scene(8)
+    for frame, prompt in ((1, "a summer meadow"), (7, "a winter forest")):
+        scene.frame_set(frame)
+        bpy.ops.silk.prompt_key_add()
+        scene.silk.prompt_keys[-1].prompt = prompt
+    scene.silk.prompt_easing = 0.0
+    scene.frame_set(1)
+    assert job_settings.from_scene(scene).prompt == "a summer meadow" and not job_settings.from_scene(scene).prompt_mix
+    scene.frame_set(4)
+    mix = job_settings.from_scene(scene).prompt_mix
+    assert [entry["prompt"] for entry in mix] == ["a summer meadow", "a winter forest"]
+    assert [entry["weight"] for entry in mix] == pytest.approx([0.5, 0.5])
+    scene.frame_set(8)
+    assert job_settings.from_scene(scene).prompt == "a winter forest"
+
+
+def test_mark_shot_start_adds_one_marker_that_cuts(silk):
+    from silk.engine import job_settings
+
+    scene = animated_scene(8)
+    scene.frame_set(5)
+    assert bpy.ops.silk.mark_shot_start() == {"FINISHED"}
+    assert bpy.ops.silk.mark_shot_start() == {"CANCELLED"}  # one is enough
+    assert job_settings.shot_of(scene, 6) == job_settings.schedule.Shot(5, 8)
+    assert job_settings.shot_of(scene, 4) == job_settings.schedule.Shot(1, 4)
