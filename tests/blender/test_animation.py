@@ -10,7 +10,7 @@ import pytest
 
 from silk.engine import animation, render_engine, takes, temporal, worker_link
 from silk.engine.color import linear_to_srgb
-from tests.blender.test_diffusion import diffuse_scene
+from tests.blender.test_diffusion import diffuse_scene, read_png
 from tests.support import exr, scenes
 from tools.blender_env import set_multilayer_exr, set_png
 
@@ -186,6 +186,13 @@ def test_a_looping_shot_repaints_its_first_frames_from_its_last(silk, tmp_path):
     loops = [(note.frame, note.source) for note in animation.frame_notes if note.kind == "loop"]
     assert loops == [(1, 6), (2, 1)]
     assert len([name for name in os.listdir(tmp_path) if name.startswith("f_")]) == 6
+    # Frame 1's file now holds the repainted version (flowing on from frame 6), frame 2's a
+    # half cross-fade; frame 3 onward keep the take's first painting (kept beside each file).
+    for frame, replaced in ((1, True), (2, True), (3, False), (6, False)):
+        path = str(tmp_path / f"f_{frame:04d}.png")
+        first_painting = animation.load_sidecar(path, 48, 64).picture
+        differs = not np.allclose(read_png(path), first_painting, atol=2.5 / 255)
+        assert differs == replaced, frame
 
 
 def test_prompt_keys_travel_between_prompts_per_frame(silk):
