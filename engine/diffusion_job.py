@@ -51,7 +51,6 @@ class UnitSettings:
     start: float = 0.0
     end: float = 1.0
     image: np.ndarray | None = None  # display sRGB, (H, W, 3 or 4), rows top-down
-    image_name: str = ""
     low_threshold: int = 100
     high_threshold: int = 200
 

@@ -1,19 +1,20 @@
-"""Copy ``scene.silk`` (evaluated at the current frame) into plain ``JobSettings``.
+"""Copy ``scene.silk`` (at the current frame) into plain ``JobSettings`` and
+``TemporalSettings``; find the shot a frame belongs to.
 
 The only ``bpy`` step between the scene and a worker request; every value is read
 when the frame renders, so keyframes and drivers apply.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import bpy
 import numpy as np
 
-from dataclasses import dataclass
-
 from . import diffusion_job, schedule, worker_link
-from .settings import SCHEDULERS
 from .color import linear_to_srgb
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
+from .settings import SCHEDULERS
 
 KNOWN_SCHEDULERS = {identifier for identifier, _label, _description in SCHEDULERS}
 
@@ -40,8 +41,7 @@ def from_scene(scene) -> JobSettings:
         model=_model_source(settings.model), family=settings.model_family, units=units,
         loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
         prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
-        steps=settings.steps,
-        guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
+        steps=settings.steps, guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
         attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
         cpu_offload=settings.cpu_offload)
 
@@ -59,7 +59,6 @@ def _unit(unit) -> UnitSettings:
     return UnitSettings(kind=unit.kind, source=unit.source, controlnet=bpy.path.abspath(unit.controlnet)
                         if unit.controlnet.startswith("//") else unit.controlnet,
                         weight=unit.weight, start=unit.start, end=unit.end, image=image,
-                        image_name=unit.image.name if unit.image else "",
                         low_threshold=unit.low_threshold, high_threshold=unit.high_threshold)
 
 

@@ -114,8 +114,11 @@ def start_in_background() -> None:
     def run():
         global _starting, _start_error
         try:
-            with job_lock:
-                worker.ensure_started()
+            if job_lock.acquire(timeout=5.0):  # held: a render or preview is using (so starting) it
+                try:
+                    worker.ensure_started()
+                finally:
+                    job_lock.release()
         except WorkerError as error:
             _start_error = str(error)
         finally:

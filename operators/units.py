@@ -3,6 +3,7 @@ import bpy
 from bpy.props import EnumProperty
 
 from ..engine import settings as silk_settings
+from ..engine.job_settings import SHOT_MARKER_PREFIX
 
 
 class SILK_OT_unit_add(bpy.types.Operator):
@@ -111,7 +112,7 @@ class SILK_OT_mark_shot_start(bpy.types.Operator):
 
     def execute(self, context):
         scene = context.scene
-        if any(marker.frame == scene.frame_current and marker.name.lower().startswith("shot")
+        if any(marker.frame == scene.frame_current and marker.name.lower().startswith(SHOT_MARKER_PREFIX)
                for marker in scene.timeline_markers):
             self.report({"INFO"}, "Silk: a shot already starts here")
             return {"CANCELLED"}
