@@ -312,3 +312,27 @@ def test_sdxl_family_paints_through_the_engine(silk):
     assert not errors(), render_engine.last_reports
     assert render_engine.last_picture.shape == (64, 64, 3) and render_engine.last_picture.std() > 0.01
     assert worker_link.loaded.get("source") == "tiny-xl"
+
+
+def test_panels_draw_only_properties_and_icons_that_exist(silk):
+    """Panels cannot be drawn without a window; check what their code names instead."""
+    import glob
+    import re
+
+    from silk.engine import settings
+    from silk.ui import preferences
+    from tools.blender_env import ROOT
+
+    known = set()
+    for group in (settings.SilkSceneSettings, settings.SilkControlUnit, settings.SilkLora, settings.SilkPromptKey,
+                  preferences.SilkPreferences):
+        known |= {prop.identifier for prop in group.bl_rna.properties}
+    icons = {item.identifier for item in bpy.types.UILayout.bl_rna.functions["prop"].parameters["icon"].enum_items}
+    for path in glob.glob(os.path.join(ROOT, "ui", "*.py")) + glob.glob(os.path.join(ROOT, "operators", "*.py")):
+        source = open(path).read()
+        drawn = set(re.findall(r'prop\((?:settings|unit|lora|key|self|context\.scene\.silk), "(\w+)"', source))
+        assert drawn <= known, (path, drawn - known)
+        assert set(re.findall(r'icon="(\w+)"', source)) <= icons, path
+    from silk.ui import panels
+
+    assert set(panels.STATUS_ICONS.values()) <= icons
