@@ -50,6 +50,11 @@ class DepthRange:
         return cls(near, far)
 
 
+def depth_range_of_frame(depth: np.ndarray, coverage: np.ndarray, clip_start: float, clip_end: float) -> DepthRange:
+    """From the depths a frame shows; the camera's clip range when it shows nothing."""
+    return DepthRange.from_percentiles(depth, coverage) or DepthRange.from_clip(clip_start, clip_end)
+
+
 def depth_condition(depth: np.ndarray, depth_range: DepthRange) -> np.ndarray:
     """Inverse depth picture: 1 at ``near`` (and closer), 0 at ``far`` (and beyond, and background)."""
     d = np.asarray(depth, dtype=np.float64)

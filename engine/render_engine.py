@@ -19,7 +19,7 @@ from ..bridge.client import JobCancelled, WorkerError
 from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
-from .scene_capture import CaptureError, capture_frame, capture_motion_frames, render_size
+from .scene_capture import CaptureError, capture_motion_frames, render_size
 
 log = logging.getLogger("silk")
 
@@ -281,26 +281,17 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         key = (scene.name, shot_start, scene.camera.name, camera.width, camera.height)
         found = _shot_depth_ranges.get(key)
         if found is None:
-            if scene.frame_current == shot_start:
-                found = conditioning.DepthRange.from_percentiles(guides.depth, guides.coverage)
-            else:
-                found = self._first_frame_range(depsgraph, shot_start, camera)
-            found = found or conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end)
+            first = guides
+            if scene.frame_current != shot_start:
+                try:
+                    first = animation.guides_between(self, depsgraph, scene.camera, camera.width, camera.height,
+                                                     shot_start, None)
+                except CaptureError:
+                    first = None
+            found = (conditioning.depth_range_of_frame(first.depth, first.coverage, camera.clip_start, camera.clip_end)
+                     if first is not None else conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end))
             _shot_depth_ranges[key] = found
         return found
-
-    def _first_frame_range(self, depsgraph, shot_start, camera):
-        scene = depsgraph.scene
-        frame, subframe = scene.frame_current, scene.frame_subframe
-        try:
-            self.frame_set(shot_start, 0.0)
-            first, _ = capture_frame(depsgraph, scene.camera, camera.width, camera.height)
-            first_guides = compute_guides(first)
-            return conditioning.DepthRange.from_percentiles(first_guides.depth, first_guides.coverage)
-        except CaptureError:
-            return None
-        finally:
-            self.frame_set(frame, subframe)
 
     @staticmethod
     def _write_passes(result, values: dict) -> None:

@@ -13,6 +13,8 @@ import threading
 import bpy
 import numpy as np
 
+from .color import srgb_to_linear
+
 HISTORY_KEY = "silk_history"  # custom property: the result's number, newest highest
 _pending: list = []
 _pending_lock = threading.Lock()
@@ -41,13 +43,26 @@ def flush(*_args) -> None:
         _trim(scene_name)
 
 
+def write_pixels(image, rgba: np.ndarray) -> None:
+    """Fill a float image from scene-linear RGBA rows top-down (images are stored bottom-up)."""
+    image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1], dtype=np.float32).reshape(-1))
+
+
+def write_picture(image, picture: np.ndarray) -> None:
+    """Fill a float image from a display-sRGB picture (the worker's), rows top-down."""
+    height, width = picture.shape[:2]
+    rgba = np.ones((height, width, 4), dtype=np.float32)
+    rgba[..., :3] = srgb_to_linear(picture[..., :3])
+    write_pixels(image, rgba)
+
+
 def _store(scene_name: str, frame: int, combined: np.ndarray):
     existing = history_images(scene_name)
     number = (existing[-1][HISTORY_KEY] + 1) if existing else 1
     height, width = combined.shape[:2]
     image = bpy.data.images.new(f"Silk {scene_name} {frame:04d} #{number}", width, height, alpha=True,
                                 float_buffer=True)
-    image.pixels.foreach_set(np.ascontiguousarray(combined[::-1]).reshape(-1))
+    write_pixels(image, combined)
     image.pack()  # survives saving the .blend without a file on disk
     image[HISTORY_KEY] = number
     image["silk_scene"] = scene_name

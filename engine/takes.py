@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import bpy
 import numpy as np
 
-from .color import srgb_to_linear
+from .result_history import write_picture
 
 TAKE_KEY = "silk_take"
 RANGE_KEY = "silk_range"
@@ -85,9 +85,7 @@ def _save_frame(scene, frame: int, picture: np.ndarray) -> None:
     height, width = picture.shape[:2]
     image = bpy.data.images.new("Silk loop frame", width, height, alpha=True, float_buffer=True)
     try:
-        rgba = np.ones((height, width, 4), dtype=np.float32)
-        rgba[..., :3] = srgb_to_linear(picture)
-        image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).reshape(-1))
+        write_picture(image, picture)
         image.save_render(path, scene=scene)  # the scene's file format and colour management
     finally:
         bpy.data.images.remove(image)

@@ -11,7 +11,6 @@ import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
 from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
-from ..engine.color import srgb_to_linear
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
 
@@ -147,11 +146,7 @@ def preview_image(scene, width: int, height: int):
 
 
 def show_picture(image, picture: np.ndarray) -> None:
-    """Write a display-sRGB picture (rows top-down) into a float image (scene-linear)."""
-    height, width = picture.shape[:2]
-    rgba = np.ones((height, width, 4), dtype=np.float32)
-    rgba[..., :3] = srgb_to_linear(picture[..., :3])
-    image.pixels.foreach_set(np.ascontiguousarray(rgba[::-1]).reshape(-1))
+    result_history.write_picture(image, picture)
     image.update()
 
 
@@ -177,11 +172,12 @@ class SILK_OT_render_preview(bpy.types.Operator):
         depsgraph = context.evaluated_depsgraph_get()
         frame, _warnings = capture_frame(depsgraph, scene.camera, width, height)
         guides = compute_guides(frame)
+        camera = guides.camera
         if settings.depth_normalization == "CLIP":
-            depth_range = conditioning.DepthRange.from_clip(guides.camera.clip_start, guides.camera.clip_end)
+            depth_range = conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end)
         else:  # a preview sees one frame: its own depths stand in for the shot's first frame
-            depth_range = (conditioning.DepthRange.from_percentiles(guides.depth, guides.coverage)
-                           or conditioning.DepthRange.from_clip(guides.camera.clip_start, guides.camera.clip_end))
+            depth_range = conditioning.depth_range_of_frame(guides.depth, guides.coverage, camera.clip_start,
+                                                            camera.clip_end)
         units = diffusion_job.control_units(job, guides, depth_range)
         diffusion_job.model_request(job)  # settings errors now, in the operator's report
         return PreviewJob(worker_link.client(), job, units, width, height)

@@ -6,102 +6,104 @@ from ..engine import settings as silk_settings
 from ..engine.job_settings import SHOT_MARKER_PREFIX
 
 
-class SILK_OT_unit_add(bpy.types.Operator):
+class CollectionOperator:
+    """Shared by the add and remove operators of ``scene.silk``'s lists: ``collection``
+    names the list, ``active`` the index property of its selected item."""
+
+    bl_options = {"REGISTER", "UNDO"}
+    collection = ""
+    active = ""
+
+    def items(self, context):
+        return getattr(context.scene.silk, self.collection)
+
+    def select(self, context, index: int) -> None:
+        setattr(context.scene.silk, self.active, max(0, min(index, len(self.items(context)) - 1)))
+
+
+class AddItem(CollectionOperator):
+    def execute(self, context):
+        item = self.items(context).add()
+        self.fill(context, item)
+        self.select(context, len(self.items(context)) - 1)
+        return {"FINISHED"}
+
+    def fill(self, context, item) -> None:
+        pass
+
+
+class RemoveSelectedItem(CollectionOperator):
+    @classmethod
+    def poll(cls, context):
+        return len(getattr(context.scene.silk, cls.collection)) > 0
+
+    def execute(self, context):
+        items = self.items(context)
+        selected = getattr(context.scene.silk, self.active)
+        items.remove(min(selected, len(items) - 1))
+        self.select(context, selected)
+        return {"FINISHED"}
+
+
+class SILK_OT_unit_add(AddItem, bpy.types.Operator):
     bl_idname = "silk.unit_add"
     bl_label = "Add ControlNet Unit"
     bl_description = "Add a ControlNet unit"
-    bl_options = {"REGISTER", "UNDO"}
+    collection, active = "units", "active_unit"
 
     kind: EnumProperty(name="Type", items=silk_settings.UNIT_KINDS, default="CANNY")
 
     def execute(self, context):
-        settings = context.scene.silk
-        silk_settings.ensure_default_units(context.scene)
-        unit = settings.units.add()
+        silk_settings.ensure_default_units(context.scene)  # the defaults first, then this one
+        return super().execute(context)
+
+    def fill(self, context, unit) -> None:
         unit.kind = self.kind
         unit.source = self.kind if self.kind in ("DEPTH", "NORMAL") else "DEPTH"
-        settings.active_unit = len(settings.units) - 1
-        return {"FINISHED"}
 
 
-class SILK_OT_unit_remove(bpy.types.Operator):
+class SILK_OT_unit_remove(RemoveSelectedItem, bpy.types.Operator):
     bl_idname = "silk.unit_remove"
     bl_label = "Remove ControlNet Unit"
     bl_description = "Remove the selected ControlNet unit"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        return len(context.scene.silk.units) > 0
+    collection, active = "units", "active_unit"
 
     def execute(self, context):
-        settings = context.scene.silk
-        settings.units.remove(min(settings.active_unit, len(settings.units) - 1))
-        settings.units_initialized = True
-        settings.active_unit = max(0, min(settings.active_unit, len(settings.units) - 1))
-        return {"FINISHED"}
+        context.scene.silk.units_initialized = True  # an empty list is now meant, not "defaults"
+        return super().execute(context)
 
 
-class SILK_OT_lora_add(bpy.types.Operator):
+class SILK_OT_lora_add(AddItem, bpy.types.Operator):
     bl_idname = "silk.lora_add"
     bl_label = "Add LoRA"
     bl_description = "Add a LoRA file with a weight"
-    bl_options = {"REGISTER", "UNDO"}
-
-    def execute(self, context):
-        settings = context.scene.silk
-        settings.loras.add()
-        settings.active_lora = len(settings.loras) - 1
-        return {"FINISHED"}
+    collection, active = "loras", "active_lora"
 
 
-class SILK_OT_lora_remove(bpy.types.Operator):
+class SILK_OT_lora_remove(RemoveSelectedItem, bpy.types.Operator):
     bl_idname = "silk.lora_remove"
     bl_label = "Remove LoRA"
     bl_description = "Remove the selected LoRA"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        return len(context.scene.silk.loras) > 0
-
-    def execute(self, context):
-        settings = context.scene.silk
-        settings.loras.remove(min(settings.active_lora, len(settings.loras) - 1))
-        settings.active_lora = max(0, min(settings.active_lora, len(settings.loras) - 1))
-        return {"FINISHED"}
+    collection, active = "loras", "active_lora"
 
 
-class SILK_OT_prompt_key_add(bpy.types.Operator):
+class SILK_OT_prompt_key_add(AddItem, bpy.types.Operator):
     bl_idname = "silk.prompt_key_add"
     bl_label = "Add Prompt Key"
     bl_description = "Add a prompt key at the current frame (starting from the current prompt)"
-    bl_options = {"REGISTER", "UNDO"}
+    collection, active = "prompt_keys", "active_prompt_key"
 
-    def execute(self, context):
+    def fill(self, context, key) -> None:
         settings = context.scene.silk
-        key = settings.prompt_keys.add()
         key.frame = context.scene.frame_current
         key.prompt, key.negative_prompt = settings.prompt, settings.negative_prompt
-        settings.active_prompt_key = len(settings.prompt_keys) - 1
-        return {"FINISHED"}
 
 
-class SILK_OT_prompt_key_remove(bpy.types.Operator):
+class SILK_OT_prompt_key_remove(RemoveSelectedItem, bpy.types.Operator):
     bl_idname = "silk.prompt_key_remove"
     bl_label = "Remove Prompt Key"
     bl_description = "Remove the selected prompt key"
-    bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        return len(context.scene.silk.prompt_keys) > 0
-
-    def execute(self, context):
-        settings = context.scene.silk
-        settings.prompt_keys.remove(min(settings.active_prompt_key, len(settings.prompt_keys) - 1))
-        settings.active_prompt_key = max(0, min(settings.active_prompt_key, len(settings.prompt_keys) - 1))
-        return {"FINISHED"}
+    collection, active = "prompt_keys", "active_prompt_key"
 
 
 class SILK_OT_mark_shot_start(bpy.types.Operator):
