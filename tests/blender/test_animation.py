@@ -10,7 +10,8 @@ import pytest
 
 from silk.engine import animation, render_engine, takes, temporal, worker_link
 from silk.engine.color import linear_to_srgb
-from tests.blender.test_diffusion import diffuse_scene, read_png
+from tests.blender.test_diffusion import diffuse_scene
+from tests.support.scenes import read_png
 from tests.support import exr, scenes
 from tools.blender_env import set_multilayer_exr, set_png
 

@@ -1,5 +1,4 @@
 """F12 with diffusion in Blender's module: the real worker, the `tiny` model, no mocks."""
-import math
 import os
 import threading
 import time
@@ -10,34 +9,22 @@ import numpy as np
 import pytest
 
 from silk.engine import job_settings, render_engine, result_history, worker_link
+from tests.blender.test_engine import simple_scene
 from tests.support import exr, scenes
+from tests.support.scenes import read_png
 from tools.blender_env import set_multilayer_exr, set_png
 
 
 def diffuse_scene(width=80, height=56, steps=3):
-    scene = scenes.reset(width, height)
-    scenes.add_camera(scene, location=(0, -8, 2), rotation=(math.radians(80), 0, 0))
-    cube = scenes.add_mesh(scene, "cube", "Cube", location=(0, 0, 1))
-    scenes.keyframe(cube, "location", [(1, (-1, 0, 1)), (10, (1, 0, 1.5))])
-    scenes.add_mesh(scene, "uv_sphere", "Sphere", location=(2, 2, 1), smooth=True)
-    scenes.add_mesh(scene, "plane", "Ground", size=30)
-    scene.render.engine = "SILK"
+    """The engine tests' scene (Silk, Standard view), painted by tiny."""
+    scene = simple_scene(width, height)
     silk = scene.silk
     silk.mode = "DIFFUSE"
     silk.model = "tiny"
     silk.steps = steps
     silk.scheduler = "euler"
     silk.prompt = "a stone cube on a meadow"
-    scene.view_settings.view_transform = "Standard"
-    scene.view_settings.look = "None"
     return scene
-
-
-def read_png(path):
-    image = bpy.data.images.load(str(path))
-    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1, :, :3]
-    bpy.data.images.remove(image)
-    return pixels
 
 
 def errors():
@@ -336,3 +323,27 @@ def test_panels_draw_only_properties_and_icons_that_exist(silk):
     from silk.ui import panels
 
     assert set(panels.STATUS_ICONS.values()) <= icons
+
+
+def test_list_operators_add_select_and_remove(silk):
+    scene = diffuse_scene()
+    silk_settings = scene.silk
+    for _ in range(3):
+        bpy.ops.silk.lora_add()
+    assert len(silk_settings.loras) == 3 and silk_settings.active_lora == 2
+    bpy.ops.silk.lora_remove()
+    assert len(silk_settings.loras) == 2 and silk_settings.active_lora == 1
+    silk_settings.active_lora = 0
+    bpy.ops.silk.lora_remove()
+    bpy.ops.silk.lora_remove()
+    assert len(silk_settings.loras) == 0 and silk_settings.active_lora == 0
+    assert bpy.ops.silk.lora_remove.poll() is False
+    scene.frame_set(7)
+    bpy.ops.silk.prompt_key_add()
+    assert silk_settings.prompt_keys[0].frame == 7 and silk_settings.prompt_keys[0].prompt == silk_settings.prompt
+    bpy.ops.silk.unit_add(kind="LINEART")  # the default units come first
+    assert [unit.kind for unit in silk_settings.units] == ["DEPTH", "NORMAL", "LINEART"]
+    assert silk_settings.active_unit == 2
+    for _ in range(3):
+        bpy.ops.silk.unit_remove()
+    assert len(silk_settings.units) == 0 and silk_settings.units_initialized  # empty now means empty

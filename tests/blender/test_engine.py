@@ -32,10 +32,7 @@ def render_png(scene, path):
     set_png(scene)
     scene.render.filepath = str(path)
     bpy.ops.render.render(write_still=True)
-    image = bpy.data.images.load(str(path))
-    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1, :, :3]
-    bpy.data.images.remove(image)
-    return pixels
+    return scenes.read_png(path)
 
 
 def camera_view_matrix(scene):

@@ -2,6 +2,7 @@
 import math
 
 import bpy
+import numpy as np
 
 
 def reset(width=96, height=72):
@@ -61,3 +62,11 @@ def add_mesh(scene, kind, name, location=(0, 0, 0), smooth=False, **kwargs):
         for poly in obj.data.polygons:
             poly.use_smooth = True
     return obj
+
+
+def read_png(path):
+    """A saved 8-bit picture as float RGB in [0, 1], rows top-down."""
+    image = bpy.data.images.load(str(path))
+    pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1, :, :3]
+    bpy.data.images.remove(image)
+    return pixels
