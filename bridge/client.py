@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol
+from . import protocol, requests
+from .errors import JobError
 from .frames import SharedFrames
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -398,8 +399,11 @@ class WorkerClient:
         reply, _ = self._call({"type": "status"}, timeout=timeout, heartbeat=False)
         return reply
 
-    def load_model(self, model: dict, timeout: float = 1800.0, should_cancel=None) -> dict:
+    def load_model(self, model, timeout: float = 1800.0, should_cancel=None) -> dict:
+        """Load a model (a requests.ModelRequest or its JSON). The reply says what the worker loaded:
+        source, family (detected from the model), device, dtype and every component's dtype and device."""
         self.ensure_started()
+        model = model.to_json() if isinstance(model, requests.ModelRequest) else model
         self.state = "busy"
         try:
             reply, _ = self._call({"type": "load_model", "model": model}, timeout=timeout, should_cancel=should_cancel)
@@ -408,12 +412,17 @@ class WorkerClient:
                 self.state = "ready"
         return reply["model"]
 
-    def _check_annotator(self, unit: dict) -> None:
-        """A worker from before annotators would ignore one and paint with the raw image: refuse instead."""
-        annotator = unit.get("annotator")
-        if annotator not in (None, "none") and self.worker_annotators is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run '{annotator}'. "
-                            "Update Silk (bridge/) on the worker's machine and restart the worker")
+    def _check_features(self, request: requests.GenerateRequest) -> None:
+        """An older worker would ignore fields it does not know and paint without them: refuse instead."""
+        annotators = [unit.annotator for unit in request.controlnets if unit.annotator not in (None, "none")]
+        if annotators and self.worker_annotators is None:
+            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run "
+                            f"'{annotators[0]}'. Update Silk (bridge/) on the worker's machine and restart the worker")
+        used = request.features()
+        missing = [name for name in used if name not in (self.worker_features or ())]
+        if missing:
+            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
+                            f"{', '.join(missing)}. Update Silk (bridge/) on the worker's machine and restart the worker")
 
     def echo(self, frame: dict, attachments=(), output: dict | None = None, timeout: float = 30.0):
         self.ensure_started()
@@ -421,69 +430,31 @@ class WorkerClient:
                                               attachments, timeout=timeout)
         return self._result_array(reply, "frame", reply_attachments)
 
-    def generate(self, model: dict, prompt: str, controlnets: list, width: int, height: int, *,
-                 negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
-                 scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
-                 mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
-                 on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
-        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
-        optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
-        annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
-        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
-        ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
-        [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
-        embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
-        float32 image in [0, 1] (display sRGB) and details."""
+    def generate(self, request, *fields, timeout: float = 3600.0, on_progress=None, should_cancel=None,
+                 **named) -> tuple[np.ndarray, dict]:
+        """One picture for a requests.GenerateRequest (or for the fields one is built from:
+        ``generate(model, prompt, controlnets, width, height, seed=..., ...)``, see
+        requests.build). Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and
+        details."""
+        if not isinstance(request, requests.GenerateRequest):
+            request = requests.build(request, *fields, **named)
+        try:
+            request.validated()
+        except JobError as error:
+            raise JobFailed(error.code, error.message) from None
         self.ensure_started()
-        used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
-                                      ("prompt_mix", bool(prompt_mix))) if on]
-        if used and self.worker_features is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
-                            f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
-        if noise is not None:
-            noise = np.asarray(noise)
-            if noise.dtype.kind != "f":
-                raise JobFailed("bad_request", f"noise must be a float array, not {noise.dtype.name}")
+        self._check_features(request)
         attachments = []
-        units = []
-        for index, unit in enumerate(controlnets):
-            self._check_annotator(unit)
-            descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"control{index}")
-            entry = {"image": descriptor, "weight": float(unit.get("weight", 1.0)),
-                     "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))}
-            for key in protocol.ANNOTATOR_FIELDS:
-                if unit.get(key) is not None:
-                    entry[key] = dict(unit[key]) if key == "annotator_options" else unit[key]
-            units.append(entry)
-        request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
-                   "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
-                   "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,
-                   "preview": bool(preview)}
-        for key, array in (("init_image", init_image), ("mask", mask), ("noise", noise)):
-            if array is not None:
-                request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
-        if fusion > 0:
-            request["fusion"] = float(fusion)
-        if prompt_mix:
-            request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
+        message = request.to_json(lambda array, name: self.frame(np.asarray(array, dtype=np.float32), attachments,
+                                                                 name=name))
         if self.shared_frames:
-            _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
+            _, message["output"] = self.buffer((request.height, request.width, 3), np.float32, name="output")
         self.state = "busy"
         try:
-            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
+            reply, reply_attachments = self._call(message, attachments, timeout=timeout, on_progress=on_progress,
                                                   should_cancel=should_cancel)
         finally:
             if self.state == "busy":
                 self.state = "ready"
         image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
         return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
-
-
-def _mix_entry(entry: dict) -> dict:
-    """A prompt_mix entry as JSON takes it (a numpy weight becomes a float; anything else goes as
-    it is, for the worker to refuse with a clear message)."""
-    entry = dict(entry)
-    if isinstance(entry.get("weight"), (np.floating, np.integer)):
-        entry["weight"] = float(entry["weight"])
-    return entry

@@ -18,30 +18,19 @@ import traceback
 import numpy as np
 
 from . import frames as frames_module
-from . import protocol
+from . import protocol, requests
+from .errors import Cancelled, JobError
 from .frames import FrameError, WorkerFrames, verify_probe
 
 log = logging.getLogger("silk.worker")
 WORKER_VERSION = "0.1.0"
 
 
-class JobError(Exception):
-    """A job that cannot be done, with a message for the user and a code for programs."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Cancelled(Exception):
-    pass
-
-
 class Job:
-    def __init__(self, request: dict, attachments: list):
+    def __init__(self, request: dict, attachments: list, parsed=None):
         self.request = request
         self.attachments = attachments
+        self.parsed = parsed  # the typed request (bridge/requests.py) of 'generate' and 'load_model'
         self.id = request["id"]
         self.cancel = threading.Event()
 
@@ -64,7 +53,7 @@ class WorkerServer:
         # One long-lived job thread: torch's thread pools stay warm from job to job.
         self._jobs: queue.Queue = queue.Queue()
         threading.Thread(target=self._job_loop, name="jobs", daemon=True).start()
-        from .annotators import Annotators  # here, not at the top: annotators.py imports JobError from this module
+        from .annotators import Annotators
 
         self.annotators = Annotators()
 
@@ -191,12 +180,17 @@ class WorkerServer:
         elif kind == "hello":
             self.send({"type": "error", "reply_to": request_id, "code": "handshake", "message": "already greeted"})
         else:
+            try:  # every field's type and range, before the job is queued (bridge/requests.py)
+                parsed = requests.parse(request)
+            except JobError as error:
+                self.send({"type": "error", "reply_to": request_id, "code": error.code, "message": error.message})
+                return True
             with self._job_lock:
                 if self._job is not None:
                     self.send({"type": "error", "reply_to": request_id, "code": "busy",
                                "message": f"the worker is busy with request {self._job.id}"})
                     return True
-                self._job = Job(request, attachments)
+                self._job = Job(request, attachments, parsed)
             self._jobs.put(self._job)
         return True
 
@@ -214,7 +208,7 @@ class WorkerServer:
             if request["type"] == "echo":
                 reply, attachments = self._echo(job)
             elif request["type"] == "load_model":
-                info = self.backend.load(request["model"])
+                info = self.backend.load(job.parsed)
                 reply = {"type": "ok", "reply_to": job.id, "model": info}
             else:
                 reply, attachments = self._generate(job)
@@ -251,31 +245,28 @@ class WorkerServer:
         return dict({"type": kind, "reply_to": job.id, key: descriptor}, **extra), [memoryview(data).cast("B")]
 
     def _generate(self, job: Job) -> None:
-        request = job.request
+        request = job.parsed
         images = {}
-        for key in ("init_image", "mask", "noise"):
-            if request.get(key) is not None:
-                images[key] = self._frames.open(request[key], job.attachments)
+        for key in requests.FRAME_FIELDS:
+            if getattr(request, key) is not None:
+                images[key] = self._frames.open(getattr(request, key), job.attachments)
         units = []
         annotating = None  # seconds spent in annotators, when any ran
-        for unit in request.get("controlnets", []):
-            if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
-                raise JobError("malformed", "each ControlNet unit needs an 'image' frame")
+        for unit in request.controlnets:
             if job.cancel.is_set():
                 raise Cancelled()
             started = time.perf_counter()
             # The backend sees the annotator's output (or the image itself), never the annotator fields.
-            image = self.annotators.apply(unit, self._frames.open(unit["image"], job.attachments))
-            if unit.get("annotator", "none") != "none":
+            image = self.annotators.apply(vars(unit), self._frames.open(unit.image, job.attachments))
+            if (unit.annotator or "none") != "none":
                 annotating = (annotating or 0.0) + time.perf_counter() - started
-            units.append({key: value for key, value in dict(unit, image=image).items()
-                          if key not in protocol.ANNOTATOR_FIELDS})
+            units.append(requests.ControlUnit(image=image, weight=unit.weight, start=unit.start, end=unit.end))
 
         def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
             if job.cancel.is_set():
                 raise Cancelled()
             message = {"type": "progress", "job": job.id, "step": step, "steps": steps}
-            if preview is not None and request.get("preview"):
+            if preview is not None and request.preview:
                 data = np.ascontiguousarray(preview, dtype=np.uint8)
                 message["preview"] = {"attachment": 0, "shape": list(data.shape), "dtype": "uint8"}
                 self.send(message, [memoryview(data).cast("B")])

@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
+from silk.bridge.requests import ModelRequest  # noqa: E402
 from silk.bridge import diffusion, protocol  # noqa: E402
 from silk.bridge.client import JobFailed  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
@@ -63,7 +64,7 @@ def seed_noise(seed, height, width):
 def record_fusion(monkeypatch):
     """Every step's latents before and after fusion, the target and the initial latents."""
     steps = []
-    original = diffusion._Fusion.apply
+    original = diffusion.Fusion.apply
 
     def record(self, latents, step, total):
         out = original(self, latents, step, total)
@@ -72,7 +73,7 @@ def record_fusion(monkeypatch):
                       "init": self.target.init_latents.clone(), "noise": self.target.noise.clone()})
         return out
 
-    monkeypatch.setattr(diffusion._Fusion, "apply", record)
+    monkeypatch.setattr(diffusion.Fusion, "apply", record)
     return steps
 
 
@@ -108,14 +109,14 @@ def test_fusion_moves_a_fraction_of_the_way_and_zero_leaves_the_latents_free(bac
     generate(backend, {"init_image": init, "mask": square_mask()}, strength=1.0)  # fusion 0: no fusion at all
     assert steps == []
     final = {}
-    original = diffusion._StrengthMask.apply
+    original = diffusion.StrengthMask.apply
 
     def keep_last(self, latents, step, total):
         out = original(self, latents, step, total)
         final.update(latents=out.clone(), init=self.init_latents.clone())
         return out
 
-    monkeypatch.setattr(diffusion._StrengthMask, "apply", keep_last)
+    monkeypatch.setattr(diffusion.StrengthMask, "apply", keep_last)
     generate(backend, {"init_image": init, "mask": square_mask()}, strength=1.0)
     free = (final["latents"][0][:, ~square] - final["init"][0][:, ~square]).abs().mean()
     assert free > 0.1 and half < 0.7 * free
@@ -138,10 +139,10 @@ def test_the_visible_latents_are_min_pooled_so_silhouettes_are_repainted():
     mask = np.full((16, 24, 1), 0.4, dtype=np.float32)
     mask[3, 9] = 1.0  # one new frame pixel: its whole latent pixel (row 0, column 1) is repainted
     mask[8:16, 16:24] = 0.99  # below 1: still visible
-    visible = diffusion._visible_latents(mask, 8, 16, 24, "cpu", torch)
+    visible = diffusion.visible_latents(mask, 8, 16, 24, "cpu", torch)
     assert visible.shape == (1, 1, 2, 3) and visible.dtype == torch.bool
     assert visible[0, 0].tolist() == [[True, False, True], [True, True, True]]
-    assert diffusion._visible_latents(None, 8, 16, 24, "cpu", torch) is None
+    assert diffusion.visible_latents(None, 8, 16, 24, "cpu", torch) is None
 
 
 def test_fusion_is_checked(backend):
@@ -192,8 +193,8 @@ def test_image_to_image_starts_from_the_initial_image_noised_with_the_given_nois
     """The first timestep of the schedule cut by strength, with the given noise; fusion uses that noise."""
     init = generate(backend, seed=1, steps=4)
     noise = np.random.default_rng(2).standard_normal((8, 8, 4)).astype(np.float32)
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
-    pipe_class = type(entry["image2image"])
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
+    pipe_class = type(entry.image2image)
     calls = []
     original_call = pipe_class.__call__
 
@@ -206,7 +207,7 @@ def test_image_to_image_starts_from_the_initial_image_noised_with_the_given_nois
     generate(backend, {"init_image": init, "noise": noise}, strength=0.5, steps=8, fusion=0.3)
     given = torch.from_numpy(noise).permute(2, 0, 1)[None]
     assert torch.equal(steps[0]["noise"], given)
-    scheduler = EulerDiscreteScheduler.from_config(entry["text2image"].scheduler.config)
+    scheduler = EulerDiscreteScheduler.from_config(entry.text2image.scheduler.config)
     scheduler.set_timesteps(8)
     scheduler.set_begin_index(4)  # strength 0.5 of 8 steps: the last 4
     expected = scheduler.add_noise(steps[0]["init"], given, scheduler.timesteps[4:5])
@@ -253,7 +254,7 @@ def test_prompt_mix_of_one_prompt_is_that_prompt_and_half_and_half_is_neither(ba
 @pytest.mark.parametrize("guidance", [7.0, 1.0])
 def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
     backend.load(TINY)
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
     a = backend._embed(entry, "a lighthouse", "fog", guidance)
     b = backend._embed(entry, "a forest", "", guidance)
     halves = backend._mixed_embeddings(entry, [("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)], guidance)
@@ -272,16 +273,16 @@ def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
 
 
 def test_prompt_mix_entries_come_from_the_embedding_cache(backend, monkeypatch):
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
     calls = []
-    original = entry["text2image"].encode_prompt
+    original = entry.text2image.encode_prompt
 
     def counting(*args, **kwargs):
         if args[0] is not None:
             calls.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(entry["text2image"], "encode_prompt", counting)
+    monkeypatch.setattr(entry.text2image, "encode_prompt", counting)
     for weight in (0.2, 0.5, 0.8):
         generate(backend, prompt_mix=mix(("cache one", "", 1 - weight), ("cache two", "", weight),
                                          ("cache three", "", 0.0)), steps=1)
@@ -322,7 +323,7 @@ def test_sdxl_fusion_noise_and_prompt_mix(backend, monkeypatch):
     np.testing.assert_array_equal(generate(backend, {"noise": seed_noise(4, 64, 80)}, model=TINY_XL, count=1,
                                            seed=4, width=80), alone)
 
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY_XL).key()]
+    entry = backend._pipelines[ModelRequest.from_json(TINY_XL).key()]
     a = backend._embed(entry, "a lighthouse", "", 7.0)
     b = backend._embed(entry, "a forest", "fog", 7.0)
     halves = backend._mixed_embeddings(entry, [("a lighthouse", "", 1.0), ("a forest", "fog", 1.0)], 7.0)
