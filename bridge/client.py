@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol, requests
+from . import protocol, schema
 from .errors import JobError
 from .frames import SharedFrames
 
@@ -400,10 +400,10 @@ class WorkerClient:
         return reply
 
     def load_model(self, model, timeout: float = 1800.0, should_cancel=None) -> dict:
-        """Load a model (a requests.ModelRequest or its JSON). The reply says what the worker loaded:
+        """Load a model (a schema.ModelRequest or its JSON). The reply says what the worker loaded:
         source, family (detected from the model), device, dtype and every component's dtype and device."""
         self.ensure_started()
-        model = model.to_json() if isinstance(model, requests.ModelRequest) else model
+        model = model.to_json() if isinstance(model, schema.ModelRequest) else model
         self.state = "busy"
         try:
             reply, _ = self._call({"type": "load_model", "model": model}, timeout=timeout, should_cancel=should_cancel)
@@ -412,7 +412,7 @@ class WorkerClient:
                 self.state = "ready"
         return reply["model"]
 
-    def _check_features(self, request: requests.GenerateRequest) -> None:
+    def _check_features(self, request: schema.GenerateRequest) -> None:
         """An older worker would ignore fields it does not know and paint without them: refuse instead."""
         annotators = [unit.annotator for unit in request.controlnets if unit.annotator not in (None, "none")]
         if annotators and self.worker_annotators is None:
@@ -432,13 +432,13 @@ class WorkerClient:
 
     def generate(self, request, *fields, timeout: float = 3600.0, on_progress=None, should_cancel=None,
                  **named) -> tuple[np.ndarray, dict]:
-        """One picture for a requests.GenerateRequest (or for the fields one is built from:
+        """One picture for a schema.GenerateRequest (or for the fields one is built from:
         ``generate(model, prompt, controlnets, width, height, seed=..., ...)``, see
-        requests.build). Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and
+        schema.build). Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and
         details."""
-        if not isinstance(request, requests.GenerateRequest):
-            request = requests.build(request, *fields, **named)
         try:
+            if not isinstance(request, schema.GenerateRequest):
+                request = schema.build(request, *fields, **named)
             request.validated()
         except JobError as error:
             raise JobFailed(error.code, error.message) from None

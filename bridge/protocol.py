@@ -24,7 +24,7 @@ REQUESTS = {
                                                 "client": str}),
     "ping": ({}, {}),
     "status": ({}, {}),
-    # The fields of 'load_model' and 'generate' are checked by bridge/requests.py (bad_request replies).
+    # The fields of 'load_model' and 'generate' are checked by bridge/schema.py (bad_request replies).
     "load_model": ({}, {}),
     "generate": ({}, {}),
     "cancel": ({"job": int}, {}),

@@ -18,7 +18,7 @@ import traceback
 import numpy as np
 
 from . import frames as frames_module
-from . import protocol, requests
+from . import protocol, schema
 from .errors import Cancelled, JobError
 from .frames import FrameError, WorkerFrames, verify_probe
 
@@ -30,7 +30,7 @@ class Job:
     def __init__(self, request: dict, attachments: list, parsed=None):
         self.request = request
         self.attachments = attachments
-        self.parsed = parsed  # the typed request (bridge/requests.py) of 'generate' and 'load_model'
+        self.parsed = parsed  # the typed request (bridge/schema.py) of 'generate' and 'load_model'
         self.id = request["id"]
         self.cancel = threading.Event()
 
@@ -180,8 +180,8 @@ class WorkerServer:
         elif kind == "hello":
             self.send({"type": "error", "reply_to": request_id, "code": "handshake", "message": "already greeted"})
         else:
-            try:  # every field's type and range, before the job is queued (bridge/requests.py)
-                parsed = requests.parse(request)
+            try:  # every field's type and range, before the job is queued (bridge/schema.py)
+                parsed = schema.parse(request)
             except JobError as error:
                 self.send({"type": "error", "reply_to": request_id, "code": error.code, "message": error.message})
                 return True
@@ -247,7 +247,7 @@ class WorkerServer:
     def _generate(self, job: Job) -> None:
         request = job.parsed
         images = {}
-        for key in requests.FRAME_FIELDS:
+        for key in schema.FRAME_FIELDS:
             if getattr(request, key) is not None:
                 images[key] = self._frames.open(getattr(request, key), job.attachments)
         units = []
@@ -260,7 +260,7 @@ class WorkerServer:
             image = self.annotators.apply(vars(unit), self._frames.open(unit.image, job.attachments))
             if (unit.annotator or "none") != "none":
                 annotating = (annotating or 0.0) + time.perf_counter() - started
-            units.append(requests.ControlUnit(image=image, weight=unit.weight, start=unit.start, end=unit.end))
+            units.append(schema.ControlUnit(image=image, weight=unit.weight, start=unit.start, end=unit.end))
 
         def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
             if job.cancel.is_set():

@@ -164,6 +164,8 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         height, width = guides.depth.shape
         job = job_settings.from_scene(scene)
         model = diffusion_job.model_request(job)
+        for warning in diffusion_job.usable_units(job)[1]:
+            self._report("WARNING", warning)
         shot = job_settings.shot_of(scene, scene.frame_current)
         camera_object = scene.camera
         try:
@@ -178,15 +180,15 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             if worker.state != "ready":
                 self.update_stats("Silk", "Starting the diffusion worker")
             worker.ensure_started()
-            if worker_link.loaded.get("source") != model["source"]:
-                self.update_stats("Silk", f"Loading {model['source']} (once; the first time may download it)")
-            worker_link.note_loaded(worker.load_model(model, should_cancel=self._should_cancel))
+            if worker_link.loaded.get("source") != model.source:
+                self.update_stats("Silk", f"Loading {model.source} (once; the first time may download it)")
+            worker_link.note_loaded(diffusion_job.load_model(worker, job, should_cancel=self._should_cancel))
             device = worker_link.loaded.get("device", "?").upper()
             started = time.perf_counter()
 
             def paint(frame_guides, frame_job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None):
                 seed = frame_job.seed if seed is None else seed
-                label = f"seed {seed} | {model['source']} | {device}"
+                label = f"seed {seed} | {model.source} | {device}"
                 preview_here = frame_guides is guides  # a key painted ahead is not this frame's preview
 
                 def on_progress(progress):
@@ -199,20 +201,11 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                         self.update_result(result)
 
                 self.update_stats("Silk", f"Painting | {label}")
-                units = diffusion_job.control_units(frame_job, frame_guides, self._depth_range(depsgraph, guides))
-                extra = {}
-                if init is not None:
-                    extra.update(init_image=init, mask=strength_map, strength=float(strength_map.max()))
-                    if fusion > 0:
-                        extra["fusion"] = float(fusion)
-                if noise is not None:
-                    extra["noise"] = noise
-                if frame_job.prompt_mix:
-                    extra["prompt_mix"] = frame_job.prompt_mix
-                picture, _info = worker.generate(
-                    model, frame_job.prompt, units, width, height, negative_prompt=frame_job.negative_prompt,
-                    seed=seed, steps=frame_job.steps, guidance=frame_job.guidance, scheduler=frame_job.scheduler,
-                    preview=True, on_progress=on_progress, should_cancel=self._should_cancel, **extra)
+                frame_job.reported_family = job.reported_family
+                request = diffusion_job.generate_request(
+                    frame_job, frame_guides, self._depth_range(depsgraph, guides), seed=seed, init_image=init,
+                    mask=strength_map, fusion=fusion, noise=noise)
+                picture, _info = worker.generate(request, on_progress=on_progress, should_cancel=self._should_cancel)
                 return picture
 
             def motion_to(other):
@@ -237,9 +230,9 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                                              rewrite_fn=lambda frame, picture: takes.rewrite(scene, frame, picture))
             picture = painter.paint(guides)
             if self.is_animation:
-                takes.record(scene, scene.frame_current, take_label(job, temporal_settings, model["source"]))
+                takes.record(scene, scene.frame_current, take_label(job, temporal_settings, model.source))
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
-                                      f"{model['source']} | {device}")
+                                      f"{model.source} | {device}")
             return picture
         except JobCancelled:
             self._report("INFO", "Cancelled; the worker is ready for the next render")

@@ -85,9 +85,10 @@ class SILK_OT_cancel(bpy.types.Operator):
 class PreviewJob:
     """One preview painted on a thread; the operator polls it from the main thread."""
 
-    def __init__(self, worker, job, units, width, height):
+    def __init__(self, worker, job, request, warnings=()):
         self.worker = worker  # made on the main thread: the thread must not read bpy.context
-        self.job, self.units, self.width, self.height = job, units, width, height
+        self.job, self.request, self.warnings = job, request, list(warnings)
+        self.width, self.height = request.width, request.height
         self.step = 0
         self.steps = job.steps
         self.preview = None
@@ -109,14 +110,11 @@ class PreviewJob:
                 worker_link.cancel_requested.clear()
                 worker = self.worker
                 worker.ensure_started()
-                model = diffusion_job.model_request(self.job)
-                worker_link.note_loaded(worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
-                self.picture, _ = worker.generate(
-                    model, self.job.prompt, self.units, self.width, self.height,
-                    negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
-                    guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
-                    timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
-                    should_cancel=worker_link.cancel_requested.is_set)
+                worker_link.note_loaded(diffusion_job.load_model(worker, self.job,
+                                                                 should_cancel=worker_link.cancel_requested.is_set))
+                self.request.model = diffusion_job.model_request(self.job)  # the family the worker found
+                self.picture, _ = worker.generate(self.request, timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
+                                                  should_cancel=worker_link.cancel_requested.is_set)
             finally:
                 worker_link.job_lock.release()
         except JobCancelled:
@@ -178,9 +176,10 @@ class SILK_OT_render_preview(bpy.types.Operator):
         else:  # a preview sees one frame: its own depths stand in for the shot's first frame
             depth_range = conditioning.depth_range_of_frame(guides.depth, guides.coverage, camera.clip_start,
                                                             camera.clip_end)
-        units = diffusion_job.control_units(job, guides, depth_range)
-        diffusion_job.model_request(job)  # settings errors now, in the operator's report
-        return PreviewJob(worker_link.client(), job, units, width, height)
+        # The same request F12 sends for this frame (prompt_mix between prompt keys included); settings
+        # errors come now, in the operator's report.
+        request = diffusion_job.generate_request(job, guides, depth_range)
+        return PreviewJob(worker_link.client(), job, request, diffusion_job.usable_units(job)[1])
 
     def invoke(self, context, event):
         try:
@@ -235,6 +234,8 @@ class SILK_OT_render_preview(bpy.types.Operator):
         image = preview_image(context.scene, job.width, job.height)
         show_picture(image, job.picture)
         result_history.show(image)
+        for warning in job.warnings:
+            self.report({"WARNING"}, f"Silk: {warning}")
         self.report({"INFO"}, f"Silk: preview painted ({job.width}x{job.height}, {job.steps} steps)")
         return {"FINISHED"}
 

@@ -11,7 +11,7 @@ changing their weights never reloads the model.
 By concern: ``loading`` (device, precision, family, pipelines), ``loras``, ``prompts``
 (embeddings, prompt_mix), ``guides`` (per-step latent edits: strength mask, fusion),
 ``pictures`` (padding, VAE encoding, previews) and ``generation`` (one request's steps).
-Requests are typed in bridge/requests.py; errors live in bridge/errors.py.
+Requests are typed in bridge/schema.py; errors live in bridge/errors.py.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import threading
 import time
 
 from ..errors import Cancelled, JobError
-from ..requests import ControlUnit, GenerateRequest, ModelRequest
+from ..schema import ControlUnit, GenerateRequest, ModelRequest
 from . import generation, loading, loras
 from .generation import Result
 from .guides import Fusion, NoisedInit, StrengthMask, visible_latents
@@ -105,7 +105,8 @@ class DiffusionBackend:
         """Paint a request (GenerateRequest, or its JSON). ``units``: [ControlUnit] or their JSON,
         with arrays as images; ``images``: the init_image, mask and noise arrays it has."""
         if not isinstance(request, GenerateRequest):
-            request = GenerateRequest.from_json(dict(request, controlnets=request.get("controlnets") or units))
+            request = GenerateRequest.from_json(dict(request, controlnets=request.get("controlnets") or units,
+                                                     **images))
         units = [unit if isinstance(unit, ControlUnit) else ControlUnit.from_json(unit, index)
                  for index, unit in enumerate(units)]
         loaded = self.loaded(request.model)

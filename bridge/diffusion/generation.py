@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import families
 from ..errors import Cancelled, JobError
-from ..requests import VAE_TILING_PIXELS, GenerateRequest
+from ..schema import VAE_TILING_PIXELS, GenerateRequest
 from . import guides as guides_module
 from . import pictures
 from .loading import LoadedModel
@@ -194,7 +194,7 @@ def _controlnets(pipe) -> list:
 
 @contextmanager
 def tiled_decoding_for_large_frames(pipe, loaded: LoadedModel, request: GenerateRequest):
-    """Frames over requests.VAE_TILING_PIXELS are decoded in tiles even when the model was loaded
+    """Frames over schema.VAE_TILING_PIXELS are decoded in tiles even when the model was loaded
     without VAE tiling: decoding one in a piece needs more memory than the denoising did."""
     hint = request.width * request.height > VAE_TILING_PIXELS and not loaded.model.vae_tiling
     if hint:

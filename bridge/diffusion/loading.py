@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .. import families, tiny_model
 from ..errors import JobError
-from ..requests import ModelRequest
+from ..schema import ModelRequest
 
 log = logging.getLogger("silk.worker")
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

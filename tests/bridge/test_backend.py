@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 
-from silk.bridge.requests import ModelRequest  # noqa: E402
+from silk.bridge.schema import ModelRequest  # noqa: E402
 from silk.bridge import diffusion, families  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 from tests.bridge.conftest import TINY  # noqa: E402
@@ -28,7 +28,7 @@ def units(height=64, width=64, seed=0):
 
 def request(**extra):
     return dict({"model": TINY, "prompt": "x", "steps": 6, "seed": 3, "width": 64, "height": 64,
-                 "strength": 1.0, "guidance": 7.0}, **extra)
+                 "strength": 1.0, "guidance": 7.0, "scheduler": "euler"}, **extra)
 
 
 def test_pipelines_are_cached_and_share_components(backend):

@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
-from silk.bridge.requests import ModelRequest  # noqa: E402
-from silk.bridge import diffusion, protocol  # noqa: E402
+from silk.bridge.schema import ModelRequest, PromptWeight  # noqa: E402
+from silk.bridge import diffusion, protocol, schema  # noqa: E402
 from silk.bridge.client import JobFailed  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 from tests.bridge.conftest import TINY, control_images  # noqa: E402
@@ -34,10 +34,14 @@ def units(count=2, height=64, width=64, seed=0):
 
 def generate(backend, images=None, model=TINY, count=2, **extra):
     request = dict({"model": model, "prompt": "x", "steps": 6, "seed": 3, "width": 64, "height": 64,
-                    "guidance": 7.0}, **extra)
+                    "guidance": 7.0, "scheduler": "euler"}, **extra)
     control = units(count, request["height"], request["width"])
     return backend.generate(request, images or {}, control, progress=lambda *a: None,
                             cancel=threading.Event()).image
+
+
+def weights(*entries):
+    return [PromptWeight(prompt, weight, negative) for prompt, negative, weight in entries]
 
 
 def square_mask(size=64):
@@ -148,7 +152,7 @@ def test_the_visible_latents_are_min_pooled_so_silhouettes_are_repainted():
 def test_fusion_is_checked(backend):
     init = np.zeros((64, 64, 3), dtype=np.float32)
     for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
-        with pytest.raises(JobError, match="fusion must be a number from 0 to 1") as caught:
+        with pytest.raises(JobError, match="'fusion' must be a number from 0 to 1") as caught:
             generate(backend, {"init_image": init}, fusion=bad)
         assert caught.value.code == "bad_request"
     with pytest.raises(JobError, match="needs an init_image") as caught:
@@ -255,10 +259,10 @@ def test_prompt_mix_of_one_prompt_is_that_prompt_and_half_and_half_is_neither(ba
 def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
     backend.load(TINY)
     entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
-    a = backend._embed(entry, "a lighthouse", "fog", guidance)
-    b = backend._embed(entry, "a forest", "", guidance)
-    halves = backend._mixed_embeddings(entry, [("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)], guidance)
-    quarter = backend._mixed_embeddings(entry, [("a lighthouse", "fog", 1.0), ("a forest", "", 3.0)], guidance)
+    a = backend._embeddings.embed(entry, "a lighthouse", "fog", guidance)
+    b = backend._embeddings.embed(entry, "a forest", "", guidance)
+    halves = backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)), guidance)
+    quarter = backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 1.0), ("a forest", "", 3.0)), guidance)
     assert set(halves) == set(a) == {"prompt_embeds", "negative_prompt_embeds"}
     for name in a:
         if a[name] is None:  # no classifier-free guidance: no negative embeddings
@@ -267,7 +271,7 @@ def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
         assert not torch.equal(a[name], b[name])
         torch.testing.assert_close(halves[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
         torch.testing.assert_close(quarter[name], 0.25 * a[name] + 0.75 * b[name], rtol=0, atol=1e-6)
-    assert backend._mixed_embeddings(entry, [("a lighthouse", "fog", 2.0), ("a forest", "", 0.0)], guidance) is a
+    assert backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 2.0), ("a forest", "", 0.0)), guidance) is a
     generate(backend, prompt_mix=mix(("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)), guidance=guidance,
              steps=2)
 
@@ -324,9 +328,9 @@ def test_sdxl_fusion_noise_and_prompt_mix(backend, monkeypatch):
                                            seed=4, width=80), alone)
 
     entry = backend._pipelines[ModelRequest.from_json(TINY_XL).key()]
-    a = backend._embed(entry, "a lighthouse", "", 7.0)
-    b = backend._embed(entry, "a forest", "fog", 7.0)
-    halves = backend._mixed_embeddings(entry, [("a lighthouse", "", 1.0), ("a forest", "fog", 1.0)], 7.0)
+    a = backend._embeddings.embed(entry, "a lighthouse", "", 7.0)
+    b = backend._embeddings.embed(entry, "a forest", "fog", 7.0)
+    halves = backend._embeddings.mixed(entry, weights(("a lighthouse", "", 1.0), ("a forest", "fog", 1.0)), 7.0)
     assert set(halves) == {"prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
                            "negative_pooled_prompt_embeds"}
     for name in halves:
@@ -337,27 +341,31 @@ def test_sdxl_fusion_noise_and_prompt_mix(backend, monkeypatch):
 
 
 # -- the wire and the live worker --------------------------------------------------------------
-def test_protocol_checks_the_new_fields():
-    base = {"type": "generate", "id": 5, "model": {"source": "tiny"}, "prompt": "x"}
-    good = dict(base, fusion=0.5, noise={"file": "n", "shape": [8, 8, 4], "dtype": "float32"},
+def test_requests_check_the_new_fields():
+    base = {"type": "generate", "id": 5, "model": {"source": "tiny"}, "prompt": "x", "width": 8, "height": 8,
+            "controlnets": [{"image": {"file": "c", "shape": [8, 8, 3], "dtype": "float32"}}],
+            "init_image": {"file": "i", "shape": [8, 8, 3], "dtype": "float32"}}
+    good = dict(base, fusion=0.5, fusion_end=0.6, noise={"file": "n", "shape": [8, 8, 4], "dtype": "float32"},
                 prompt_mix=[{"prompt": "a", "weight": 1}, {"prompt": "b", "negative_prompt": "c", "weight": 0.5}])
-    assert protocol.validate_request(good) is good
-    assert protocol.validate_request(dict(base, fusion=1, noise=None, prompt_mix=[]))
-    for bad in ({"fusion": "0.5"}, {"fusion": True}, {"noise": 5}, {"noise": [1, 2]}, {"prompt_mix": "a"},
-                {"prompt_mix": ["a"]}, {"prompt_mix": [{"weight": 1}]}, {"prompt_mix": [{"prompt": "a"}]},
-                {"prompt_mix": [{"prompt": "a", "weight": "1"}]}, {"prompt_mix": [{"prompt": "a", "weight": True}]},
-                {"prompt_mix": [{"prompt": 1, "weight": 1}]},
+    parsed = schema.parse(good)
+    assert parsed.fusion == 0.5 and parsed.fusion_end == 0.6 and parsed.noise == good["noise"]
+    assert [(p.prompt, p.negative_prompt, p.weight) for p in parsed.prompt_mix] == [("a", "", 1.0), ("b", "c", 0.5)]
+    assert schema.parse(dict(base, fusion=1, noise=None, prompt_mix=[])).fusion == 1.0
+    for bad in ({"fusion": "0.5"}, {"fusion": True}, {"fusion_end": 2}, {"noise": 5}, {"noise": [1, 2]},
+                {"prompt_mix": "a"}, {"prompt_mix": ["a"]}, {"prompt_mix": [{"weight": 1}]},
+                {"prompt_mix": [{"prompt": "a"}]}, {"prompt_mix": [{"prompt": "a", "weight": "1"}]},
+                {"prompt_mix": [{"prompt": "a", "weight": True}]}, {"prompt_mix": [{"prompt": 1, "weight": 1}]},
                 {"prompt_mix": [{"prompt": "a", "weight": 1, "negative_prompt": None}]}):
-        with pytest.raises(protocol.ProtocolError) as caught:
-            protocol.validate_request(dict(base, **bad))
-        assert caught.value.code == "malformed" and caught.value.reply_to == 5
-    assert set(protocol.FEATURES) == {"fusion", "noise", "prompt_mix"}
+        with pytest.raises(JobError) as caught:
+            schema.parse(dict(base, **bad))
+        assert caught.value.code == "bad_request"
+    assert set(protocol.FEATURES) == {"fusion", "noise", "prompt_mix", "fusion_end"}
 
 
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
-    assert set(client.worker_features) == {"fusion", "noise", "prompt_mix"}
+    assert set(client.worker_features) == {"fusion", "noise", "prompt_mix", "fusion_end"}
     sent = []
 
     def fake_call(request, attachments, **kwargs):

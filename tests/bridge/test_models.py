@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from silk.bridge.requests import ModelRequest  # noqa: E402
+from silk.bridge.schema import ModelRequest  # noqa: E402
 from silk.bridge import diffusion, families, tiny_model  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 
@@ -45,7 +45,7 @@ def units(count=2, height=64, width=64, seed=0):
 
 def generate(backend, model, count=2, images=None, control=None, **extra):
     request = dict({"model": model, "prompt": "a red cube", "steps": 4, "seed": 7, "width": 64, "height": 64,
-                    "guidance": 7.0}, **extra)
+                    "guidance": 7.0, "scheduler": "euler"}, **extra)
     return backend.generate(request, images or {}, control or units(count), progress=lambda *a: None,
                             cancel=threading.Event()).image
 

@@ -317,7 +317,8 @@ class GenerateRequest:
         if self.fusion_end < 1.0:
             data["fusion_end"] = self.fusion_end
         if self.prompt_mix:
-            data["prompt_mix"] = [{"prompt": p.prompt, "negative_prompt": p.negative_prompt, "weight": p.weight}
+            data["prompt_mix"] = [dict({"prompt": p.prompt, "weight": p.weight},
+                                       **({"negative_prompt": p.negative_prompt} if p.negative_prompt else {}))
                                   for p in self.prompt_mix]
         if self.output is not None:
             data["output"] = self.output
@@ -365,7 +366,7 @@ class GenerateRequest:
             setattr(self, name, _frame(getattr(self, name), name))
         kind = getattr(getattr(self.noise, "dtype", None), "kind", "f")
         if kind != "f":
-            _fail("bad_request", f"noise must be a float array, not {self.noise.dtype.name}")
+            _fail("bad_request", f"noise must be a float32 array, not {self.noise.dtype.name}")
         if self.output is not None:
             _frame(_object(self.output, "output"), "output")
         if not self.controlnets:
