@@ -229,9 +229,9 @@ class ControlUnit:
                    end=_number(data.get("end", cls.end), f"{where}.end", 0.0, 1.0))
         if not unit.start < unit.end:
             _fail("bad_request", f"'{where}' needs start < end")
-        if data.get("annotator") is not None:
+        if "annotator" in data:
             unit.annotator = _text(data["annotator"], f"{where}.annotator")
-        if data.get("annotator_weights") is not None:
+        if "annotator_weights" in data:
             unit.annotator_weights = _text(data["annotator_weights"], f"{where}.annotator_weights")
         options = _object(data.get("annotator_options", {}), f"{where}.annotator_options")
         for name, value in options.items():

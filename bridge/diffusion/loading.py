@@ -35,18 +35,22 @@ class LoadedModel:
         return str(self.dtype).replace("torch.", "")
 
     def components(self) -> dict:
-        """Every torch module of both pipelines (each ControlNet apart) with its dtype and device."""
+        """Every torch module of both pipelines (each ControlNet apart) with the dtype and device of
+        its weights (LoRA layers included); several are listed joined by '+', which is a finding."""
         described = {}
         for pipe_name, pipe in (("text2image", self.text2image), ("image2image", self.image2image)):
             for name, module in pipe.components.items():
                 parts = getattr(module, "nets", None) or [module]
                 for index, part in enumerate(parts):
-                    parameter = next(part.parameters(), None) if hasattr(part, "parameters") else None
-                    if parameter is None:
+                    if not hasattr(part, "parameters"):
+                        continue
+                    parameters = list(part.parameters())
+                    if not parameters:
                         continue
                     label = f"{pipe_name}.{name}" + (f".{index}" if len(parts) > 1 else "")
-                    described[label] = {"dtype": str(parameter.dtype).replace("torch.", ""),
-                                        "device": str(parameter.device)}
+                    described[label] = {
+                        "dtype": "+".join(sorted({str(p.dtype).replace("torch.", "") for p in parameters})),
+                        "device": "+".join(sorted({str(p.device) for p in parameters}))}
         return described
 
     def describe(self) -> dict:

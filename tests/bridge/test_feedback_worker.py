@@ -388,7 +388,7 @@ def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
         client.generate(TINY, "x", control_images(8, 8), 8, 8, noise=np.zeros((1, 1, 4), np.int32))
     assert caught.value.code == "bad_request"
     client.worker_features = None  # a worker from before these fields would ignore them: refuse instead
-    for extra in ({"fusion": 0.5}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
+    for extra in ({"fusion": 0.5, "init_image": np.zeros((8, 8, 3))}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
                                                                                                    "weight": 1}]}):
         with pytest.raises(JobFailed, match="older than") as caught:
             client.generate(TINY, "x", control_images(8, 8), 8, 8, **extra)
