@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from silk.engine import job_settings, render_engine, result_history, worker_link
+from silk.engine import job_settings, render_engine, result_history, settings, worker_link
 from tests.blender.test_engine import simple_scene
 from tests.support import exr, scenes
 from tests.support.scenes import read_png
@@ -301,7 +301,7 @@ SKIPPED_NORMAL = "The Normal unit was skipped: there is no SDXL ControlNet for i
 
 def test_sdxl_family_paints_a_fresh_scene_and_warns_about_the_normal_unit(silk):
     scene = diffuse_scene(64, 64, steps=2)
-    assert [unit.kind for unit in scene.silk.units] == ["DEPTH", "NORMAL"]  # a new scene's units
+    assert not scene.silk.units_initialized  # a new scene: the default Depth and Normal units
     scene.silk.model = "tiny-xl"
     bpy.ops.render.render()
     assert not errors(), render_engine.last_reports
@@ -318,6 +318,8 @@ def test_an_sdxl_folder_without_xl_in_its_name_is_known_by_what_it_is(silk, tmp_
     folder = str(tmp_path / "dreamy-painter")
     shutil.copytree(tiny_model.ensure_tiny_xl(), folder)
     scene = diffuse_scene(64, 64, steps=2)
+    settings.ensure_default_units(scene)  # what the panel does for a new scene: Depth and Normal
+    assert [unit.kind for unit in scene.silk.units] == ["DEPTH", "NORMAL"]
     scene.silk.model = folder
     scene.silk.units[0].controlnet = os.path.join(folder, "controlnet-depth")  # offline: no hub default
     bpy.ops.render.render()
