@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation build clean
+.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-overhead gpu-check build clean
 
 all: test
 
@@ -47,6 +47,16 @@ test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
 bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_guides.py
 	$(VENV)/bin/python tools/bench_bridge.py
+
+## Silk's per-frame overhead against a plain diffusers call on the full-size sd15-random
+## (256x256, 4 steps, two ControlNets, peak memory of both); see docs/benchmarks.md.
+bench-overhead: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_overhead.py
+
+## On a machine with an NVIDIA GPU: fp16/bf16, CPU offload, attention slicing, VAE tiling,
+## out-of-memory recovery, time and VRAM per frame of sd15-random (offline); see docs/worker.md.
+gpu-check: $(VENV)/.ready
+	$(VENV)/bin/python tools/gpu_check.py
 
 ## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;

@@ -27,7 +27,7 @@ VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
 TEXT = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
             max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-                 skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False, clip_sample=False)
+                 skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
 
 
 def ensure_sd15_random(cache_dir: str | None = None) -> str:

@@ -70,7 +70,13 @@ def _ensure(cache_dir: str | None, version: str, build) -> str:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=version + "-", dir=os.path.dirname(path))
-    build(staging)
+    try:
+        build(staging)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)  # no half-built model left behind
+        raise
     with open(os.path.join(staging, "complete"), "w") as handle:
         handle.write(version)
     try:
