@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 
 all: test
 
-$(VENV)/.ready: requirements/test.txt requirements/worker.txt Makefile
+$(VENV)/.ready: requirements/test.txt requirements/worker.txt bridge/worker-requirements.txt Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Blender 4.2-5.0 as a module needs Python 3.11; set PYTHON=/path/to/python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet bpy==$(BLENDER_VERSION) -r requirements/test.txt -r requirements/worker.txt
