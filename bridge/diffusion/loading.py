@@ -97,8 +97,14 @@ def load(model: ModelRequest, cache_dir: str | None) -> LoadedModel:
     for name, controlnet in zip(controlnet_names, controlnets):
         check_controlnet_fits(name, controlnet.config, model.source, text2image.unet.config, family)
     _place(text2image, model, device)
-    # The dtype again here: without it from_pipe casts every shared component to float32.
-    image2image = getattr(_diffusers(), family.pipelines[1]).from_pipe(text2image, dtype=dtype)
+    # The dtype again here: without it from_pipe casts every shared component to float32. (Its
+    # cast warns that no module needs keeping in fp32, on every load: not worth a log line.)
+    quiet = logging.getLogger("diffusers.models.modeling_utils")
+    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    try:
+        image2image = getattr(_diffusers(), family.pipelines[1]).from_pipe(text2image, dtype=dtype)
+    finally:
+        quiet.setLevel(level)
     image2image.set_progress_bar_config(disable=True)
     return LoadedModel(text2image=text2image, image2image=image2image, model=model, family=family, device=device,
                        dtype=dtype, controlnets=controlnets, scheduler_config=dict(text2image.scheduler.config),
