@@ -100,7 +100,8 @@ def load(model: ModelRequest, cache_dir: str | None) -> LoadedModel:
     # The dtype again here: without it from_pipe casts every shared component to float32. (Its
     # cast warns that no module needs keeping in fp32, on every load: not worth a log line.)
     quiet = logging.getLogger("diffusers.models.modeling_utils")
-    level, _ = quiet.level, quiet.setLevel(logging.ERROR)
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         image2image = getattr(_diffusers(), family.pipelines[1]).from_pipe(text2image, dtype=dtype)
     finally:
