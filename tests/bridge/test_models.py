@@ -320,7 +320,7 @@ def test_sdxl_text_to_image(backend, monkeypatch):
     control = units(1, 64, 80)
     progress = []
     image = backend.generate({"model": TINY_XL, "prompt": "a lighthouse", "steps": 4, "seed": 5, "width": 80,
-                              "height": 64, "preview": True}, {}, control,
+                              "height": 64, "preview": True, "scheduler": "euler"}, {}, control,
                              progress=lambda *a: progress.append(a), cancel=threading.Event()).image
     assert image.shape == (64, 80, 3) and np.isfinite(image).all() and image.std() > 0.01
     assert [p[0] for p in progress] == [1, 2, 3, 4] and progress[-1][2].shape == (8, 10, 3)
