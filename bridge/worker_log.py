@@ -118,10 +118,10 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
 
 
 def setup(level: str = "INFO", log_file: str | None = None, capture_output: bool = False,
-          to_stderr: bool = True) -> str:
+          to_stderr: bool = True, max_bytes: int = MAX_BYTES) -> str:
     """Configure the worker's logging; returns the log file's path."""
     path = log_file or default_log_path()
-    handler = PrivateRotatingFileHandler(path, capture_output=capture_output)
+    handler = PrivateRotatingFileHandler(path, max_bytes=max_bytes, capture_output=capture_output)
     handlers = [handler]
     if to_stderr and not capture_output:
         handlers.append(logging.StreamHandler(sys.stderr))
