@@ -268,13 +268,17 @@ class WorkerServer:
             log.info("refused a client from %s: %s", host, "busy" if current else "stopping")
             _answer_and_close(connection, protocol.make_error("busy", busy, hello["id"]), deadline)
             return None
-        log.info("client %s connected (shared frames: %s)", session.peer, "yes" if folder else "no")
-        _keep_alive(connection)
-        connection.settimeout(SEND_STALL_SECONDS)  # bounds a send; reading below is patient
-        session.send({"type": "hello", "reply_to": hello["id"], "protocol": protocol.PROTOCOL_VERSION,
-                      "worker": WORKER_VERSION, "pid": os.getpid(), "shared_frames": folder is not None,
-                      "missing": self.backend.missing_modules(), "annotators": list(self.annotators.names),
-                      "features": list(protocol.FEATURES)})
+        try:
+            log.info("client %s connected (shared frames: %s)", session.peer, "yes" if folder else "no")
+            _keep_alive(connection)
+            connection.settimeout(SEND_STALL_SECONDS)  # bounds a send; reading below is patient
+            session.send({"type": "hello", "reply_to": hello["id"], "protocol": protocol.PROTOCOL_VERSION,
+                          "worker": WORKER_VERSION, "pid": os.getpid(), "shared_frames": folder is not None,
+                          "missing": self.backend.missing_modules(), "annotators": list(self.annotators.names),
+                          "features": list(protocol.FEATURES)})
+        except BaseException:
+            self._end_session(session)  # never leave a session registered that nobody serves
+            raise
         return session
 
     def _serve(self, session: Session) -> None:
@@ -318,11 +322,14 @@ class WorkerServer:
         with self._session_lock:
             if self._session is session:
                 self._session = None
-        session.close()
-        session.frames.forget()
-        log.info("client %s disconnected", session.peer)
         if self.exit_on_disconnect:
             self.request_stop()
+        session.close()
+        try:
+            session.frames.forget()
+            log.info("client %s disconnected", session.peer)
+        except Exception:  # the slot is free already; nothing here may keep the next client out
+            pass
 
     def _dispatch(self, session: Session, request: dict, attachments: list) -> bool:
         kind, request_id = request["type"], request["id"]
