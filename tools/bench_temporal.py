@@ -106,7 +106,7 @@ def feedback_overhead(scene, size, steps, frames=4):
     """Per-frame cost of feedback at ``size``: Silk's warp, fill and colour work (timed in
     the engine), and the worker's fusion (every fusion step timed in the same backend code,
     run in this process: the difference of two whole renders is lost in their noise)."""
-    from silk.engine import animation
+    from silk.engine import render_engine
 
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.frame_start, scene.frame_end = 1, frames
@@ -114,7 +114,7 @@ def feedback_overhead(scene, size, steps, frames=4):
     with tempfile.TemporaryDirectory() as folder:
         render_mode(scene, folder, dict(use_feedback=True, fusion=0.8))  # warm: model loaded at this size
         seconds = render_mode(scene, folder, dict(use_feedback=True, fusion=0.8))
-        notes = [note for note in animation.frame_notes if note.kind == "feedback"]
+        notes = [note for note in render_engine.session.notes if note.kind == "feedback"]
     per_frame = seconds / frames
     engine_cost = float(np.mean([note.feedback_seconds for note in notes]))
     fusion_cost = fusion_seconds_per_frame(size, steps)
