@@ -6,9 +6,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 
-from engine import animation, noise, schedule
-from engine.animation import FrameSettings, RenderSession, TemporalSettings
-from engine.diffusion_job import JobSettings
+from silk.engine import animation, noise, schedule
+from silk.engine.animation import FrameSettings, RenderSession, TemporalSettings
+from silk.engine.diffusion_job import JobSettings
 
 WIDTH, HEIGHT = 32, 24
 

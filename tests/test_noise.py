@@ -3,7 +3,7 @@ frame too, and stays white N(0, 1) noise under zoom and disocclusion."""
 import numpy as np
 import pytest
 
-from engine import noise
+from silk.engine import noise
 
 
 def motion(size, dx, dy, zoom=1.0):

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from engine import noise  # noqa: E402
+from engine import noise  # noqa: E402  (the checkout's engine package, no bpy)
 
 PAN = (1.0, 0.25)  # frame pixels per frame: right, down (the scene moves the other way)
 
