@@ -7,7 +7,8 @@ the Silk engine through Blender's own animation render, once per mode:
 - independent frames, fixed seed                       - the usual baseline
 - warp feedback (exact motion, holes filled, no fusion)
 - warp feedback + fusion
-- warp feedback + fusion + warped noise
+- warp feedback + fusion + warped noise (engine/noise.py), with fusion stopping at the end of
+  the steps, after 75% of them, and after 50% (``fusion_end``)
 - warp feedback + fusion, cadence 4
 
 and measures from the saved multilayer EXRs (Combined, Vector, Occlusion):
@@ -46,6 +47,8 @@ MODES = [
     ("warp feedback", dict(use_feedback=True, fusion=0.0, noise_mode="FIXED")),
     ("warp feedback + fusion", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED")),
     ("+ warped noise", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED")),
+    ("+ warped noise, fusion end 0.75", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED", fusion_end=0.75)),
+    ("+ warped noise, fusion end 0.5", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED", fusion_end=0.5)),
     ("feedback + fusion, cadence 4", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED", cadence=4)),
 ]
 LONG_RANGE = 16
@@ -75,7 +78,7 @@ def exact_motion(scene, frame, other, width, height):
 
 def render_mode(scene, folder, settings):
     silk = scene.silk
-    for name, value in dict(use_feedback=True, fusion=0.0, noise_mode="FIXED", cadence=1).items():
+    for name, value in dict(use_feedback=True, fusion=0.0, fusion_end=1.0, noise_mode="FIXED", cadence=1).items():
         setattr(silk, name, value)
     for name, value in settings.items():
         setattr(silk, name, value)

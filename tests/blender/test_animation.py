@@ -224,3 +224,38 @@ def test_mark_shot_start_adds_one_marker_that_cuts(silk):
     assert bpy.ops.silk.mark_shot_start() == {"CANCELLED"}  # one is enough
     assert job_settings.shot_of(scene, 6) == job_settings.schedule.Shot(5, 8)
     assert job_settings.shot_of(scene, 4) == job_settings.schedule.Shot(1, 4)
+
+
+def test_the_noise_pass_in_guides_mode_is_exactly_the_noise_painting_started_from(silk, tmp_path):
+    scene = animated_scene(4)
+    scene.silk.noise_mode = "WARPED"
+    scene.silk.use_noise_pass = True
+    scene.view_layers[0].update()
+    render_take(scene, tmp_path / "diffuse")
+    scene.silk.mode = "GUIDES"
+    render_take(scene, tmp_path / "guides")
+    for frame in range(1, 5):
+        painted = exr.read_passes(str(tmp_path / "diffuse" / f"f_{frame:04d}.exr"))["Noise"]
+        shown = exr.read_passes(str(tmp_path / "guides" / f"f_{frame:04d}.exr"))["Noise"]
+        assert painted.shape == (48, 64, 4)
+        np.testing.assert_array_equal(painted, shown)
+        # Each latent pixel over its 8x8 block, unit Gaussian values.
+        assert np.all(painted[:8, :8] == painted[0, 0])
+        assert 0.5 < painted[::8, ::8].std() < 1.5
+    first = exr.read_passes(str(tmp_path / "guides" / "f_0001.exr"))["Noise"]
+    last = exr.read_passes(str(tmp_path / "guides" / "f_0004.exr"))["Noise"]
+    assert not np.array_equal(first, last)  # the camera moved: the noise travelled with the scene
+
+
+def test_a_render_in_blenders_default_view_warns_once_and_one_click_sets_standard(silk, tmp_path):
+    scene = animated_scene(1)
+    scene.view_settings.view_transform = "AgX"
+    scene.render.dither_intensity = 1.0
+    scene.render.filepath = str(tmp_path / "f12.png")
+    bpy.ops.render.render(write_still=True)
+    warnings = [message for level, message in render_engine.last_reports if "view transform" in message]
+    assert len(warnings) == 1 and "AgX" in warnings[0] and "Use Standard View" in warnings[0]
+    bpy.ops.silk.use_standard_view()
+    assert scene.view_settings.view_transform == "Standard" and scene.render.dither_intensity == 0
+    bpy.ops.render.render(write_still=True)
+    assert not any("view transform" in message for _, message in render_engine.last_reports)
