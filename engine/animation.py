@@ -176,8 +176,9 @@ def save_sidecar(frame_file: str, frame: int, painted: Painted) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     arrays = {"picture": painted.picture.astype(np.float16)}
     if painted.noise_field is not None:
-        arrays.update(noise_values=painted.noise_field.values, noise_offsets=painted.noise_field.offsets,
-                      noise_weights=painted.noise_field.weights,
+        arrays.update(noise_values=painted.noise_field.values,
+                      noise_offsets=painted.noise_field.offsets.astype(np.float16),  # float16 in memory too
+                      noise_weights=painted.noise_field.weights.astype(np.float16),
                       noise_seed=np.int64(painted.noise_seed or 0), noise_subpixels=np.int64(painted.noise_field.subpixels))
     temporary = path + ".part.npz"
     np.savez(temporary, **arrays)

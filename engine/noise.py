@@ -141,9 +141,14 @@ def warp_field(field: NoiseField, vector: np.ndarray, occlusion: np.ndarray, rng
     offset_x = np.bincount(target, (position_x - target_x).ravel()[alive], minlength=count) / np.maximum(landed, 1)
     offset_y = np.bincount(target, (position_y - target_y).ravel()[alive], minlength=count) / np.maximum(landed, 1)
     offsets = np.stack([offset_x, offset_y], axis=-1).reshape(fine_h, fine_w, 2)
+    # Positions and areas are kept at float16 precision (ample for where a particle sits) so a take's
+    # sidecar holds them in half the space and a resumed render continues with the very same state.
     return NoiseField(merged.reshape(field.values.shape).astype(np.float32),
-                      np.clip(offsets, -0.5, 0.5).astype(np.float32), weights.reshape(fine_h, fine_w).astype(np.float32),
-                      s)
+                      _half(np.clip(offsets, -0.5, 0.5)), _half(np.maximum(weights.reshape(fine_h, fine_w), 1e-4)), s)
+
+
+def _half(values: np.ndarray) -> np.ndarray:
+    return np.asarray(values).astype(np.float16).astype(np.float32)
 
 
 def _split_into_gaps(values: np.ndarray, weights: np.ndarray, empty: np.ndarray, seen: np.ndarray, shape,
