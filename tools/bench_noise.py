@@ -139,9 +139,10 @@ def main():
     parser.add_argument("--zoom", type=float, default=1.3)
     args = parser.parse_args()
     results = {method: run(method, args.size, args.frames, args.zoom) for method in ("particles", "nearest")}
+    pan_only = {method: run(method, args.size, args.frames, 1.0) for method in ("particles", "nearest")}
     print(json.dumps({"size": args.size, "frames": args.frames, "zoom": args.zoom, "pan_px_per_frame": PAN,
                       "subpixels": noise.SUBPIXELS, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                      "results": results}, indent=2))
+                      "results": results, "pan_only": pan_only}, indent=2))
     warped = results["particles"]
     passed = (all(0.9 <= v <= 1.1 for v in warped["std_per_channel"]) and warped["lag1_autocorrelation"] < 0.1
               and warped["unique_fraction"] >= 0.9 and warped["surface_correlation_8_frames"]["overlap"] > 0.5)

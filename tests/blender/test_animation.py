@@ -259,3 +259,34 @@ def test_a_render_in_blenders_default_view_warns_once_and_one_click_sets_standar
     assert scene.view_settings.view_transform == "Standard" and scene.render.dither_intensity == 0
     bpy.ops.render.render(write_still=True)
     assert not any("view transform" in message for _, message in render_engine.last_reports)
+
+
+def test_a_loop_into_a_movie_is_refused_with_a_report_and_the_movie_is_kept(silk, tmp_path):
+    scene = animated_scene(3)
+    scene.silk.use_loop = True
+    scene.silk.loop_frames = 2
+    settings = scene.render.image_settings
+    if hasattr(settings, "media_type"):  # Blender 5.0
+        settings.media_type = "VIDEO"
+    settings.file_format = "FFMPEG"
+    scene.render.ffmpeg.format = "MPEG4"
+    scene.render.ffmpeg.codec = "H264"
+    scene.render.filepath = str(tmp_path / "take_")
+    reports = []
+    original = render_engine.SilkRenderEngine._report
+
+    def keep(self, level, message):
+        reports.append((level, message))
+        original(self, level, message)
+
+    render_engine.SilkRenderEngine._report = keep
+    try:
+        bpy.ops.render.render(animation=True)
+    finally:
+        render_engine.SilkRenderEngine._report = original
+    movies = [name for name in os.listdir(tmp_path) if name.startswith("take_")]
+    assert len(movies) == 1 and movies[0].endswith(".mp4") and os.path.getsize(tmp_path / movies[0]) > 0
+    assert not (tmp_path / ".silk").exists()  # no sidecars: a movie's frames share one file
+    loop_reports = [message for _, message in reports if "Loop is off" in message]
+    assert len(loop_reports) == 1, reports  # once per render, not per frame
+    assert not any(note.kind == "loop" for note in render_engine.session.notes)
