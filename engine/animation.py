@@ -73,6 +73,7 @@ class FrameSource(Protocol):
     width: int
     height: int
     is_animation: bool  # a timeline animation render (frames saved to files), not F12
+    frame_step: int  # the animation's frame step (1 for F12): the frames rendered are this far apart
     output_is_movie: bool  # the frames go into one movie file
 
     def guides(self, frame: int, relative_to: int | None):
@@ -223,9 +224,9 @@ def render_warnings(view_transform: str, dither: float, frame_step: int, use_fee
                                  "Render Result differ from the model's picture (colours shifted, noise added). "
                                  "Use Standard view with dither 0 (Silk's Output panel: 'Use Standard View')"))
     if frame_step > 1 and use_feedback:
-        warnings.append(("frame_step", f"Frame step is {frame_step}: feedback warps from the previous painted "
-                                       "frame across the skipped frames; use Silk's cadence instead to paint every "
-                                       f"{frame_step}th frame and warp the frames between"))
+        warnings.append(("frame_step", f"Frame step is {frame_step}: each frame starts from the one {frame_step} "
+                                       "frames earlier, across larger motion (more is repainted). To paint every "
+                                       f"{frame_step}th frame and still get every frame, use Silk's cadence instead"))
     native = NATIVE_SIZES.get(family)
     if native and max(width, height) > TOO_LARGE * native:
         warnings.append(("size", f"The render size {width}x{height} is far above the model's native size "
@@ -351,8 +352,8 @@ class _Take:
         settings = source.settings(frame)
         temporal_settings = settings.temporal
         shot = source.shot(frame)
-        if not temporal_settings.use_feedback:
-            painted = self._paint_key(frame, settings, previous_key=None, is_current=True)
+        if not temporal_settings.use_feedback:  # painted on its own; WARPED noise still follows the motion
+            painted = self._paint_key(frame, settings, self.previous_key(frame, settings), is_current=True)
         else:
             step = schedule.cadence_step(frame, shot, temporal_settings.cadence)
             if step.is_key:
@@ -382,6 +383,9 @@ class _Take:
         """The key painted before ``frame`` in its shot (every frame is a key without feedback)."""
         shot = self.source.shot(frame)
         cadence = max(1, settings.temporal.cadence) if settings.temporal.use_feedback else 1
+        if cadence == 1 and self.source.frame_step > 1:  # Blender renders every frame_step-th frame
+            previous = frame - self.source.frame_step
+            return previous if previous >= shot.start else None
         offset = (frame - shot.start) % cadence
         previous = frame - (offset or cadence)
         return previous if previous >= shot.start else None

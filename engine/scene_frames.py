@@ -22,6 +22,7 @@ class SceneFrames:
         self.name = self.scene.name
         self.width, self.height = width, height
         self.is_animation = is_animation
+        self.frame_step = max(1, self.scene.frame_step) if is_animation else 1
         self.output_is_movie = bool(self.scene.render.is_movie_format)
         self.frame = self.scene.frame_current
         self._geometry = {self.frame: current_geometry} if current_geometry is not None else {}

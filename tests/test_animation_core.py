@@ -35,10 +35,11 @@ class FakeScene:
     ``folder`` (an empty ``folder``: F12, nothing saved)."""
 
     def __init__(self, folder="", first=1, last=8, cuts=(), temporal=None, job=None, movie=False,
-                 settings_at=None, animation_render=True):
+                 settings_at=None, animation_render=True, frame_step=1):
         self.name = "Scene"
         self.width, self.height = WIDTH, HEIGHT
         self.is_animation = animation_render
+        self.frame_step = frame_step
         self.output_is_movie = movie
         self.folder, self.first, self.last, self.cuts = str(folder), first, last, list(cuts)
         self.temporal = temporal or TemporalSettings()
@@ -110,6 +111,13 @@ def test_feedback_runs_through_a_shot_and_restarts_at_a_cut(tmp_path):
     assert painter.requests[3].init_image is None and painter.requests[4].init_image is not None
     assert painter.requests[1].guides.relative_to == 1
     assert painter.requests[1].fusion == pytest.approx(0.5)
+
+
+def test_with_a_frame_step_each_frame_warps_from_the_frame_rendered_before_it(tmp_path):
+    scene = FakeScene(tmp_path, last=7, frame_step=3)
+    session, painter = render(scene, [1, 4, 7])
+    assert kinds(session) == [(1, "fresh", None), (4, "feedback", 1), (7, "feedback", 4)]
+    assert painter.requests[1].guides.relative_to == 1
 
 
 def test_without_feedback_every_frame_is_painted_on_its_own(tmp_path):
@@ -218,6 +226,16 @@ def test_noise_modes_and_guides_mode_gets_exactly_the_noise_painting_uses(tmp_pa
     _, random = render(random_scene, [1, 2])
     assert not np.array_equal(random.requests[0].noise, random.requests[1].noise)
     assert [request.seed for request in random.requests] == [6, 7]
+
+
+def test_independent_frames_with_warped_noise_get_the_travelling_noise_guides_mode_shows(tmp_path):
+    temporal_settings = TemporalSettings(use_feedback=False, noise_mode="WARPED")
+    _, painter = render(FakeScene(tmp_path, last=3, temporal=temporal_settings), range(1, 4))
+    assert all(request.init_image is None for request in painter.requests)
+    for request in painter.requests:
+        again = RenderSession().frame_noise(FakeScene("", last=3, temporal=temporal_settings), request.frame)
+        np.testing.assert_array_equal(again, request.noise)
+    assert not np.array_equal(painter.requests[0].noise, painter.requests[2].noise)
 
 
 def test_a_cadence_in_between_has_no_noise_of_its_own(tmp_path):

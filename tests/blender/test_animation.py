@@ -290,3 +290,23 @@ def test_a_loop_into_a_movie_is_refused_with_a_report_and_the_movie_is_kept(silk
     loop_reports = [message for _, message in reports if "Loop is off" in message]
     assert len(loop_reports) == 1, reports  # once per render, not per frame
     assert not any(note.kind == "loop" for note in render_engine.session.notes)
+
+
+def test_a_frame_step_keeps_feedback_on_and_says_what_it_costs(silk, tmp_path):
+    scene = animated_scene(5)
+    scene.frame_step = 2
+    reports = []
+    original = render_engine.SilkRenderEngine._report
+
+    def keep(self, level, message):
+        reports.append((level, message))
+        original(self, level, message)
+
+    render_engine.SilkRenderEngine._report = keep
+    try:
+        render_take(scene, tmp_path, exr_output=False)
+    finally:
+        render_engine.SilkRenderEngine._report = original
+    notes = [(note.frame, note.kind, note.source) for note in render_engine.session.notes]
+    assert notes == [(1, "fresh", None), (3, "feedback", 1), (5, "feedback", 3)]
+    assert len([message for _, message in reports if "Frame step is 2" in message]) == 1
