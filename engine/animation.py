@@ -166,52 +166,76 @@ class TakeRecord:
 
 
 # -- sidecars ---------------------------------------------------------------------------------
-def sidecar_path(frame_file: str, frame: int) -> str:
-    """Keyed by the frame's file and its number: two frames never share a sidecar."""
+def sidecar_path(frame_file: str, frame: int, kind: str = "") -> str:
+    """Keyed by the frame's file and its number: two frames never share a sidecar. ``kind``
+    "noise": the WARPED noise state's file beside it."""
     folder, name = os.path.split(frame_file)
-    return os.path.join(folder, SIDECAR_FOLDER, f"{name}.{int(frame)}.npz")
+    return os.path.join(folder, SIDECAR_FOLDER, f"{name}.{int(frame)}{'.' + kind if kind else ''}.npz")
 
 
-def save_sidecar(frame_file: str, frame: int, painted: Painted) -> None:
-    path = sidecar_path(frame_file, frame)
+def _write(path: str, arrays: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    arrays = {"picture": painted.picture.astype(np.float16)}
-    if painted.noise_field is not None:
-        arrays.update(noise_values=painted.noise_field.values,
-                      noise_offsets=painted.noise_field.offsets.astype(np.float16),  # float16 in memory too
-                      noise_weights=painted.noise_field.weights.astype(np.float16),
-                      noise_seed=np.int64(painted.noise_seed or 0), noise_subpixels=np.int64(painted.noise_field.subpixels))
     temporary = path + ".part.npz"
     np.savez(temporary, **arrays)
     os.replace(temporary, path)
 
 
+def save_sidecar(frame_file: str, frame: int, painted: Painted) -> None:
+    """The painting (float16) and, in WARPED mode, the noise state in a file of its own (only the
+    latest key's is kept: see ``forget_noise_state``)."""
+    _write(sidecar_path(frame_file, frame), {"picture": painted.picture.astype(np.float16)})
+    state = painted.noise_field
+    if state is not None:
+        _write(sidecar_path(frame_file, frame, "noise"), {
+            "values": state.values, "offsets": state.offsets.astype(np.float16),  # float16 in memory too
+            "weights": state.weights.astype(np.float16), "seed": np.int64(painted.noise_seed or 0),
+            "subpixels": np.int64(state.subpixels)})
+
+
+def forget_noise_state(frame_file: str, frame: int) -> None:
+    """Drop a frame's noise state once the next key's is saved: a resume needs only the latest
+    (an older frame's noise is re-traced from the motion when needed)."""
+    path = sidecar_path(frame_file, frame, "noise")
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def load_sidecar(frame_file: str, frame: int, height: int, width: int) -> Painted | None:
-    """A finished frame's painting, if its file and its sidecar both exist and fit."""
+    """A finished frame's painting (and noise state, when kept), if its file and its sidecar both
+    exist and fit."""
     path = sidecar_path(frame_file, frame)
     if not (os.path.exists(frame_file) and os.path.exists(path)):
         return None
     try:
         with np.load(path, allow_pickle=False) as data:  # never unpickle
             picture = np.asarray(data["picture"], dtype=np.float32)
-            field_, seed = None, None
-            if "noise_values" in data.files:
-                field_ = noise.NoiseField(np.asarray(data["noise_values"], dtype=np.float32),
-                                          np.asarray(data["noise_offsets"], dtype=np.float32),
-                                          np.asarray(data["noise_weights"], dtype=np.float32),
-                                          int(data["noise_subpixels"]))
-                seed = int(data["noise_seed"])
     except (OSError, ValueError, KeyError) as error:
         log.warning("Ignoring the unreadable take file %s: %s", path, error)
         return None
     if picture.shape != (height, width, 3):
         return None
-    if field_ is not None and (field_.latent_shape != noise.latent_shape(height, width)
-                               or field_.values.shape[:2] != field_.offsets.shape[:2]
-                               or field_.values.shape[:2] != field_.weights.shape
-                               or not np.isfinite(field_.values).all() or not (field_.weights > 0).all()):
-        field_, seed = None, None
-    return Painted(picture, None, field_, seed)
+    state, seed = _load_noise_state(sidecar_path(frame_file, frame, "noise"), height, width)
+    return Painted(picture, None, state, seed)
+
+
+def _load_noise_state(path: str, height: int, width: int):
+    if not os.path.exists(path):
+        return None, None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = noise.NoiseField(np.asarray(data["values"], dtype=np.float32),
+                                     np.asarray(data["offsets"], dtype=np.float32),
+                                     np.asarray(data["weights"], dtype=np.float32), int(data["subpixels"]))
+            seed = int(data["seed"])
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("Ignoring the unreadable noise state %s: %s", path, error)
+        return None, None
+    fits = (state.subpixels == noise.SUBPIXELS and state.values.ndim == 3 and state.values.shape[2] == noise.CHANNELS
+            and state.latent_shape == noise.latent_shape(height, width)
+            and state.values.shape[:2] == state.offsets.shape[:2] == state.weights.shape
+            and state.values.shape[:2] == tuple(n * state.subpixels for n in state.latent_shape)
+            and np.isfinite(state.values).all() and np.isfinite(state.offsets).all() and (state.weights > 0).all())
+    return (state, seed) if fits else (None, None)
 
 
 # -- warnings a render gives once -------------------------------------------------------------
@@ -507,8 +531,13 @@ class _Take:
 
     def _save(self, frame: int, painted: Painted) -> None:
         path = self.source.output_file(frame) if self.source.is_animation else ""
-        if path:
-            save_sidecar(path, frame, painted)
+        if not path:
+            return
+        save_sidecar(path, frame, painted)
+        if painted.noise_field is not None:
+            before = self.previous_key(frame, self.source.settings(frame))
+            if before is not None and self.source.output_file(before):
+                forget_noise_state(self.source.output_file(before), before)
 
     # -- loops ----------------------------------------------------------------------------
     def _repaint_loop(self, shot: schedule.Shot, temporal_settings: TemporalSettings) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 LATENT_FACTOR = 8  # the VAE's downsampling: a latent pixel covers 8x8 frame pixels
-SUBPIXELS = 4  # particles per latent pixel along each axis (16 per latent pixel)
+SUBPIXELS = 8  # particles per latent pixel along each axis: one per frame pixel
 CHANNELS = 4
 
 

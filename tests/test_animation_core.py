@@ -161,6 +161,20 @@ def test_f12_stepping_to_the_next_key_warps_from_the_key_painted_last(tmp_path):
     assert painter.requests[-1].guides.relative_to == 1 and painter.requests[-1].init_image is not None
 
 
+def test_only_the_latest_keys_noise_state_is_kept_and_a_resume_without_it_retraces_the_same_noise(tmp_path):
+    scene = FakeScene(tmp_path, last=6, temporal=TemporalSettings(noise_mode="WARPED"))
+    first, whole = render(scene, range(1, 5))
+    states = sorted(name for name in os.listdir(tmp_path / ".silk") if name.endswith(".noise.npz"))
+    assert states == ["f_0004.png.4.noise.npz"]
+    os.remove(tmp_path / ".silk" / states[0])  # lost: frame 5 re-traces the motion from the shot's start
+    _, resumed = render(scene, [5, 6], session=first.next())
+    os.makedirs(tmp_path / "whole")
+    _, straight = render(FakeScene(tmp_path / "whole", last=6, temporal=scene.temporal), range(1, 7))
+    np.testing.assert_array_equal(resumed.requests[0].noise, straight.requests[4].noise)
+    np.testing.assert_array_equal(resumed.requests[1].noise, straight.requests[5].noise)
+    assert resumed.requests[0].init_image is not None  # the painting itself came from frame 4's sidecar
+
+
 def test_a_farm_chunk_starting_mid_shot_continues_from_the_saved_frame_before_it(tmp_path):
     scene = FakeScene(tmp_path, last=8)
     render(scene, range(1, 5))
@@ -272,6 +286,13 @@ def test_sidecars_are_keyed_by_frame_number_and_reject_what_does_not_fit(tmp_pat
     animation.save_sidecar(path, 3, animation.Painted(np.zeros((HEIGHT, WIDTH, 3), np.float32), None, field, 1))
     loaded = animation.load_sidecar(path, 3, HEIGHT, WIDTH)
     np.testing.assert_array_equal(loaded.noise_field.latent(), field.latent())
+    assert loaded.noise_seed == 1
+    # A noise state that does not fit (hostile or stale file) is ignored, the painting still used.
+    state = animation.sidecar_path(path, 3, "noise")
+    np.savez(state, values=np.full((8, 8, 4), np.nan, np.float32), offsets=np.zeros((8, 8, 2), np.float16),
+             weights=np.ones((8, 8), np.float16), seed=np.int64(1), subpixels=np.int64(noise.SUBPIXELS))
+    damaged = animation.load_sidecar(path, 3, HEIGHT, WIDTH)
+    assert damaged is not None and damaged.noise_field is None
     assert animation.load_sidecar(path, 4, HEIGHT, WIDTH) is None
     assert animation.load_sidecar(path, 3, HEIGHT + 8, WIDTH) is None
 

@@ -105,11 +105,11 @@ def surface_correlation(now, earlier, to_previous, steps: int) -> dict:
     }
 
 
-def run(method: str, size: int, frames: int, zoom: float, seed: int = 7) -> dict:
+def run(method: str, size: int, frames: int, zoom: float, seed: int = 7, subpixels: int = noise.SUBPIXELS) -> dict:
     to_previous = camera_motion(size, frames, zoom)
     vector = vector_pass(size, to_previous)
     occlusion = np.zeros((size, size), dtype=np.float32)
-    field = noise.shot_noise(size, size, seed)
+    field = noise.shot_noise(size, size, seed, subpixels)
     latents = [field.latent()]
     seconds = 0.0
     for frame in range(1, frames + 1):
@@ -137,11 +137,14 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--zoom", type=float, default=1.3)
+    parser.add_argument("--subpixels", type=int, default=noise.SUBPIXELS, help="particles per latent pixel, per axis")
     args = parser.parse_args()
-    results = {method: run(method, args.size, args.frames, args.zoom) for method in ("particles", "nearest")}
-    pan_only = {method: run(method, args.size, args.frames, 1.0) for method in ("particles", "nearest")}
+    results = {method: run(method, args.size, args.frames, args.zoom, subpixels=args.subpixels)
+               for method in ("particles", "nearest")}
+    pan_only = {method: run(method, args.size, args.frames, 1.0, subpixels=args.subpixels)
+                for method in ("particles", "nearest")}
     print(json.dumps({"size": args.size, "frames": args.frames, "zoom": args.zoom, "pan_px_per_frame": PAN,
-                      "subpixels": noise.SUBPIXELS, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                      "subpixels": args.subpixels, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                       "results": results, "pan_only": pan_only}, indent=2))
     warped = results["particles"]
     passed = (all(0.9 <= v <= 1.1 for v in warped["std_per_channel"]) and warped["lag1_autocorrelation"] < 0.1

@@ -168,6 +168,7 @@ def main(argv=None):
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--only-overhead", action="store_true", help="measure only the feedback overhead")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--modes", help="only these modes: numbers in the list above, from 1, comma-separated")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
@@ -205,7 +206,8 @@ def main(argv=None):
 def measure_modes(scene, frames, args, results):
     long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
                          for f in frames if f - LONG_RANGE >= 1}
-    for label, settings in MODES:
+    chosen = {int(number) for number in args.modes.split(",")} if args.modes else set(range(1, len(MODES) + 1))
+    for label, settings in [mode for number, mode in enumerate(MODES, 1) if number in chosen]:
         with tempfile.TemporaryDirectory() as folder:
             seconds = render_mode(scene, folder, settings)
             metrics = measure(scene, folder, frames, args.size, args.size, long_range_motion)
@@ -214,6 +216,8 @@ def measure_modes(scene, frames, args, results):
         print(f"{label:32s} warp {metrics['warp_error']:.5f}  long {metrics['long_range_warp_error'] or float('nan'):.5f}"
               f"  drift {metrics['color_drift']:.2f}  {metrics['seconds_per_frame']:.2f} s/frame", flush=True)
     modes = results["modes"]
+    if not {"independent, fixed seed", "warp feedback + fusion", "feedback + fusion, cadence 4"} <= set(modes):
+        return
     fixed = modes["independent, fixed seed"]["warp_error"]
     results["fusion_vs_fixed_seed"] = modes["warp feedback + fusion"]["warp_error"] / fixed
     results["cadence4_vs_cadence1_time"] = (modes["feedback + fusion, cadence 4"]["seconds_per_frame"]
