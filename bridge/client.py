@@ -435,21 +435,27 @@ class WorkerClient:
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
                  mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
                  on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
+                 prompt_mix: list | None = None, fusion_end: float = 1.0) -> tuple[np.ndarray, dict]:
         """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
         optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
         annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
-        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
+        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step
+        until the fraction ``fusion_end`` of the steps is done;
         ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
         [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
         embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
         float32 image in [0, 1] (display sRGB) and details."""
         self.ensure_started()
         used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
-                                      ("prompt_mix", bool(prompt_mix))) if on]
+                                      ("prompt_mix", bool(prompt_mix)), ("fusion_end", fusion > 0 and fusion_end < 1))
+                if on]
         if used and self.worker_features is None:
             raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
                             f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
+        missing = [name for name in used if self.worker_features is not None and name not in self.worker_features]
+        if missing:
+            raise JobFailed("unsupported", f"This worker is older than this Silk and cannot use {', '.join(missing)}. "
+                            "Update Silk (bridge/) on the worker's machine and restart the worker")
         if noise is not None:
             noise = np.asarray(noise)
             if noise.dtype.kind != "f":
@@ -474,6 +480,8 @@ class WorkerClient:
                 request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
         if fusion > 0:
             request["fusion"] = float(fusion)
+            if fusion_end < 1:
+                request["fusion_end"] = float(fusion_end)
         if prompt_mix:
             request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
         if self.shared_frames:

@@ -36,7 +36,7 @@ REQUESTS = {
         "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
         "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
         "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
-        "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
+        "fusion": (int, float), "fusion_end": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
     }),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
@@ -51,7 +51,7 @@ PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt"
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix")
+FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
