@@ -552,12 +552,12 @@ def test_a_failing_reply_becomes_an_error_and_the_job_thread_lives(tmp_path):
 # -- ending cleanly --------------------------------------------------------------------
 def generate_until_step(client: WorkerClient, step: int, action) -> type:
     """Start a long generation and call ``action`` at ``step``; returns the error the client saw.
-    The frame is big enough (256x256, two torch threads) that the job thread is mostly inside a
+    The frame is big enough (192x192, two torch threads) that the job thread is mostly inside a
     torch op when the request arrives: exiting the interpreter there used to abort the process
     (exit -6, "terminate called without an active exception"; about one run in three here)."""
     client.load_model(TINY)
     try:
-        client.generate(TINY, "x", control_images(256, 256), 256, 256, steps=500, timeout=120,
+        client.generate(TINY, "x", control_images(192, 192), 192, 192, steps=500, timeout=120,
                         on_progress=lambda progress: progress.step == step and action())
     except WorkerError as error:
         return type(error)
