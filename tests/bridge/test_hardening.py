@@ -392,6 +392,17 @@ def test_shared_folder_escapes_get_no_shared_frames(checked, tmp_path):
     sock.close()
 
 
+def test_an_error_reply_always_encodes_within_the_limit():
+    worst = "\U0001F600\ud800\x00\"\\" * 2_000_000  # astral, lone surrogate, control, quote, backslash
+    for code, text, reply_to in [(worst, worst, 10 ** 4000), ("x", UnprintableError(), -1), (5, None, 3.5),
+                                 ("bad", b"\xff" * 10 ** 6, True)]:
+        wire = protocol.encode(protocol.make_error(code, text, reply_to))
+        assert len(wire) < 64 * 1024
+        message = json.loads(wire[4:])
+        assert message["type"] == "error" and message["reply_to"] is None
+    assert protocol.make_error("c", "m", 7)["reply_to"] == 7
+
+
 def test_loopback_is_recognised():
     from silk.bridge.server import is_loopback
 
