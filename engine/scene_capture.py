@@ -87,37 +87,112 @@ def _bool_attribute(mesh, name: str, size: int):
     return values
 
 
-class TopologyCache:
-    """Triangles and normals of meshes seen in the last render, for reuse.
+# How Cycles shades a mesh (Blender's ``Mesh::normals_domain(true)``, which Cycles' sync
+# calls): POINT = vertex normals on smooth faces, each triangle's own geometric normal on
+# flat ones; FACE = every triangle flat; CORNER = Blender's corner normals everywhere.
+POINT, FACE, CORNER = "POINT", "FACE", "CORNER"
 
-    Reading triangle corners from Blender is the slowest part of capturing a frame.
-    A mesh whose object-space positions, corner vertices and triangle-to-face map are
-    exactly those of last time has exactly the same triangulation and normals (even
-    a quad's split depends only on its positions), which is the common case in an
-    animation of rigid objects. Anything else is read afresh.
+
+def normals_domain(has_custom_normals: bool, sharp_edges, sharp_faces) -> str:
+    """The normals domain Cycles uses, from the mesh's sharp flags (None: attribute absent)."""
+    if has_custom_normals:
+        return CORNER
+    if sharp_faces is not None and sharp_faces.size and sharp_faces.all():
+        return FACE
+    if sharp_edges is not None and sharp_edges.size and sharp_edges.all():
+        return FACE
+    if sharp_edges is None or not sharp_edges.any():
+        return POINT
+    return CORNER
+
+
+def triangle_normals(positions: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Unit geometric normal of each triangle (zero for degenerate ones), as Cycles shades flat faces."""
+    p = positions.reshape(-1, 3).astype(np.float64)
+    a, b, c = p[triangles[:, 0]], p[triangles[:, 1]], p[triangles[:, 2]]
+    normal = np.cross(b - a, c - a)
+    length = np.linalg.norm(normal, axis=1, keepdims=True)
+    return normal / np.where(length > 0, length, 1.0)
+
+
+def quads_flipped(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """Which quads Blender splits along the 1-3 diagonal instead of 0-2.
+
+    Blender's ``is_quad_flip_v3_first_third_fast`` in float32: the quad is flipped when
+    corners 1 and 3 lie on the same side of the 0-2 diagonal."""
+    p = positions.reshape(-1, 3)
+    v1, v2, v3, v4 = (p[quads[:, k]] for k in range(4))
+    d13 = v3 - v1
+    return np.einsum("ij,ij->i", np.cross(v2 - v1, d13), np.cross(v4 - v1, d13)) > 0.0
+
+
+class _Topology:
+    """What stays fixed while a mesh only deforms: triangles, their corners and faces,
+    and how each triangle is shaded."""
+
+    def __init__(self, mesh, counts, corner_vertices, shading_key, sharp_edges, sharp_faces, positions):
+        self.counts = counts
+        self.corner_vertices = corner_vertices
+        self.shading_key = shading_key
+        triangle_count = len(mesh.loop_triangles)
+        self.corners = np.empty(triangle_count * 3, dtype=np.int32)
+        mesh.loop_triangles.foreach_get("loops", self.corners)
+        self.triangles = corner_vertices[self.corners].reshape(-1, 3)
+        self.face_of_triangle = np.empty(triangle_count, dtype=np.int32)
+        mesh.loop_triangle_polygons.foreach_get("value", self.face_of_triangle)
+        self.domain = normals_domain(mesh.has_custom_normals, sharp_edges, sharp_faces)
+        if self.domain == FACE:
+            self.flat = np.ones(triangle_count, dtype=bool)
+        elif self.domain == POINT and sharp_faces is not None:
+            self.flat = sharp_faces[self.face_of_triangle]
+        else:
+            self.flat = np.zeros(triangle_count, dtype=bool)
+        # A quad's split, and an n-gon's triangulation, depend on the vertex positions.
+        per_face = np.bincount(self.face_of_triangle, minlength=counts[2])
+        self.has_ngons = bool((per_face > 2).any())
+        quad_faces = np.flatnonzero(per_face == 2)
+        starts = np.empty(counts[2], dtype=np.int32)
+        mesh.polygons.foreach_get("loop_start", starts)
+        self.quads = corner_vertices[starts[quad_faces][:, None] + np.arange(4)]
+        self.flipped = quads_flipped(positions, self.quads)
+        self.positions = positions
+
+    def still_valid(self, positions) -> bool:
+        """Blender would triangulate the mesh at ``positions`` the same way."""
+        if np.array_equal(positions, self.positions):
+            return True
+        if self.has_ngons:
+            return False
+        return np.array_equal(quads_flipped(positions, self.quads), self.flipped)
+
+
+class TopologyCache:
+    """Mesh topology kept from one evaluated frame to the next.
+
+    Reading triangle corners from Blender is the slowest part of reading a mesh. A
+    mesh whose element counts, corner vertices and sharp flags are those of last time
+    has the same triangles unless a quad's split or an n-gon's triangulation moved
+    with its vertices, which is checked; so a deforming mesh only has its positions
+    (and normals) read each frame. Anything else is read afresh.
     """
 
     def __init__(self):
         self._entries: dict = {}
         self._used: dict = {}
 
-    def lookup(self, key, positions, corner_vertices, face_of_triangle, shading_key):
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if not (entry["shading"] == shading_key
-                and np.array_equal(entry["positions"], positions)
-                and np.array_equal(entry["corner_vertices"], corner_vertices)
-                and np.array_equal(entry["face_of_triangle"], face_of_triangle)):
-            return None
-        self._used[key] = entry
-        return entry["mesh"]
-
-    def store(self, key, positions, corner_vertices, face_of_triangle, shading_key, mesh):
-        self._used[key] = {
-            "positions": positions, "corner_vertices": corner_vertices,
-            "face_of_triangle": face_of_triangle, "shading": shading_key, "mesh": mesh,
-        }
+    def topology(self, key, mesh, positions) -> _Topology:
+        counts = (len(mesh.vertices), len(mesh.loops), len(mesh.polygons), len(mesh.edges))
+        corner_vertices = _corner_vertices(mesh)
+        sharp_edges = _bool_attribute(mesh, "sharp_edge", counts[3])
+        sharp_faces = _bool_attribute(mesh, "sharp_face", counts[2])
+        shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or entry.counts != counts or entry.shading_key != shading_key \
+                or not np.array_equal(entry.corner_vertices, corner_vertices) or not entry.still_valid(positions):
+            entry = _Topology(mesh, counts, corner_vertices, shading_key, sharp_edges, sharp_faces, positions)
+        if key is not None:
+            self._entries[key] = self._used[key] = entry
+        return entry
 
     def finish_render(self):
         """Keep only what the render used, so the cache never outgrows one scene."""
@@ -131,54 +206,29 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     positions = _positions(mesh)
     if positions_only:
         return Mesh(positions)
-    loop_triangles = mesh.loop_triangles
-    triangle_count = len(loop_triangles)
-    corner_vertices = _corner_vertices(mesh)
-    face_of_triangle = np.empty(triangle_count, dtype=np.int32)
-    mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
-    sharp_edges = _bool_attribute(mesh, "sharp_edge", len(mesh.edges))
-    sharp_faces = _bool_attribute(mesh, "sharp_face", len(mesh.polygons))
-    shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
-    if mesh.has_custom_normals:
-        cache_key = None  # custom normals can change while positions stay the same
-    if cache_key is not None:
-        found = topology_cache.lookup(cache_key, positions, corner_vertices, face_of_triangle, shading_key)
-        if found is not None:
-            return found
-    corners = np.empty(triangle_count * 3, dtype=np.int32)
-    loop_triangles.foreach_get("loops", corners)
-    triangles = corner_vertices[corners]
-    normals = _shading_normals(mesh, corners, triangles, face_of_triangle, sharp_edges, sharp_faces)
-    result = Mesh(positions, triangles, normals)
-    if cache_key is not None:
-        topology_cache.store(cache_key, positions, corner_vertices, face_of_triangle, shading_key, result)
-    return result
+    topology = topology_cache.topology(cache_key, mesh, positions)
+    return Mesh(positions, topology.triangles, _shading_normals(mesh, topology, positions))
 
 
 def _packed(values) -> bytes:
     return b"" if values is None else np.packbits(values).tobytes()
 
 
-def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, face_of_triangle: np.ndarray,
-                     sharp_edges, sharp_faces) -> np.ndarray:
-    """Per-corner shading normals exactly as Cycles shades the mesh.
-
-    Custom normals or sharp edges need Blender's corner normals. Otherwise Cycles
-    shades smooth triangles with vertex normals (to which flat faces contribute as
-    well) and flat triangles with their face normal, and so do we.
-    """
-    if mesh.has_custom_normals or (sharp_edges is not None and sharp_edges.any()):
+def _shading_normals(mesh, topology: _Topology, positions: np.ndarray) -> np.ndarray:
+    """Per-corner shading normals (T, 3, 3) exactly as Cycles shades the mesh."""
+    if topology.domain == CORNER:
         normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
         mesh.corner_normals.foreach_get("vector", normals)
-        return normals.reshape(-1, 3)[corners].reshape(-1, 3, 3)
-    vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-    mesh.vertex_normals.foreach_get("vector", vertex_normals)
-    shading = vertex_normals.reshape(-1, 3)[triangles.reshape(-1, 3)]
-    if sharp_faces is not None and sharp_faces.any():
-        face_normals = np.empty(len(mesh.polygons) * 3, dtype=np.float32)
-        mesh.polygon_normals.foreach_get("vector", face_normals)
-        flat = sharp_faces[face_of_triangle]
-        shading[flat] = face_normals.reshape(-1, 3)[face_of_triangle[flat]][:, None, :]
+        return normals.reshape(-1, 3)[topology.corners].reshape(-1, 3, 3)
+    if topology.domain == POINT:
+        vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertex_normals.foreach_get("vector", vertex_normals)
+        shading = vertex_normals.reshape(-1, 3)[topology.triangles]
+    else:
+        shading = np.empty((topology.triangles.shape[0], 3, 3), dtype=np.float32)
+    flat = topology.flat
+    if flat.any():
+        shading[flat] = triangle_normals(positions, topology.triangles[flat])[:, None, :]
     return shading
 
 
@@ -199,6 +249,8 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
     instances: list[Instance] = []
     warnings: list[str] = []
     meshes: dict[tuple, Mesh | None] = {}  # evaluated data read once, however many instances use it
+    users: dict[int, int] = {}  # placements of each evaluated geometry, as Cycles counts them
+    data_of: list[int] = []
     skipped_invalid: list[str] = []
     for instance in depsgraph.object_instances:
         obj = instance.object
@@ -206,6 +258,8 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
             continue
         if not instance.show_self:
             continue
+        data = obj.data.as_pointer() if obj.type == "MESH" else obj.as_pointer()
+        users[data] = users.get(data, 0) + 1
         if not getattr(obj, "visible_camera", True):
             continue
         matrix = np.array(instance.matrix_world, dtype=np.float64)
@@ -214,10 +268,7 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
             continue
         key = _instance_key(instance)
         positions_only = key in positions_only_for
-        if obj.type == "MESH":
-            cache_key = (obj.data.as_pointer(), positions_only)
-        else:
-            cache_key = (obj.as_pointer(), positions_only)
+        cache_key = (data, positions_only)
         if cache_key not in meshes:
             mesh = _read_mesh(obj, positions_only)
             if mesh is not None and not np.all(np.isfinite(mesh.positions)):
@@ -228,6 +279,9 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
         if mesh is None or mesh.vertex_count == 0 or (not positions_only and mesh.triangle_count == 0):
             continue
         instances.append(Instance(key=key, mesh=mesh, matrix=matrix, name=obj.name))
+        data_of.append(data)
+    for instance, data in zip(instances, data_of):
+        instance.shared_mesh = users[data] > 1
     if skipped_invalid:
         names = ", ".join(sorted(set(skipped_invalid))[:5])
         warnings.append(f"Skipped objects with invalid transforms or vertices (NaN or infinity): {names}")

@@ -72,6 +72,7 @@ class _Scene:
     corner_normals: np.ndarray  # (T, 3, 3) object-space shading normals
     normal_matrices: np.ndarray  # (I, 3, 3) object-to-world for normals
     winding: np.ndarray  # (I,) +1 or -1: sign of the instance's determinant
+    renormalise: np.ndarray  # (I,) corner normals are renormalised in world space (see Instance.shared_mesh)
     in_previous: np.ndarray  # (I,) the instance existed a frame ago
     previous_only_vertices: np.ndarray  # (P, 3) occluders that exist only a frame ago
     previous_only_triangles: np.ndarray  # (Q, 3) indices into previous_only_vertices
@@ -97,7 +98,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
     prev_by_key = previous.by_key() if previous is not None else {}
     next_by_key = following.by_key() if following is not None else {}
     now, before, after, triangles, owner, normals = [], [], [], [], [], []
-    normal_matrices, winding, existed_list = [], [], []
+    normal_matrices, winding, existed_list, renormalise = [], [], [], []
     base = 0
     for instance in current.instances:
         mesh = instance.mesh
@@ -115,6 +116,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         determinant = np.linalg.det(linear)
         normal_matrices.append(np.linalg.inv(linear).T if abs(determinant) > 1e-300 else np.zeros((3, 3)))
         winding.append(1.0 if determinant >= 0 else -1.0)
+        renormalise.append(not instance.shared_mesh)
         existed_list.append(existed and previous is not None)
         base += mesh.vertex_count
 
@@ -141,6 +143,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         corner_normals=stack(normals, (0, 3, 3), np.float32),
         normal_matrices=np.array(normal_matrices).reshape(-1, 3, 3),
         winding=np.array(winding, dtype=np.float64),
+        renormalise=np.array(renormalise, dtype=bool),
         in_previous=np.array(existed_list, dtype=bool),
         previous_only_vertices=stack(only_vertices, (0, 3)),
         previous_only_triangles=stack(only_triangles, (0, 3), np.int64),
@@ -197,7 +200,15 @@ class _TriangleTables:
 
         owner = scene.triangle_instance[used]
         local_normals = scene.corner_normals[used].astype(np.float64)
+        # Normals transform by the inverse transpose. Cycles renormalises each corner's
+        # world normal before interpolating when it applies the object's transform (a
+        # mesh placed once); otherwise it interpolates in object space, which is the
+        # same as interpolating the unnormalised world normals.
         world_normals = np.matmul(local_normals, scene.normal_matrices[owner].transpose(0, 2, 1))
+        applied = scene.renormalise[owner]
+        if applied.any():
+            lengths = np.linalg.norm(world_normals[applied], axis=2, keepdims=True)
+            world_normals[applied] /= np.where(lengths > 0, lengths, 1.0)
         self.normal = np.concatenate(
             [world_normals[:, 0], world_normals[:, 1] - world_normals[:, 0], world_normals[:, 2] - world_normals[:, 0]],
             axis=1,

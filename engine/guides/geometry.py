@@ -53,12 +53,18 @@ class Instance:
 
     ``key`` identifies the same placement across frames (object name, or instancer
     and persistent id for instances), which is how motion is matched per vertex.
+
+    ``shared_mesh``: the mesh is placed more than once in the frame. Cycles then keeps
+    it in object space and transforms the interpolated normal; a mesh placed once has
+    its transform applied first, each corner normal transformed and renormalised
+    before interpolation. Under non-uniform scale the two differ, so we follow suit.
     """
 
     key: Hashable
     mesh: Mesh
     matrix: np.ndarray
     name: str = ""
+    shared_mesh: bool = False
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64).reshape(4, 4)

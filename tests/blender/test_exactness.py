@@ -197,8 +197,9 @@ def test_numpy_path_matches_cycles_too(silk, tmp_path, monkeypatch, name):
     check_against_cycles(tmp_path, name)
 
 
-def check_against_cycles(tmp_path, name):
-    scene = SCENES[name]()
+def check_against_cycles(tmp_path, name, build=None):
+    """Render the scene ``build`` (default: ``SCENES[name]``) makes with Cycles and Silk; compare."""
+    scene = (build or SCENES[name])()
     scene.frame_set(FRAME)
     cycles = render_passes(scene, tmp_path / "cycles.exr", "CYCLES")
     ours = render_passes(scene, tmp_path / "silk.exr", "SILK")
