@@ -19,6 +19,7 @@ from ..bridge.client import JobCancelled, WorkerError
 from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
+from . import scene_capture
 from .scene_capture import CaptureError, capture_motion_frames, render_size
 
 log = logging.getLogger("silk")
@@ -59,6 +60,7 @@ def take_label(job, temporal_settings, model: str) -> str:
 def clear_job_caches(*_args) -> None:
     _shot_depth_ranges.clear()
     animation.new_job()
+    scene_capture.new_job()
 
 
 class SilkRenderEngine(bpy.types.RenderEngine):
@@ -307,9 +309,11 @@ def register():
     bpy.utils.register_class(SilkRenderEngine)
     if clear_job_caches not in bpy.app.handlers.render_init:
         bpy.app.handlers.render_init.append(clear_job_caches)
+    scene_capture.register()
 
 
 def unregister():
+    scene_capture.unregister()
     if clear_job_caches in bpy.app.handlers.render_init:
         bpy.app.handlers.render_init.remove(clear_job_caches)
     bpy.utils.unregister_class(SilkRenderEngine)

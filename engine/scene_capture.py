@@ -303,30 +303,119 @@ def _read_mesh(obj, positions_only: bool) -> Mesh | None:
         obj.to_mesh_clear()
 
 
+def _same_geometry(a: FrameGeometry, b: FrameGeometry) -> bool:
+    """Both captures hold the same camera and the same placed vertices, exactly."""
+    if not (np.array_equal(a.camera.view, b.camera.view) and np.array_equal(a.camera.projection, b.camera.projection)
+            and (a.camera.width, a.camera.height) == (b.camera.width, b.camera.height)
+            and len(a.instances) == len(b.instances)):
+        return False
+    return all(x.key == y.key and np.array_equal(x.matrix, y.matrix)
+               and np.array_equal(x.mesh.positions, y.mesh.positions)
+               for x, y in zip(a.instances, b.instances))
+
+
+class MotionCache:
+    """The frames the last render evaluated, reused by the next frame of an animation.
+
+    Rendering frame t needs the scene at t-1, t and t+1; the render of t-1 has already
+    evaluated t-1 and t. They are reused when the render is the next frame of the same
+    render job (cleared when a job starts), nothing was edited since (any depsgraph
+    update clears it), the scene, view layer, camera and size are the same, and the
+    freshly captured frame t is exactly what the last render captured as its t+1 (same
+    camera, same objects, same placements, same vertices). Otherwise every frame is
+    evaluated, as without the cache.
+    """
+
+    def __init__(self):
+        self.generation = 0  # bumped by every edit and every new render job
+        self._stored = None
+        self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
+
+    def invalidate(self, *_args) -> None:
+        self.generation += 1
+        self._stored = None
+
+    def store(self, context, generation, frame, current, following) -> None:
+        self._stored = (context, generation, frame, current, following) if following is not None else None
+
+    def previous_for(self, context, frame, current: FrameGeometry) -> FrameGeometry | None:
+        """Last render's frame t as this one's t-1, if everything above holds."""
+        stored = self._stored
+        if stored is None:
+            return None
+        stored_context, generation, stored_frame, stored_current, stored_following = stored
+        if stored_context != context or generation != self.generation or stored_frame != frame - 1:
+            return None
+        if not _same_geometry(stored_following, current):
+            return None
+        self.reused += 1
+        return stored_current
+
+
+motion_cache = MotionCache()
+
+
 def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
     """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
 
-    Always returns to the current frame, even when capturing fails.
+    The previous frame comes from :data:`motion_cache` where it can. Always returns to
+    the current frame, even when capturing fails.
     """
     scene = depsgraph.scene
     frame, subframe = scene.frame_current, scene.frame_subframe
+    generation = motion_cache.generation
+    context = (scene.name, depsgraph.view_layer.name, camera_object.name, width, height, subframe)
     warnings: list[str] = []
     current, found = capture_frame(depsgraph, camera_object, width, height)
     warnings += found
     known = frozenset(instance.key for instance in current.instances)
-    previous = following = None
+    previous = motion_cache.previous_for(context, frame, current)
+    following = None
+    moved = False
     try:
-        engine.frame_set(frame - 1, subframe)
-        try:
-            previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
-        except CaptureError as error:
-            warnings.append(f"No motion from the previous frame: {error}")
+        if previous is None:
+            moved = True
+            engine.frame_set(frame - 1, subframe)
+            try:
+                previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
+            except CaptureError as error:
+                warnings.append(f"No motion from the previous frame: {error}")
+        moved = True
         engine.frame_set(frame + 1, subframe)
         try:
             following, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
     finally:
-        engine.frame_set(frame, subframe)
+        if moved:
+            engine.frame_set(frame, subframe)
         topology_cache.finish_render()
+    motion_cache.store(context, generation, frame, current, following)
     return current, previous, following, warnings
+
+
+def register():
+    import bpy
+
+    bpy.app.handlers.persistent(_invalidate_motion)  # a file load must not drop it
+    for handlers in (bpy.app.handlers.depsgraph_update_post, bpy.app.handlers.load_post):
+        if _invalidate_motion not in handlers:
+            handlers.append(_invalidate_motion)
+
+
+def unregister():
+    import bpy
+
+    for handlers in (bpy.app.handlers.depsgraph_update_post, bpy.app.handlers.load_post):
+        if _invalidate_motion in handlers:
+            handlers.remove(_invalidate_motion)
+    motion_cache.invalidate()
+
+
+def new_job() -> None:
+    """A render job starts: frames of earlier jobs are not reused."""
+    motion_cache.invalidate()
+
+
+def _invalidate_motion(*_args) -> None:
+    motion_cache.invalidate()

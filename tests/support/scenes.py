@@ -36,7 +36,7 @@ def keyframe(obj, path, frames_values):
     for frame, value in frames_values:
         setattr(obj, path, value)
         obj.keyframe_insert(path, frame=frame)
-    for fcurve in _fcurves(obj):
+    for fcurve in _fcurves(obj.id_data):  # the ID that owns the animation (a shape key's Key)
         for point in fcurve.keyframe_points:
             point.interpolation = "LINEAR"
 
