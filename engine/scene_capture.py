@@ -106,15 +106,6 @@ def normals_domain(has_custom_normals: bool, sharp_edges, sharp_faces) -> str:
     return CORNER
 
 
-def triangle_normals(positions: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Unit geometric normal of each triangle (zero for degenerate ones), as Cycles shades flat faces."""
-    p = positions.reshape(-1, 3).astype(np.float64)
-    a, b, c = p[triangles[:, 0]], p[triangles[:, 1]], p[triangles[:, 2]]
-    normal = np.cross(b - a, c - a)
-    length = np.linalg.norm(normal, axis=1, keepdims=True)
-    return normal / np.where(length > 0, length, 1.0)
-
-
 def quads_flipped(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
     """Which quads Blender splits along the 1-3 diagonal instead of 0-2.
 
@@ -207,15 +198,16 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     if positions_only:
         return Mesh(positions)
     topology = topology_cache.topology(cache_key, mesh, positions)
-    return Mesh(positions, topology.triangles, _shading_normals(mesh, topology, positions))
+    return Mesh(positions, topology.triangles, _shading_normals(mesh, topology), topology.flat)
 
 
 def _packed(values) -> bytes:
     return b"" if values is None else np.packbits(values).tobytes()
 
 
-def _shading_normals(mesh, topology: _Topology, positions: np.ndarray) -> np.ndarray:
-    """Per-corner shading normals (T, 3, 3) exactly as Cycles shades the mesh."""
+def _shading_normals(mesh, topology: _Topology) -> np.ndarray:
+    """Per-corner shading normals (T, 3, 3) of the smooth triangles, exactly as Cycles
+    shades them (flat ones get their geometric normal later, see ``Mesh.flat``)."""
     if topology.domain == CORNER:
         normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
         mesh.corner_normals.foreach_get("vector", normals)
@@ -223,13 +215,8 @@ def _shading_normals(mesh, topology: _Topology, positions: np.ndarray) -> np.nda
     if topology.domain == POINT:
         vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
         mesh.vertex_normals.foreach_get("vector", vertex_normals)
-        shading = vertex_normals.reshape(-1, 3)[topology.triangles]
-    else:
-        shading = np.empty((topology.triangles.shape[0], 3, 3), dtype=np.float32)
-    flat = topology.flat
-    if flat.any():
-        shading[flat] = triangle_normals(positions, topology.triangles[flat])[:, None, :]
-    return shading
+        return vertex_normals.reshape(-1, 3)[topology.triangles]
+    return np.zeros((topology.triangles.shape[0], 3, 3), dtype=np.float32)
 
 
 def _instance_key(instance):

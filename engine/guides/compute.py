@@ -70,6 +70,7 @@ class _Scene:
     triangles: np.ndarray  # (T, 3) indices into the vertex arrays
     triangle_instance: np.ndarray  # (T,) which instance each triangle belongs to
     corner_normals: np.ndarray  # (T, 3, 3) object-space shading normals
+    flat: np.ndarray  # (T,) shaded with the triangle's geometric normal
     normal_matrices: np.ndarray  # (I, 3, 3) object-to-world for normals
     winding: np.ndarray  # (I,) +1 or -1: sign of the instance's determinant
     renormalise: np.ndarray  # (I,) corner normals are renormalised in world space (see Instance.shared_mesh)
@@ -97,7 +98,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
                  notes: list[str]) -> _Scene:
     prev_by_key = previous.by_key() if previous is not None else {}
     next_by_key = following.by_key() if following is not None else {}
-    now, before, after, triangles, owner, normals = [], [], [], [], [], []
+    now, before, after, triangles, owner, normals, flat = [], [], [], [], [], [], []
     normal_matrices, winding, existed_list, renormalise = [], [], [], []
     base = 0
     for instance in current.instances:
@@ -112,6 +113,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         triangles.append(mesh.triangles + base)
         owner.append(np.full(mesh.triangle_count, index, dtype=np.int32))
         normals.append(mesh.corner_normals)
+        flat.append(mesh.flat)
         linear = instance.matrix[:3, :3]
         determinant = np.linalg.det(linear)
         normal_matrices.append(np.linalg.inv(linear).T if abs(determinant) > 1e-300 else np.zeros((3, 3)))
@@ -141,6 +143,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         triangles=stack(triangles, (0, 3), np.int64),
         triangle_instance=stack(owner, (0,), np.int32),
         corner_normals=stack(normals, (0, 3, 3), np.float32),
+        flat=stack(flat, (0,), bool),
         normal_matrices=np.array(normal_matrices).reshape(-1, 3, 3),
         winding=np.array(winding, dtype=np.float64),
         renormalise=np.array(renormalise, dtype=bool),
@@ -209,6 +212,13 @@ class _TriangleTables:
         if applied.any():
             lengths = np.linalg.norm(world_normals[applied], axis=2, keepdims=True)
             world_normals[applied] /= np.where(lengths > 0, lengths, 1.0)
+        # Flat: the world triangle's own normal, oriented as the transformed object-space
+        # one (a mirroring transform reverses the winding; Cycles flips it back too).
+        flat = scene.flat[used]
+        if flat.any():
+            geometric = n[flat] * self.winding[flat, None]
+            length = np.linalg.norm(geometric, axis=1, keepdims=True)
+            world_normals[flat] = (geometric / np.where(length > 0, length, 1.0))[:, None, :]
         self.normal = np.concatenate(
             [world_normals[:, 0], world_normals[:, 1] - world_normals[:, 0], world_normals[:, 2] - world_normals[:, 0]],
             axis=1,

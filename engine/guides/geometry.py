@@ -17,6 +17,10 @@ class Mesh:
     Blender's ``Mesh.corner_normals`` gives it: smooth, flat, sharp edges and custom
     normals are already resolved there, which is what Cycles shades with.
 
+    ``flat`` marks triangles shaded flat, as Cycles shades them: with the triangle's own
+    geometric normal (each triangle of a bent quad or n-gon keeps its own), computed
+    where the guides need it; their ``corner_normals`` are not used.
+
     A mesh of another frame only needs ``positions`` (motion is matched per vertex),
     so ``triangles`` and ``corner_normals`` may be left out there.
     """
@@ -24,17 +28,23 @@ class Mesh:
     positions: np.ndarray
     triangles: np.ndarray | None = None
     corner_normals: np.ndarray | None = None
+    flat: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.positions = np.asarray(self.positions, dtype=np.float64).reshape(-1, 3)
         if self.triangles is None:
             self.triangles = np.zeros((0, 3), dtype=np.int64)
             self.corner_normals = np.zeros((0, 3, 3), dtype=np.float32)
+            self.flat = np.zeros(0, dtype=bool)
             return
         self.triangles = np.asarray(self.triangles, dtype=np.int64).reshape(-1, 3)
         self.corner_normals = np.asarray(self.corner_normals, dtype=np.float32).reshape(-1, 3, 3)
         if self.corner_normals.shape[0] != self.triangles.shape[0]:
             raise ValueError("corner_normals must have one (3, 3) block per triangle")
+        self.flat = (np.zeros(self.triangles.shape[0], dtype=bool) if self.flat is None
+                     else np.asarray(self.flat, dtype=bool).reshape(-1))
+        if self.flat.shape[0] != self.triangles.shape[0]:
+            raise ValueError("flat must have one value per triangle")
         if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= self.positions.shape[0]):
             raise ValueError("triangle indices out of range")
 

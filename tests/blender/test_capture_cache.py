@@ -63,8 +63,9 @@ def test_cached_topology_is_what_blender_triangulates_every_frame(silk):
                 scene_capture._bool_attribute(mesh, "sharp_face", len(mesh.polygons)), positions)
             assert np.array_equal(topology.triangles, fresh.triangles), (name, frame)
             assert np.array_equal(topology.corners, fresh.corners), (name, frame)
-            assert np.array_equal(scene_capture._shading_normals(mesh, topology, positions),
-                                  scene_capture._shading_normals(mesh, fresh, positions)), (name, frame)
+            assert np.array_equal(topology.flat, fresh.flat), (name, frame)
+            assert np.array_equal(scene_capture._shading_normals(mesh, topology),
+                                  scene_capture._shading_normals(mesh, fresh)), (name, frame)
         cache.finish_render()
     assert len(kept["Sea"]) == 1  # read once, kept while the wave moved every vertex
     assert len(kept["Fold"]) == 2  # re-read once: when the quad's split flipped
