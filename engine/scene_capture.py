@@ -147,6 +147,7 @@ class _Topology:
         self.quads = corner_vertices[starts[quad_faces][:, None] + np.arange(4)]
         self.flipped = quads_flipped(positions, self.quads)
         self.positions = positions
+        self.last_mesh = None  # (positions, Mesh) last read
 
     def still_valid(self, positions) -> bool:
         """Blender would triangulate the mesh at ``positions`` the same way."""
@@ -198,7 +199,15 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     if positions_only:
         return Mesh(positions)
     topology = topology_cache.topology(cache_key, mesh, positions)
-    return Mesh(positions, topology.triangles, _shading_normals(mesh, topology), topology.flat)
+    # Same vertices, same topology and sharp flags: the same normals (custom normals can
+    # be edited alone, so they are always read).
+    last = topology.last_mesh
+    if last is not None and not mesh.has_custom_normals and np.array_equal(last[0], positions):
+        return last[1]
+    result = Mesh(positions, topology.triangles, _shading_normals(mesh, topology), topology.flat)
+    if cache_key is not None:
+        topology.last_mesh = (positions, result)
+    return result
 
 
 def _packed(values) -> bytes:

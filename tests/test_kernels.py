@@ -56,3 +56,26 @@ def test_rasterisers_agree_on_random_triangles_including_behind_the_camera(seed)
     finite = np.isfinite(slow_z)
     assert np.array_equal(np.isfinite(fast_z), finite)
     assert np.allclose(fast_z[finite], slow_z[finite], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_a_previous_frame_drawn_before_is_not_drawn_again_and_changes_nothing(monkeypatch, use_kernels):
+    """An animation's frame t-1 was rendered as a current frame: its raster is reused."""
+    from silk.engine.guides import compute
+    from silk.engine.guides.geometry import FrameGeometry
+
+    now, before, _ = busy_scene()
+    before.instances = [i for i in before.instances if i.key != "card"]
+    now.instances = [i for i in now.instances if i.key != "card"]
+    compute_guides(before, use_kernels=use_kernels)  # frame t-1 rendered as the current frame
+    assert before.visibility is not None
+    drawn = []
+    original = compute.rasterize
+    monkeypatch.setattr(compute, "rasterize", lambda *a, **k: drawn.append(1) or original(*a, **k))
+    reused = compute_guides(now, before, use_kernels=use_kernels)
+    assert len(drawn) == 1  # only frame t
+    fresh = compute_guides(now, FrameGeometry(before.camera, before.instances), use_kernels=use_kernels)
+    assert len(drawn) == 3
+    for name in ("depth", "normal", "vector", "occlusion"):
+        assert np.array_equal(getattr(reused, name), getattr(fresh, name)), name
+    assert reused.occlusion.sum() > 20

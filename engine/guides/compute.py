@@ -300,9 +300,23 @@ class _EmptyPreviousRaster:
     camera_view_row = np.zeros(4)
 
 
+def _layout(current: FrameGeometry, use_kernels: bool) -> tuple:
+    """What decides the triangle ids of a rasterised frame: its meshes, in order."""
+    return use_kernels, tuple((instance.key, instance.mesh.vertex_count, instance.mesh.triangle_count)
+                              for instance in current.instances if instance.mesh.triangle_count)
+
+
 def _rasterize_previous(scene: _Scene, previous: FrameGeometry, width: int, height: int,
-                        use_kernels: bool) -> _PreviousRaster:
-    """Frame t-1 rasterised with frame t's triangle ids, plus what was only there then."""
+                        use_kernels: bool, layout: tuple) -> _PreviousRaster:
+    """Frame t-1 rasterised with frame t's triangle ids, plus what was only there then.
+
+    When frame t-1 was rendered as the current frame with the same meshes in the same
+    order (so the same ids), and all of them existed then and nothing else did, its
+    raster is reused: it is exactly what drawing it again would give."""
+    kept = previous.visibility
+    if (kept is not None and kept[0] == layout and scene.in_previous.all()
+            and scene.previous_only_triangles.shape[0] == 0):
+        return _PreviousRaster(kept[1], kept[2], scene.previous, scene.triangles, previous.camera)
     all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
     existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
     only = scene.previous_only_triangles + scene.previous.shape[0]
@@ -384,8 +398,10 @@ def compute_guides(
             raise ValueError("all frames must share the render size")
     notes: list[str] = []
     scene = _build_scene(current, previous, following, notes)
-    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
+    winner, z = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
     winner = winner.reshape(-1)
+    layout = _layout(current, use_kernels)
+    current.visibility = (layout, winner, np.where(np.isfinite(z), camera.depth_from_ndc(z), np.inf).reshape(-1))
     covered = np.nonzero(winner >= 0)[0]
 
     depth = np.full(width * height, BACKGROUND_DEPTH, dtype=np.float32)
@@ -395,7 +411,7 @@ def compute_guides(
 
     previous_raster = None
     if previous is not None:
-        previous_raster = _rasterize_previous(scene, previous, width, height, use_kernels)
+        previous_raster = _rasterize_previous(scene, previous, width, height, use_kernels, layout)
     else:
         occlusion[:] = 1.0
 

@@ -84,6 +84,9 @@ class Instance:
 class FrameGeometry:
     camera: Camera
     instances: list[Instance] = field(default_factory=list)
+    # What the rasteriser saw from this frame's camera, kept by compute_guides: when the
+    # same frame comes back as the next frame's previous one, it need not be drawn again.
+    visibility: object = field(default=None, repr=False, compare=False)
 
     def by_key(self) -> dict:
         return {instance.key: instance for instance in self.instances}
