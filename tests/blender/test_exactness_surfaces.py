@@ -136,3 +136,11 @@ SURFACES = {
 @pytest.mark.parametrize("name", sorted(SURFACES))
 def test_surfaces_match_cycles(silk, tmp_path, name):
     check_against_cycles(tmp_path, name, SURFACES[name])
+
+
+@pytest.mark.parametrize("name", ["flat_non_planar", "instanced_non_uniform"])
+def test_numpy_path_matches_cycles_on_these_surfaces_too(silk, tmp_path, monkeypatch, name):
+    from silk.engine.guides import kernels
+
+    monkeypatch.setattr(kernels, "AVAILABLE", False)
+    check_against_cycles(tmp_path, name, SURFACES[name])
