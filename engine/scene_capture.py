@@ -394,7 +394,7 @@ def register():
     import bpy
 
     bpy.app.handlers.persistent(_invalidate_motion)  # a file load must not drop it
-    for handlers in (bpy.app.handlers.depsgraph_update_post, bpy.app.handlers.load_post):
+    for handlers in _invalidating_handlers(bpy):
         if _invalidate_motion not in handlers:
             handlers.append(_invalidate_motion)
 
@@ -402,10 +402,16 @@ def register():
 def unregister():
     import bpy
 
-    for handlers in (bpy.app.handlers.depsgraph_update_post, bpy.app.handlers.load_post):
+    for handlers in _invalidating_handlers(bpy):
         if _invalidate_motion in handlers:
             handlers.remove(_invalidate_motion)
     motion_cache.invalidate()
+
+
+def _invalidating_handlers(bpy):
+    """Edits, file loads, and the end of a render job (which frees the kept frames)."""
+    handlers = bpy.app.handlers
+    return (handlers.depsgraph_update_post, handlers.load_post, handlers.render_complete, handlers.render_cancel)
 
 
 def new_job() -> None:

@@ -93,6 +93,7 @@ def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, 
     before = scene_capture.motion_cache.reused
     animated = _render_animation(scene, tmp_path, 3, 6)
     assert scene_capture.motion_cache.reused - before == 3  # frames 4, 5 and 6 reused t-1 and t
+    assert scene_capture.motion_cache._stored is None  # the kept frames are freed when the job ends
     for frame in (3, 5, 6):
         scene.frame_set(frame)
         scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
