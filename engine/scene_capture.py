@@ -78,6 +78,12 @@ def _corner_vertices(mesh) -> np.ndarray:
     return corner_vertices
 
 
+def _face_of_triangle(mesh) -> np.ndarray:
+    face_of_triangle = np.empty(len(mesh.loop_triangle_polygons), dtype=np.int32)
+    mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
+    return face_of_triangle
+
+
 def _bool_attribute(mesh, name: str, size: int):
     attribute = mesh.attributes.get(name)
     if attribute is None or attribute.data_type != "BOOLEAN":
@@ -129,8 +135,7 @@ class _Topology:
         self.corners = np.empty(triangle_count * 3, dtype=np.int32)
         mesh.loop_triangles.foreach_get("loops", self.corners)
         self.triangles = corner_vertices[self.corners].reshape(-1, 3)
-        self.face_of_triangle = np.empty(triangle_count, dtype=np.int32)
-        mesh.loop_triangle_polygons.foreach_get("value", self.face_of_triangle)
+        self.face_of_triangle = _face_of_triangle(mesh)
         self.domain = normals_domain(mesh.has_custom_normals, sharp_edges, sharp_faces)
         if self.domain == FACE:
             self.flat = np.ones(triangle_count, dtype=bool)
@@ -162,8 +167,8 @@ class TopologyCache:
     """Mesh topology kept from one evaluated frame to the next.
 
     Reading triangle corners from Blender is the slowest part of reading a mesh. A
-    mesh whose element counts, corner vertices and sharp flags are those of last time
-    has the same triangles unless a quad's split or an n-gon's triangulation moved
+    mesh whose element counts, corner vertices, triangle-to-face map and sharp flags
+    are those of last time has the same triangles unless a quad's split or an n-gon's triangulation moved
     with its vertices, which is checked; so a deforming mesh only has its positions
     (and normals) read each frame. Anything else is read afresh.
     """
@@ -180,7 +185,9 @@ class TopologyCache:
         shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
         entry = self._entries.get(key) if key is not None else None
         if entry is None or entry.counts != counts or entry.shading_key != shading_key \
-                or not np.array_equal(entry.corner_vertices, corner_vertices) or not entry.still_valid(positions):
+                or not np.array_equal(entry.corner_vertices, corner_vertices) \
+                or not np.array_equal(entry.face_of_triangle, _face_of_triangle(mesh)) \
+                or not entry.still_valid(positions):
             entry = _Topology(mesh, counts, corner_vertices, shading_key, sharp_edges, sharp_faces, positions)
         if key is not None:
             self._entries[key] = self._used[key] = entry
