@@ -115,8 +115,12 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         normals.append(mesh.corner_normals)
         flat.append(mesh.flat)
         linear = instance.matrix[:3, :3]
-        determinant = np.linalg.det(linear)
-        normal_matrices.append(np.linalg.inv(linear).T if abs(determinant) > 1e-300 else np.zeros((3, 3)))
+        # The inverse transpose is the cofactor matrix over the determinant (no LAPACK
+        # call for a 3x3, which costs more than the arithmetic).
+        cofactors = np.stack([np.cross(linear[:, 1], linear[:, 2]), np.cross(linear[:, 2], linear[:, 0]),
+                              np.cross(linear[:, 0], linear[:, 1])], axis=1)
+        determinant = float(linear[:, 0] @ cofactors[:, 0])
+        normal_matrices.append(cofactors / determinant if abs(determinant) > 1e-300 else np.zeros((3, 3)))
         winding.append(1.0 if determinant >= 0 else -1.0)
         renormalise.append(not instance.shared_mesh)
         existed_list.append(existed and previous is not None)
@@ -165,11 +169,15 @@ class _TriangleTables:
     """
 
     def __init__(self, scene: _Scene, visible: np.ndarray, camera: Camera,
-                 previous: FrameGeometry | None, following: FrameGeometry | None):
+                 previous: FrameGeometry | None, following: FrameGeometry | None, use_kernels: bool = False):
         count = scene.triangles.shape[0]
         used = np.flatnonzero(np.bincount(visible, minlength=count)) if visible.size else np.zeros(0, int)
         self.local = np.full(count, -1, dtype=np.int64)
         self.local[used] = np.arange(used.size)
+        self.following_camera = following.camera if following is not None else None
+        if kernels.AVAILABLE and use_kernels:
+            self._compiled(scene, used, camera, previous, following)
+            return
         corners = scene.triangles[used]
         v0 = scene.vertices[corners[:, 0]]
         e1 = scene.vertices[corners[:, 1]] - v0
@@ -225,7 +233,31 @@ class _TriangleTables:
         )
         self.previous = _affine_projection(scene.previous, corners, previous) if previous is not None else None
         self.following = _affine_projection(scene.following, corners, following) if following is not None else None
-        self.following_camera = following.camera if following is not None else None
+
+    def _compiled(self, scene: _Scene, used: np.ndarray, camera: Camera, previous, following) -> None:
+        """The same tables from kernels.triangle_tables."""
+        count = used.size
+        origin, direction = camera.affine_rays()
+        self.hit = np.empty((count, 12))
+        self.normal = np.empty((count, 9))
+        self.winding = np.empty(count)
+        self.previous = np.empty((count, 12)) if previous is not None else None
+        self.following = np.empty((count, 12)) if following is not None else None
+        none = np.zeros((0, 12))
+        kernels.triangle_tables(
+            used, scene.vertices, scene.triangles, scene.triangle_instance, scene.corner_normals, scene.flat,
+            scene.normal_matrices, scene.renormalise, scene.winding, origin, direction, camera.forward,
+            camera.is_ortho, scene.previous, _projection_rows(previous), scene.following, _projection_rows(following),
+            self.hit, self.normal, self.winding,
+            none if self.previous is None else self.previous, none if self.following is None else self.following)
+
+
+def _projection_rows(frame: FrameGeometry | None) -> np.ndarray:
+    """Rows giving clip x, y, w and view depth of a world point at ``frame``."""
+    if frame is None:
+        return np.zeros((4, 4))
+    vp, view = frame.camera.view_projection, frame.camera.view
+    return np.ascontiguousarray(np.stack([vp[0], vp[1], vp[3], -view[2]]), dtype=np.float64)
 
 
 def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGeometry) -> np.ndarray:
@@ -233,9 +265,7 @@ def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGe
     q0 = vertices[corners[:, 0]]
     q1 = vertices[corners[:, 1]] - q0
     q2 = vertices[corners[:, 2]] - q0
-    vp = frame.camera.view_projection
-    view = frame.camera.view
-    rows = [vp[0], vp[1], vp[3], -view[2]]
+    rows = _projection_rows(frame)
     columns = []
     for row in rows:
         columns += [q0 @ row[:3] + row[3], q1 @ row[:3], q2 @ row[:3]]
@@ -317,13 +347,17 @@ def _rasterize_previous(scene: _Scene, previous: FrameGeometry, width: int, heig
     if (kept is not None and kept[0] == layout and scene.in_previous.all()
             and scene.previous_only_triangles.shape[0] == 0):
         return _PreviousRaster(kept[1], kept[2], scene.previous, scene.triangles, previous.camera)
-    all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
-    existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
-    only = scene.previous_only_triangles + scene.previous.shape[0]
-    all_triangles = np.concatenate([scene.triangles, only], axis=0)
-    ids = np.concatenate([existing, scene.triangles.shape[0] + np.arange(only.shape[0])])
-    winner, z = rasterize(previous.camera.to_clip(all_previous), all_triangles[ids], width, height, ids,
-                          use_kernels)
+    if scene.in_previous.all() and scene.previous_only_triangles.shape[0] == 0:  # the usual case: no copies
+        all_previous, all_triangles, ids = scene.previous, scene.triangles, None
+        drawn = all_triangles
+    else:
+        all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
+        existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
+        only = scene.previous_only_triangles + scene.previous.shape[0]
+        all_triangles = np.concatenate([scene.triangles, only], axis=0)
+        ids = np.concatenate([existing, scene.triangles.shape[0] + np.arange(only.shape[0])])
+        drawn = all_triangles[ids]
+    winner, z = rasterize(previous.camera.to_clip(all_previous), drawn, width, height, ids, use_kernels)
     depth = np.where(np.isfinite(z), previous.camera.depth_from_ndc(z), np.inf)
     return _PreviousRaster(winner.reshape(-1), depth.reshape(-1), all_previous, all_triangles, previous.camera)
 
@@ -415,7 +449,7 @@ def compute_guides(
     else:
         occlusion[:] = 1.0
 
-    tables = _TriangleTables(scene, winner[covered], camera, previous, following)
+    tables = _TriangleTables(scene, winner[covered], camera, previous, following, use_kernels)
     own = winner[covered]
     existed = scene.in_previous[scene.triangle_instance[own]]
     if kernels.AVAILABLE and use_kernels:
