@@ -168,9 +168,9 @@ class TopologyCache:
 
     Reading triangle corners from Blender is the slowest part of reading a mesh. A
     mesh whose element counts, corner vertices, triangle-to-face map and sharp flags
-    are those of last time has the same triangles unless a quad's split or an n-gon's triangulation moved
-    with its vertices, which is checked; so a deforming mesh only has its positions
-    (and normals) read each frame. Anything else is read afresh.
+    are those of last time has the same triangles, unless a quad's split or an n-gon's
+    triangulation moved with its vertices, which is checked; so a deforming mesh only
+    has its positions (and normals) read each frame. Anything else is read afresh.
     """
 
     def __init__(self):
