@@ -83,9 +83,9 @@ def _other_frame_positions(instance: Instance, other: Instance | None, notes: li
     """World positions of ``instance``'s vertices at another frame, and whether it existed."""
     mesh = instance.mesh
     if other is None:
-        return transform_points(instance.matrix, mesh.positions), False
+        return instance.world_positions(), False
     if other.mesh.vertex_count == mesh.vertex_count:
-        return transform_points(other.matrix, other.mesh.positions), True
+        return other.world_positions(), True
     notes.append(
         f"'{instance.name or instance.key}': topology changes between frames "
         f"({mesh.vertex_count} vs {other.mesh.vertex_count} vertices); motion is "
@@ -106,7 +106,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         if mesh.triangle_count == 0:
             continue
         index = len(normal_matrices)
-        now.append(transform_points(instance.matrix, mesh.positions))
+        now.append(instance.world_positions())
         world_prev, existed = _other_frame_positions(instance, prev_by_key.get(instance.key), notes)
         before.append(world_prev)
         after.append(_other_frame_positions(instance, next_by_key.get(instance.key), notes)[0])
@@ -133,7 +133,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         for instance in previous.instances:
             if instance.key in current_keys or instance.mesh.triangle_count == 0:
                 continue
-            only_vertices.append(transform_points(instance.matrix, instance.mesh.positions))
+            only_vertices.append(instance.world_positions())
             only_triangles.append(instance.mesh.triangles + only_base)
             only_base += instance.mesh.vertex_count
 

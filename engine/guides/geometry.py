@@ -75,9 +75,17 @@ class Instance:
     matrix: np.ndarray
     name: str = ""
     shared_mesh: bool = False
+    _world: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64).reshape(4, 4)
+
+    def world_positions(self) -> np.ndarray:
+        """The mesh's vertices placed in the world, computed once (an animation's frame
+        t-1 is the previous render's frame t: its placements were already computed)."""
+        if self._world is None:
+            self._world = transform_points(self.matrix, self.mesh.positions)
+        return self._world
 
 
 @dataclass
