@@ -69,8 +69,7 @@ class _Scene:
     following: np.ndarray  # (V, 3) the same vertices a frame later
     triangles: np.ndarray  # (T, 3) indices into the vertex arrays
     triangle_instance: np.ndarray  # (T,) which instance each triangle belongs to
-    corner_normals: np.ndarray  # (T, 3, 3) object-space shading normals
-    flat: np.ndarray  # (T,) shaded with the triangle's geometric normal
+    normal_blocks: list  # per instance: (first triangle, its mesh): shading normals, read for visible triangles only
     normal_matrices: np.ndarray  # (I, 3, 3) object-to-world for normals
     winding: np.ndarray  # (I,) +1 or -1: sign of the instance's determinant
     renormalise: np.ndarray  # (I,) corner normals are renormalised in world space (see Instance.shared_mesh)
@@ -98,9 +97,9 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
                  notes: list[str]) -> _Scene:
     prev_by_key = previous.by_key() if previous is not None else {}
     next_by_key = following.by_key() if following is not None else {}
-    now, before, after, triangles, owner, normals, flat = [], [], [], [], [], [], []
+    now, before, after, triangles, owner, normal_blocks = [], [], [], [], [], []
     normal_matrices, winding, existed_list, renormalise = [], [], [], []
-    base = 0
+    base = first_triangle = 0
     for instance in current.instances:
         mesh = instance.mesh
         if mesh.triangle_count == 0:
@@ -112,8 +111,8 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         after.append(_other_frame_positions(instance, next_by_key.get(instance.key), notes)[0])
         triangles.append(mesh.triangles + base)
         owner.append(np.full(mesh.triangle_count, index, dtype=np.int32))
-        normals.append(mesh.corner_normals)
-        flat.append(mesh.flat)
+        normal_blocks.append((first_triangle, mesh))
+        first_triangle += mesh.triangle_count
         linear = instance.matrix[:3, :3]
         # The inverse transpose is the cofactor matrix over the determinant (no LAPACK
         # call for a 3x3, which costs more than the arithmetic).
@@ -146,8 +145,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         following=stack(after, (0, 3)),
         triangles=stack(triangles, (0, 3), np.int64),
         triangle_instance=stack(owner, (0,), np.int32),
-        corner_normals=stack(normals, (0, 3, 3), np.float32),
-        flat=stack(flat, (0,), bool),
+        normal_blocks=normal_blocks,
         normal_matrices=np.array(normal_matrices).reshape(-1, 3, 3),
         winding=np.array(winding, dtype=np.float64),
         renormalise=np.array(renormalise, dtype=bool),
@@ -210,7 +208,8 @@ class _TriangleTables:
         self.winding = scene.winding[scene.triangle_instance[used]]
 
         owner = scene.triangle_instance[used]
-        local_normals = scene.corner_normals[used].astype(np.float64)
+        used_normals, flat = _normals_of(scene, used, owner)
+        local_normals = used_normals.astype(np.float64)
         # Normals transform by the inverse transpose. Cycles renormalises each corner's
         # world normal before interpolating when it applies the object's transform (a
         # mesh placed once); otherwise it interpolates in object space, which is the
@@ -222,7 +221,6 @@ class _TriangleTables:
             world_normals[applied] /= np.where(lengths > 0, lengths, 1.0)
         # Flat: the world triangle's own normal, oriented as the transformed object-space
         # one (a mirroring transform reverses the winding; Cycles flips it back too).
-        flat = scene.flat[used]
         if flat.any():
             geometric = n[flat] * self.winding[flat, None]
             length = np.linalg.norm(geometric, axis=1, keepdims=True)
@@ -245,11 +243,29 @@ class _TriangleTables:
         self.following = np.empty((count, 12)) if following is not None else None
         none = np.zeros((0, 12))
         kernels.triangle_tables(
-            used, scene.vertices, scene.triangles, scene.triangle_instance, scene.corner_normals, scene.flat,
+            used, scene.vertices, scene.triangles, scene.triangle_instance, *_normals_of(scene, used),
             scene.normal_matrices, scene.renormalise, scene.winding, origin, direction, camera.forward,
             camera.is_ortho, scene.previous, _projection_rows(previous), scene.following, _projection_rows(following),
             self.hit, self.normal, self.winding,
             none if self.previous is None else self.previous, none if self.following is None else self.following)
+
+
+def _normals_of(scene: _Scene, used: np.ndarray, owner: np.ndarray | None = None):
+    """Object-space corner normals (U, 3, 3) and flat flags (U,) of the triangles ``used``
+    (sorted), gathered from each instance's mesh: only visible triangles are copied."""
+    if owner is None:
+        owner = scene.triangle_instance[used]
+    normals = np.empty((used.size, 3, 3), dtype=np.float32)
+    flat = np.empty(used.size, dtype=bool)
+    bounds = np.searchsorted(owner, np.arange(len(scene.normal_blocks) + 1))
+    for index, (first, mesh) in enumerate(scene.normal_blocks):
+        start, stop = bounds[index], bounds[index + 1]
+        if start == stop:
+            continue
+        local = used[start:stop] - first
+        normals[start:stop] = mesh.corner_normals[local]
+        flat[start:stop] = mesh.flat[local]
+    return normals, flat
 
 
 def _projection_rows(frame: FrameGeometry | None) -> np.ndarray:

@@ -321,11 +321,12 @@ def _cross(ax, ay, az, bx, by, bz):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def triangle_tables(used, vertices, triangles, owner_of, corner_normals, flat, normal_matrices, renormalise,
+def triangle_tables(used, vertices, triangles, owner_of, used_normals, used_flat, normal_matrices, renormalise,
                     instance_winding, origin, direction, forward, is_ortho, previous_vertices, previous_rows,
                     following_vertices, following_rows, hit, normal, winding, previous, following):
     """The per-triangle tables of compute._TriangleTables, one visible triangle at a time
-    (the numpy code there is the reference; the tests hold both to the same guides)."""
+    (the numpy code there is the reference; the tests hold both to the same guides).
+    ``used_normals`` and ``used_flat`` hold the k-th visible triangle's at row k."""
     has_previous = previous.shape[0] > 0
     has_following = following.shape[0] > 0
     fx, fy, fz = forward[0], forward[1], forward[2]
@@ -365,7 +366,7 @@ def triangle_tables(used, vertices, triangles, owner_of, corner_normals, flat, n
         sign = instance_winding[owner]
         winding[k] = sign
         world = np.empty((3, 3))
-        if flat[t]:
+        if used_flat[k]:
             length = np.sqrt(nx * nx + ny * ny + nz * nz)
             scale = sign / length if length > 0.0 else sign
             for corner in range(3):
@@ -375,9 +376,9 @@ def triangle_tables(used, vertices, triangles, owner_of, corner_normals, flat, n
         else:
             m = normal_matrices[owner]
             for corner in range(3):
-                x = np.float64(corner_normals[t, corner, 0])
-                y = np.float64(corner_normals[t, corner, 1])
-                z = np.float64(corner_normals[t, corner, 2])
+                x = np.float64(used_normals[k, corner, 0])
+                y = np.float64(used_normals[k, corner, 1])
+                z = np.float64(used_normals[k, corner, 2])
                 for i in range(3):
                     world[corner, i] = m[i, 0] * x + m[i, 1] * y + m[i, 2] * z
                 if renormalise[owner]:
