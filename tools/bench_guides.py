@@ -10,12 +10,13 @@ in the same process:
   Suzannes with live Subdivision (level 3), one of them under a Wave before it, and a
   moving sphere and camera: two meshes change shape every frame.
 
-Each engine renders the shot once to warm up, then again; the time of a frame is the
-time between the starts of consecutive frames (its render and a tiny BMP write), and
-the figure is the median over the shot's frames after its first (the first frame of a
+Each engine renders the shot once to warm up, then both render it ``--rounds`` times in
+turns (so that the load of a shared machine falls on both alike); the time of a frame is
+the time between the starts of consecutive frames (its render and a tiny BMP write), and
+the figure is the median over all shots' frames after their first (the first frame of a
 job has no previous render to reuse, in either engine).
 
-    .venv/bin/python tools/bench_guides.py [--size 512] [--frames 6] [--scenes rigid deforming]
+    .venv/bin/python tools/bench_guides.py [--size 512] [--frames 6] [--rounds 2] [--scenes rigid deforming]
 """
 import argparse
 import json
@@ -130,18 +131,40 @@ def time_shot(scene, frames: int) -> list:
     return [b - a for a, b in zip(starts, starts[1:])]
 
 
-def measure(scene, frames: int) -> dict:
+def _use(scene, engine: str) -> None:
+    if engine == "CYCLES":
+        use_cycles_reference(scene)
+    else:
+        scene.render.engine = "SILK"
+        scene.silk.mode = "GUIDES"
+
+
+def measure(scene, frames: int, rounds: int) -> dict:
+    """Both engines' seconds per frame, rendering the shot in turns (Cycles, Silk, Cycles,
+    ...) so that a change in the machine's load falls on both alike."""
     scene.frame_start, scene.frame_end = FIRST_FRAME, FIRST_FRAME + frames - 1
-    time_shot(scene, frames)  # warm up: kernels, caches, memory
-    times = time_shot(scene, frames)
-    return {"first_frame": round(times[0], 4), "frames": [round(t, 4) for t in times],
-            "median": round(statistics.median(times[1:]), 4)}
+    times = {"CYCLES": [], "SILK": []}
+    for engine in times:  # warm up: kernels, caches, memory
+        _use(scene, engine)
+        time_shot(scene, frames)
+    for _ in range(rounds):
+        for engine, collected in times.items():
+            _use(scene, engine)
+            collected.append(time_shot(scene, frames))
+    result = {}
+    for engine, shots in times.items():
+        later = [t for shot in shots for t in shot[1:]]  # a job's first frame has nothing to reuse
+        result[engine.lower()] = {"first_frames": [round(shot[0], 4) for shot in shots],
+                                  "frames": [[round(t, 4) for t in shot] for shot in shots],
+                                  "median": round(statistics.median(later), 4)}
+    return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="shots per engine, in turns, after a warm-up each")
     parser.add_argument("--scenes", nargs="+", default=["rigid", "deforming"], choices=["rigid", "deforming"])
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
@@ -164,12 +187,9 @@ def main(argv=None):
             scene, triangles = build_scene(args.size, kind)
             scene.render.image_settings.file_format = "BMP"  # writing costs both engines next to nothing
             scene.render.filepath = os.path.join(folder, f"{kind}_")
-            use_cycles_reference(scene)
-            cycles = measure(scene, args.frames)
-            scene.render.engine = "SILK"
-            scene.silk.mode = "GUIDES"
             reused_before = scene_capture.motion_cache.reused
-            silk = measure(scene, args.frames)
+            measured = measure(scene, args.frames, args.rounds)
+            cycles, silk = measured["cycles"], measured["silk"]
             ratio = silk["median"] / cycles["median"]
             results[kind] = {"triangles": triangles, "cycles": cycles, "silk": silk, "ratio": round(ratio, 3),
                              "silk_frames_reused": scene_capture.motion_cache.reused - reused_before}
