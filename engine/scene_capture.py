@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .guides import Camera, FrameGeometry, Instance, Mesh
+from .guides.camera import inverse4
 
 # Object types whose evaluated geometry can be turned into a mesh.
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -36,7 +37,7 @@ def capture_camera(depsgraph, camera_object, width: int, height: int) -> Camera:
     # Blender renders with the camera's scale removed.
     world = np.array(camera_eval.matrix_world.normalized(), dtype=np.float64)
     try:
-        view = np.linalg.inv(world)
+        view = inverse4(world)
     except np.linalg.LinAlgError as error:
         raise CaptureError(f"The camera '{camera_object.name}' has a degenerate transform") from error
     projection = np.array(

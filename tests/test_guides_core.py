@@ -221,3 +221,16 @@ def test_corner_normals_are_renormalised_in_world_space_unless_the_mesh_is_share
     assert covered.sum() > 100
     angle = np.degrees(np.arccos(np.clip(np.sum(once.normal * shared.normal, axis=-1), -1, 1)))[covered]
     assert (angle.max() > 1.0) == differs
+
+
+def test_closed_form_inverse_matches_numpy_and_refuses_singular_matrices():
+    from silk.engine.guides.camera import inverse4
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        m = rng.normal(size=(4, 4))
+        assert np.allclose(inverse4(m), np.linalg.inv(m), rtol=1e-9, atol=1e-9)
+    cam = camera(ortho=True)
+    assert np.allclose(inverse4(cam.view_projection) @ cam.view_projection, np.eye(4), atol=1e-12)
+    with pytest.raises(np.linalg.LinAlgError):
+        inverse4(np.diag([1.0, 1.0, 0.0, 1.0]))
