@@ -1,7 +1,7 @@
 """Silk's operators."""
-from . import render, units, worker
+from . import farm, render, units, worker
 
-MODULES = (worker, render, units)
+MODULES = (worker, render, units, farm)
 
 
 def register():
