@@ -166,6 +166,20 @@ def _ranges(frames: list) -> str:
     return ", ".join(parts)
 
 
+def draw_render_menu(self, _context):
+    self.layout.operator(SILK_OT_farm_load_take.bl_idname, text="Load Silk Farm Take...", icon="SEQUENCE")
+
+
 CLASSES = (SILK_OT_farm_prepare, SILK_OT_farm_finish, SILK_OT_farm_load_take, SILK_OT_farm_save_job_type)
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
+
+
+def register():
+    _register_classes()
+    bpy.types.TOPBAR_MT_render.append(draw_render_menu)  # Render > Load Silk Farm Take...
+
+
+def unregister():
+    bpy.types.TOPBAR_MT_render.remove(draw_render_menu)
+    _unregister_classes()

@@ -185,3 +185,45 @@ def test_the_job_type_is_saved_where_the_manager_reads_it(silk, tmp_path, monkey
     assert bpy.ops.silk.farm_save_job_type() == {"FINISHED"}
     saved = tmp_path / "manager" / "scripts" / "silk_shots.js"
     assert saved.read_bytes() == open(farm.JOB_TYPE_FILE, "rb").read()
+
+
+def test_a_node_gives_the_worker_its_gpu_and_the_shared_model_cache(silk, tmp_path, monkeypatch):
+    import types
+
+    from silk.bridge.client import WorkerUnavailable
+    from silk.engine import worker_link
+    from silk.ui import preferences
+
+    prefs = types.SimpleNamespace(model_folder=str(tmp_path / "local-models"), remote_address="", remote_token="",
+                                  worker_python="", device="AUTO", precision="FP16")
+    monkeypatch.setattr(preferences, "preferences", lambda: prefs)
+    shared_cache = os.environ["SILK_MODEL_CACHE"]
+    monkeypatch.delenv("SILK_MODEL_CACHE")
+    monkeypatch.delenv("SILK_WORKER_DEVICE", raising=False)
+    config = worker_link.worker_config()  # an artist's machine: the preference
+    assert config.env["SILK_MODEL_CACHE"] == prefs.model_folder and "CUDA_VISIBLE_DEVICES" not in config.env
+    assert worker_link.device_setting() == ("auto", "fp16")
+
+    # A farm node: its environment wins, and SILK_WORKER_DEVICE picks the GPU.
+    monkeypatch.setenv("SILK_MODEL_CACHE", shared_cache)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "shared-hf"))
+    monkeypatch.setenv("SILK_WORKER_DEVICE", "cuda:3")
+    config = worker_link.worker_config()
+    assert "SILK_MODEL_CACHE" not in config.env and config.env["CUDA_VISIBLE_DEVICES"] == "3"
+    assert worker_link.device_setting() == ("cuda", "fp16")
+    worker_link.unregister()  # a fresh worker with this environment
+    try:
+        worker = worker_link.client()
+        worker.ensure_started()  # the handshake only: no model, no GPU needed
+        with open(f"/proc/{worker.process.pid}/environ", "rb") as handle:
+            environment = dict(item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item)
+    finally:
+        worker_link.unregister()
+    assert environment[b"CUDA_VISIBLE_DEVICES"] == b"3"
+    assert environment[b"SILK_MODEL_CACHE"] == shared_cache.encode()
+    assert environment[b"HF_HOME"] == str(tmp_path / "shared-hf").encode()
+
+    monkeypatch.setenv("SILK_WORKER_DEVICE", "gpu2")
+    with pytest.raises(WorkerUnavailable, match="SILK_WORKER_DEVICE='gpu2'"):
+        worker_link.worker_config()
+    assert worker_link.device_setting() == ("auto", "fp16")  # reported by worker_config, never a traceback
