@@ -182,13 +182,6 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     history_length: IntProperty(name="History", default=8, min=1, max=64,
                                 description="How many F12 results the Image Editor keeps to step back through")
 
-    def farm_shots(self, max_frames: int = 0) -> str:
-        """This scene's shots as farm work (JSON): what Flamenco's Silk Shots job type evaluates
-        at submission (``C.scene.silk.farm_shots(...)``). See docs/farm.md."""
-        from .. import farm
-
-        return farm.shots_json(self.id_data, max_frames)
-
 
 CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkSceneSettings)
 

@@ -27,5 +27,5 @@ def shots(scene, max_frames: int = 0) -> list:
 
 
 def shots_json(scene, max_frames: int = 0) -> str:
-    """``shots`` as the JSON a Silk farm job carries."""
+    """``shots`` as the JSON a Silk farm job carries (what the job type evaluates at submission)."""
     return plan.shots_json(shots(scene, max_frames))

@@ -23,6 +23,30 @@ from ..ui import preferences
 log = logging.getLogger("silk")
 
 
+class SILK_OT_farm_shots(bpy.types.Operator):
+    bl_idname = "silk.farm_shots"
+    bl_label = "List Farm Shots"
+    bl_description = "Report the scene's shots as a farm renders them: one task per shot, long shots in chunks"
+
+    max_frames: IntProperty(name="Max Frames per Task", default=0, min=0,
+                            description="Split shots longer than this into chunks that run in order (0: never)")
+
+    # What Flamenco's Silk Shots job type evaluates at submission, reachable without knowing the
+    # extension's package name: bpy.types.SILK_OT_farm_shots.as_json(scene, max_frames).
+    as_json = staticmethod(farm.shots_json)
+
+    def execute(self, context):
+        try:
+            shots = farm.shots(context.scene, self.max_frames)
+        except farm_plan.FarmPlanError as error:
+            self.report({"ERROR"}, f"Silk: {error}")
+            return {"CANCELLED"}
+        parts = [f"{shot.start}-{shot.end}" + (f" ({len(shot.chunks)} chunks)" if len(shot.chunks) > 1 else "")
+                 for shot in shots]
+        self.report({"INFO"}, f"Silk: {len(shots)} shot{'s' if len(shots) != 1 else ''}: {', '.join(parts)}")
+        return {"FINISHED"}
+
+
 class SILK_OT_farm_prepare(bpy.types.Operator):
     bl_idname = "silk.farm_prepare"
     bl_label = "Prepare Farm Task"
@@ -170,7 +194,7 @@ def draw_render_menu(self, _context):
     self.layout.operator(SILK_OT_farm_load_take.bl_idname, text="Load Silk Farm Take...", icon="SEQUENCE")
 
 
-CLASSES = (SILK_OT_farm_prepare, SILK_OT_farm_finish, SILK_OT_farm_load_take, SILK_OT_farm_save_job_type)
+CLASSES = (SILK_OT_farm_shots, SILK_OT_farm_prepare, SILK_OT_farm_finish, SILK_OT_farm_load_take, SILK_OT_farm_save_job_type)
 
 _register_classes, _unregister_classes = bpy.utils.register_classes_factory(CLASSES)
 

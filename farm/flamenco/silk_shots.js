@@ -35,7 +35,7 @@ const JOB_TYPE = {
 
         // Automatically evaluated settings:
         { key: "shots", type: "string", required: true, visible: "hidden",
-          eval: "C.scene.silk.farm_shots(settings.max_frames_per_task)",
+          eval: "bpy.types.SILK_OT_farm_shots.as_json(C.scene, settings.max_frames_per_task)",
           description: "The scene's shots and their chunks, as Silk lists them (JSON)" },
         { key: "scene", type: "string", required: true, eval: "C.scene.name", visible: "web",
           description: "The scene to render" },

@@ -70,11 +70,14 @@ def test_the_shot_list_is_the_engines_cuts_with_keys_loops_and_chunks(silk):
     assert shots[0].keys == (1, 4, 7) and shots[0].loop_frames == (1, 2)
     assert [(chunk.first, chunk.last) for chunk in shots[0].chunks] == [(1, 4), (5, 7)]
     # What Flamenco's add-on evaluates at submission is the same list.
-    parsed = json.loads(scene.silk.farm_shots(4))
-    assert parsed["shots"] == [shot.as_dict() for shot in shots]
+    listed = bpy.types.SILK_OT_farm_shots.as_json
+    assert json.loads(listed(scene, 4))["shots"] == [shot.as_dict() for shot in shots]
+    assert bpy.ops.silk.farm_shots(max_frames=4) == {"FINISHED"}
     scene.frame_step = 2
     with pytest.raises(ValueError, match="frame step"):
-        scene.silk.farm_shots(4)
+        listed(scene, 4)
+    with pytest.raises(RuntimeError, match="frame step"):
+        bpy.ops.silk.farm_shots()
 
 
 def test_two_shots_on_two_nodes_at_once_paint_each_shot_in_order(silk, tmp_path):

@@ -131,7 +131,19 @@ def main(argv) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    code = main(sys.argv[1:])
+def finish(code: int) -> None:
+    """Exit as Blender's executable does: Silk unregistered (its worker stops), then out, with
+    ``code``. Python's own teardown is skipped: Blender 4.2's module can crash in it (after its
+    work is done), which says nothing about the executable this process stands in for."""
+    from tools.blender_env import _unregister
+
+    if write_log in bpy.app.handlers.render_write:
+        bpy.app.handlers.render_write.remove(write_log)
+    _unregister(sys.modules["silk"])
     sys.stdout.flush()
-    sys.exit(code)
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    finish(main(sys.argv[1:]))

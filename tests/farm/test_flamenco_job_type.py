@@ -134,7 +134,7 @@ def test_video_output_formats_are_refused():
 
 def test_the_job_types_settings_are_what_flamencos_add_on_understands():
     settings = {setting["key"]: setting for setting in flamenco.job_type()["settings"]}
-    assert settings["shots"]["eval"] == "C.scene.silk.farm_shots(settings.max_frames_per_task)"
+    assert settings["shots"]["eval"] == "bpy.types.SILK_OT_farm_shots.as_json(C.scene, settings.max_frames_per_task)"
     assert settings["shots"]["visible"] == "hidden"  # evaluated at submission, after the artist's choices
     assert settings["max_frames_per_task"]["visible"] == "submission"
     for setting in settings.values():
