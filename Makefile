@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv node demo test test-latest test-lts bench bench-animation build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise build clean
 
 all: test
 
@@ -60,6 +60,11 @@ bench: $(VENV)/.ready
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
+
+## Warped latent noise after 16 frames of a slow pan and a 1.3x zoom: Gaussian, white, travelling
+## with the surface (no Blender, no model); see docs/benchmarks.md.
+bench-noise: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_noise.py
 
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist

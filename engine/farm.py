@@ -64,8 +64,8 @@ def plan_shots(frame_start: int, frame_end: int, cuts, cadence: int = 1, use_fee
     if frame_end < frame_start:
         raise FarmPlanError(f"The frame range {frame_start}-{frame_end} is empty")
     if frame_step != 1:
-        raise FarmPlanError(f"Frame step {frame_step}: Silk's feedback paints every frame of a shot in order; "
-                            "set the frame step to 1 (render fewer frames with a shorter range or a lower frame rate)")
+        raise FarmPlanError(f"Frame step {frame_step}: farm jobs split shots frame by frame; set the frame step to 1 "
+                            "(Silk's cadence paints every n-th frame and still gives every frame)")
     if max_frames < 0:
         raise FarmPlanError(f"The longest chunk must be 0 (whole shots) or more frames, not {max_frames}")
     cadence = max(1, cadence) if use_feedback else 1

@@ -1,6 +1,6 @@
 """A finished animation render becomes a take in the Video Sequencer.
 
-``render()`` (render thread) only records what it painted; when the job ends a
+``render()`` (render thread) only records what it painted (in the render session); when the job ends a
 ``render_complete`` handler (main thread) writes the frames a looping shot repainted,
 then adds the take to an editing scene of its own, "<scene> Silk Takes" (so the
 rendered scene's own render is never replaced by its sequencer): one channel per take,
@@ -11,12 +11,11 @@ take's strip. Blender 4.2-4.3 call strips "sequences", 4.4+ "strips".
 from __future__ import annotations
 
 import os
-import threading
-from dataclasses import dataclass, field
 
 import bpy
 import numpy as np
 
+from . import render_engine
 from .result_history import write_picture
 
 TAKE_KEY = "silk_take"
@@ -24,31 +23,14 @@ RANGE_KEY = "silk_range"
 OUTPUT_KEY = "silk_output"  # the render's output path: a take is a range rendered to one place
 
 
-@dataclass
-class JobRecord:
-    scene_name: str
-    frames: set = field(default_factory=set)
-    label: str = ""
-    rewrites: dict = field(default_factory=dict)  # frame -> display picture to save over the frame's file
-
-
-_records: dict = {}
-_lock = threading.Lock()
-
-
 def record(scene, frame: int, label: str) -> None:
     """An animation frame was painted (called from render())."""
-    with _lock:
-        entry = _records.setdefault(scene.name, JobRecord(scene.name))
-        entry.frames.add(frame)
-        entry.label = label
+    render_engine.session.record(scene.name, frame, label)
 
 
 def rewrite(scene, frame: int, picture: np.ndarray) -> None:
     """Save ``picture`` over frame ``frame``'s file when the job ends (a loop's cross-fade)."""
-    with _lock:
-        entry = _records.setdefault(scene.name, JobRecord(scene.name))
-        entry.rewrites[frame] = np.array(picture, dtype=np.float32, copy=True)
+    render_engine.session.rewrite(scene.name, frame, picture)
 
 
 def editing_scene_name(scene_name: str) -> str:
@@ -67,10 +49,7 @@ def _all_strips(editor):
 def finish_job(*_args) -> None:
     """The job ended (complete or cancelled): a cancelled or failed job still shows its
     finished frames as a take; resuming the range later replaces that strip."""
-    with _lock:
-        records = list(_records.values())
-        _records.clear()
-    for entry in records:
+    for entry in render_engine.session.drain_records():
         scene = bpy.data.scenes.get(entry.scene_name)
         if scene is None:
             continue
@@ -164,5 +143,4 @@ def unregister():
     for handlers in (bpy.app.handlers.render_complete, bpy.app.handlers.render_cancel):
         if finish_job in handlers:
             handlers.remove(finish_job)
-    with _lock:
-        _records.clear()
+    render_engine.session.drain_records()

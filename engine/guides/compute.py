@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .background import fill_background
 from .camera import Camera
 from .geometry import FrameGeometry, Instance, transform_points
 from . import kernels
@@ -396,10 +397,11 @@ def compute_guides(
         backfacing = _guide_pixels_numpy(covered, own, existed, width, tables, previous_raster,
                                          depth, normal, vector, occlusion)
 
-    if previous is not None:
-        # Background: a fresh pixel unless it was background a frame ago as well.
-        background = winner < 0
-        occlusion[background] = (previous_raster.winner[background] >= 0).astype(np.float32)
+    # Background: directions at infinity move with the camera's rotation, lens and shift; a fresh
+    # pixel unless its direction showed background a frame ago as well (background.py).
+    fill_background(vector, occlusion, winner < 0, camera, previous.camera if previous is not None else None,
+                    following.camera if following is not None else None,
+                    previous_raster.winner if previous_raster is not None else None)
 
     coverage = winner >= 0
     backfacing_fraction = backfacing / max(covered.size, 1)

@@ -40,11 +40,11 @@ def write_log(*_args) -> None:
     path = os.environ.get("SILK_TEST_FARM_LOG")
     if not path:
         return
-    from silk.engine import animation, worker_link
+    from silk.engine import render_engine, worker_link
 
     client = worker_link._client
     process = getattr(client, "process", None)
-    notes = _notes + [note for note in animation.frame_notes if note not in _notes]
+    notes = _notes + [note for note in render_engine.session.notes if note not in _notes]
     record = {"pid": os.getpid(), "worker_pid": process.pid if process is not None else None, "started": STARTED,
               "now": time.time(), "notes": [[note.frame, note.kind, note.source] for note in notes]}
     with open(path + ".part", "w") as handle:
@@ -53,12 +53,12 @@ def write_log(*_args) -> None:
 
 
 def die_while_painting(frame: int) -> None:
-    from silk.engine import animation, worker_link
+    from silk.engine import render_engine, worker_link
 
     def watch():
         while True:
             client = worker_link._client
-            if any(note.frame == frame for note in animation.frame_notes) and client and client.state == "busy":
+            if any(note.frame == frame for note in render_engine.session.notes) and client and client.state == "busy":
                 os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(0.005)
 
@@ -74,7 +74,7 @@ def set_format(scene, file_format: str) -> None:
 
 def main(argv) -> int:
     load_silk(register=True)  # Silk is installed and enabled on the node
-    from silk.engine import animation
+    from silk.engine import render_engine
 
     bpy.app.handlers.render_write.append(write_log)
     if os.environ.get("SILK_TEST_DIE_PAINTING"):
@@ -123,7 +123,7 @@ def main(argv) -> int:
                 bpy.ops.render.render(animation=True)
             except RuntimeError as error:  # Blender prints the render's error and goes on
                 print(f"Error: {error}")
-            _notes.extend(animation.frame_notes)
+            _notes.extend(render_engine.session.notes)
             write_log()
         else:
             print(f"blender_cli: the argument {argument!r} is not supported by this stand-in")
