@@ -7,7 +7,6 @@ animation render and ``silk.farm_finish`` after it; on the artist's machine,
 """
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 
@@ -19,8 +18,6 @@ from ..bridge.client import WorkerUnavailable
 from ..engine import farm as farm_plan
 from ..engine import diffusion_job, job_settings, render_engine, takes, worker_link
 from ..ui import preferences
-
-log = logging.getLogger("silk")
 
 
 class SILK_OT_farm_shots(bpy.types.Operator):
