@@ -299,7 +299,7 @@ class GenerateRequest:
         """The fields past protocol 1's first generate that this request uses (a worker must list them)."""
         return [name for name, used in (("fusion", self.fusion > 0), ("noise", self.noise is not None),
                                         ("prompt_mix", bool(self.prompt_mix)),
-                                        ("fusion_end", self.fusion_end < 1.0)) if used]
+                                        ("fusion_end", self.fusion > 0 and self.fusion_end < 1.0)) if used]
 
     def to_json(self, frame=lambda value, name: value) -> dict:
         """Protocol 1's generate fields; ``frame(array, name)`` turns an array into a descriptor."""
@@ -314,8 +314,8 @@ class GenerateRequest:
                 data[name] = frame(getattr(self, name), name)
         if self.fusion > 0:
             data["fusion"] = self.fusion
-        if self.fusion_end < 1.0:
-            data["fusion_end"] = self.fusion_end
+            if self.fusion_end < 1.0:  # only meaningful with fusion
+                data["fusion_end"] = self.fusion_end
         if self.prompt_mix:
             data["prompt_mix"] = [dict({"prompt": p.prompt, "weight": p.weight},
                                        **({"negative_prompt": p.negative_prompt} if p.negative_prompt else {}))

@@ -6,15 +6,14 @@ when the frame renders, so keyframes and drivers apply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import bpy
 import numpy as np
 
 from . import diffusion_job, schedule, worker_link
 from .color import linear_to_srgb
+from .animation import TemporalSettings
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
-from ..bridge import families, schema
+from ..bridge import families
 
 KNOWN_SCHEDULERS = set(families.SAMPLER_IDS)
 
@@ -79,24 +78,12 @@ def _image_pixels(image) -> np.ndarray:
     return linear_to_srgb(rgb) if image.is_float else np.ascontiguousarray(rgb)
 
 
-@dataclass
-class TemporalSettings:
-    use_feedback: bool = True
-    strength: float = schema.default("strength")
-    fusion: float = 0.5
-    noise_mode: str = "FIXED"
-    color_coherence: float = 0.5
-    cadence: int = 1
-    use_loop: bool = False
-    loop_frames: int = 6
-
-
 def temporal_from_scene(scene) -> TemporalSettings:
     settings = scene.silk
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
-        noise_mode=settings.noise_mode, color_coherence=settings.color_coherence, cadence=settings.cadence,
-        use_loop=settings.use_loop, loop_frames=settings.loop_frames)
+        fusion_end=settings.fusion_end, noise_mode=settings.noise_mode, color_coherence=settings.color_coherence,
+        cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames)
 
 
 SHOT_MARKER_PREFIX = "shot"

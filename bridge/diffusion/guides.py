@@ -58,9 +58,11 @@ class StrengthMask:
 
 
 class Fusion:
-    """Occlusion-aware latent fusion: after every step until ``end`` (a fraction of the steps),
-    the latents of pixels visible in the previous frame move ``amount`` of the way to the initial
-    image's latents noised to the same level; pixels the previous frame did not see denoise freely."""
+    """Occlusion-aware latent fusion: after every step, the latents of pixels visible in the
+    previous frame move ``amount`` of the way to the initial image's latents noised to the same
+    level; pixels the previous frame did not see denoise freely. After the fraction ``end`` of the
+    steps fusion stops, so the last steps refine the frame instead of pulling it toward the
+    (resampled, softer) previous frame."""
 
     def __init__(self, target: NoisedInit, visible, amount: float, torch, end: float = 1.0):
         self.target = target
