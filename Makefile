@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation build clean
+.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-latent-walk build clean
 
 all: test
 
@@ -53,6 +53,11 @@ bench: $(VENV)/.ready
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
+
+## DRIFT's frame-to-frame noise correlation against cos(angle) and LOOP's last-to-first step
+## against its median step (engine/latent_walk.py); see docs/benchmarks.md.
+bench-latent-walk: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_latent_walk.py
 
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import diffusion_job, schedule, temporal
+from . import diffusion_job, latent_walk, schedule, temporal
 from .guides import compute_guides
 from .scene_capture import capture_frame
 
@@ -203,6 +203,8 @@ class FramePainter:
         noise = None
         if settings.use_feedback and settings.noise_mode == "WARPED":
             noise = self._noise_for(frame, guides, previous_frame, previous)
+        elif settings.noise_mode in latent_walk.MODES:
+            noise = self._walk_noise(frame, job, settings)
         feedback = None
         if previous is not None:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
@@ -220,6 +222,14 @@ class FramePainter:
             picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
                                     fusion=settings.fusion, seed=seed, noise=noise)
         return Painted(picture, noise)
+
+    def _walk_noise(self, frame, job, settings) -> np.ndarray:
+        """DRIFT or LOOP noise of ``frame`` (latent_walk.py): a function of seed, shot and frame."""
+        shot = self.context.shot
+        shape = (-(-self.context.height // LATENT_FACTOR), -(-self.context.width // LATENT_FACTOR), 4)
+        angle_at = settings.drift_angle_at or (lambda _frame: settings.noise_drift)
+        return latent_walk.noise_for(settings.noise_mode, job.seed, shot.start, shot.end, frame, shape,
+                                     angle_at=angle_at, turns=settings.loop_turns)
 
     def _noise_for(self, frame, guides, previous_frame, previous) -> np.ndarray:
         height, width = self.context.height, self.context.width
@@ -260,8 +270,9 @@ class FramePainter:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
             feedback.init_image = self._anchored(feedback.init_image)
             seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
+            noise = self._walk_noise(frame, job, settings) if settings.noise_mode in latent_walk.MODES else None
             picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
-                                    fusion=settings.fusion, seed=seed)
+                                    fusion=settings.fusion, seed=seed, noise=noise)
             frame_notes.append(FrameNote(frame, "loop", previous_frame, settings.strength))
             original = self._painted(frame)
             weight = schedule.loop_blend(frame, shot, length)

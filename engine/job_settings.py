@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from . import diffusion_job, schedule, worker_link
+from . import diffusion_job, schedule, walk_settings, worker_link
 from .color import linear_to_srgb
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
 from .settings import SCHEDULERS
@@ -87,6 +87,9 @@ class TemporalSettings:
     cadence: int = 1
     use_loop: bool = False
     loop_frames: int = 6
+    noise_drift: float = 0.0  # DRIFT: radians at the frame being rendered
+    loop_turns: int = 1  # LOOP
+    drift_angle_at: object = None  # DRIFT: frame -> radians as keyframed there (None: noise_drift everywhere)
 
 
 def temporal_from_scene(scene) -> TemporalSettings:
@@ -94,7 +97,8 @@ def temporal_from_scene(scene) -> TemporalSettings:
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
         noise_mode=settings.noise_mode, color_coherence=settings.color_coherence, cadence=settings.cadence,
-        use_loop=settings.use_loop, loop_frames=settings.loop_frames)
+        use_loop=settings.use_loop, loop_frames=settings.loop_frames, noise_drift=settings.noise_drift,
+        loop_turns=settings.loop_turns, drift_angle_at=walk_settings.drift_angle_reader(scene))
 
 
 SHOT_MARKER_PREFIX = "shot"
