@@ -426,18 +426,24 @@ class WorkerClient:
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
                  mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
                  on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
+                 prompt_mix: list | None = None, image_prompts: list | None = None,
+                 ip_adapter: dict | None = None) -> tuple[np.ndarray, dict]:
         """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
         optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
         annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
         the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
         ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
         [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
-        embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
+        embeddings instead of ``prompt``. Image prompts (IP-Adapter, bridge/ip_adapter.py): ``image_prompts``
+        [{"image": (h, w, 3) array, "weight"}, ...] with ``ip_adapter`` {"source", "image_encoder",
+        "scale"}. Each is sent only when used. Returns the (height, width, 3)
         float32 image in [0, 1] (display sRGB) and details."""
         self.ensure_started()
         used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
                                       ("prompt_mix", bool(prompt_mix))) if on]
+        if image_prompts and "ip_adapter" not in (self.worker_features or ()):
+            raise JobFailed("unsupported", "This worker is older than Silk's image prompts (IP-Adapter). Update Silk "
+                            "(bridge/) on the worker's machine and restart the worker")
         if used and self.worker_features is None:
             raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
                             f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
@@ -467,6 +473,11 @@ class WorkerClient:
             request["fusion"] = float(fusion)
         if prompt_mix:
             request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
+        if image_prompts:
+            request["image_prompts"] = [
+                {"image": self.frame(np.asarray(entry["image"], dtype=np.float32), attachments, name=f"image_prompt{i}"),
+                 "weight": float(entry.get("weight", 1.0))} for i, entry in enumerate(image_prompts)]
+            request["ip_adapter"] = dict(ip_adapter or {})
         if self.shared_frames:
             _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
         self.state = "busy"

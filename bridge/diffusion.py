@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import tiny_model
+from . import ip_adapter, tiny_model
 from .server import Cancelled, JobError
 
 log = logging.getLogger("silk.worker")
@@ -158,6 +158,7 @@ class DiffusionBackend:
         self._embeddings: dict = {}
         self._lock = threading.Lock()
         self._device_name = None
+        self._ip_adapters = ip_adapter.IPAdapters(cache_dir)
 
     # -- environment ------------------------------------------------------
     @staticmethod
@@ -357,6 +358,7 @@ class DiffusionBackend:
         spec = ModelSpec.from_request(request["model"])
         entry = self._pipeline(spec)
         settings = _generation_settings(request, units, len(entry["controlnets"]), "init_image" in images)
+        settings["image_prompt"] = ip_adapter.parse_request(request, images.get("image_prompts", []))
         started = time.perf_counter()
         try:
             return self._generate(entry, spec, request, settings, images, units, progress, cancel, started)
@@ -385,7 +387,8 @@ class DiffusionBackend:
         generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
 
         control_images = [_to_pil(_fit(unit["image"], padded_h, padded_w)) for unit in units]
-        embeddings = self._prompt_embeddings(entry, request["prompt"], settings)
+        embeddings = dict(self._prompt_embeddings(entry, request["prompt"], settings),  # a copy: those are cached
+                          **self._ip_adapters.arguments(entry, settings["image_prompt"], settings["guidance"]))
         steps = settings["steps"]
         strength = settings["strength"] if use_image2image else 1.0
         # The starting noise: the seed's (drawn here exactly as the pipeline would draw it, so the

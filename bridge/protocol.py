@@ -30,6 +30,7 @@ REQUESTS = {
         "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
         "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
         "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
+        "image_prompts": list, "ip_adapter": dict,  # checked in ip_adapter.py
     }),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
@@ -44,7 +45,7 @@ PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt"
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix")
+FEATURES = ("fusion", "noise", "prompt_mix", "ip_adapter")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 

@@ -256,6 +256,9 @@ class WorkerServer:
         for key in ("init_image", "mask", "noise"):
             if request.get(key) is not None:
                 images[key] = self._frames.open(request[key], job.attachments)
+        from .ip_adapter import image_prompt_frames  # here: ip_adapter.py imports JobError from this module
+
+        images["image_prompts"] = [self._frames.open(frame, job.attachments) for frame in image_prompt_frames(request)]
         units = []
         annotating = None  # seconds spent in annotators, when any ran
         for unit in request.get("controlnets", []):
