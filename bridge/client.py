@@ -475,8 +475,9 @@ class WorkerClient:
             request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
         if image_prompts:
             request["image_prompts"] = [
-                {"image": self.frame(np.asarray(entry["image"], dtype=np.float32), attachments, name=f"image_prompt{i}"),
-                 "weight": float(entry.get("weight", 1.0))} for i, entry in enumerate(image_prompts)]
+                {"image": self.frame(np.asarray(entry["image"], dtype=np.float32), attachments,
+                                     name=f"image_prompt{index}"), "weight": float(entry.get("weight", 1.0))}
+                for index, entry in enumerate(image_prompts)]
             request["ip_adapter"] = dict(ip_adapter or {})
         if self.shared_frames:
             _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")

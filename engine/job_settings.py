@@ -37,13 +37,14 @@ def from_scene(scene) -> JobSettings:
         prompt, negative_prompt = mix[0][0], mix[0][1]
         if len(mix) > 1:
             prompt_mix = [{"prompt": p, "negative_prompt": n, "weight": w} for p, n, w in mix]
+    image_prompts, ip_adapter = walk_settings.image_prompts(scene)
     return JobSettings(
         model=_model_source(settings.model), family=settings.model_family, units=units,
         loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
         prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
         steps=settings.steps, guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
         attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
-        cpu_offload=settings.cpu_offload)
+        cpu_offload=settings.cpu_offload, image_prompts=image_prompts, ip_adapter=ip_adapter)
 
 
 def _model_source(model: str) -> str:

@@ -16,7 +16,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
+from . import animation, conditioning, diffusion_job, image_prompts, job_settings, result_history, takes, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_motion_frames, render_size
@@ -209,6 +209,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                     extra["noise"] = noise
                 if frame_job.prompt_mix:
                     extra["prompt_mix"] = frame_job.prompt_mix
+                extra.update(image_prompts.request_arguments(frame_job))
                 picture, _info = worker.generate(
                     model, frame_job.prompt, units, width, height, negative_prompt=frame_job.negative_prompt,
                     seed=seed, steps=frame_job.steps, guidance=frame_job.guidance, scheduler=frame_job.scheduler,

@@ -34,3 +34,29 @@ def drift_angle_reader(scene):
         return min(high, max(low, float(curve.evaluate(frame))))
 
     return angle_at
+
+
+def image_prompts(scene) -> tuple[list, dict]:
+    """The image prompts of the scene's current frame, as ``JobSettings.image_prompts`` and
+    ``ip_adapter`` (empty without keys)."""
+    from .diffusion_job import JobSettingsError
+    from .image_prompts import ImagePromptKey, image_prompt_mix, reference_picture
+    from .job_settings import _image_pixels
+
+    settings = scene.silk
+    keys = []
+    for key in settings.image_prompt_keys:
+        if key.image is None:
+            raise JobSettingsError(f"The image prompt key at frame {key.frame} has no image: choose one in the "
+                                   "Image Prompts panel, or remove the key")
+        keys.append(ImagePromptKey(key.frame, key.image, key.weight))
+    mix = image_prompt_mix(keys, scene.frame_current, settings.prompt_easing)
+    if not mix:
+        return [], {}
+    pictures = [{"image": reference_picture(_image_pixels(image)), "weight": float(weight)} for image, weight in mix]
+    adapter = {"scale": float(settings.ip_adapter_scale)}
+    for field, value in (("source", settings.ip_adapter), ("image_encoder", settings.ip_adapter_image_encoder)):
+        value = value.strip()
+        if value:
+            adapter[field] = bpy.path.abspath(value) if value.startswith("//") else value
+    return pictures, adapter

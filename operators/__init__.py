@@ -1,7 +1,7 @@
 """Silk's operators."""
-from . import render, units, worker
+from . import render, units, variants, worker
 
-MODULES = (worker, render, units)
+MODULES = (worker, render, units, variants)
 
 
 def register():

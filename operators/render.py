@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
+from ..engine import conditioning, diffusion_job, image_prompts, job_settings, result_history, worker_link
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
 
@@ -116,7 +116,7 @@ class PreviewJob:
                     negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
                     guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
                     timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
-                    should_cancel=worker_link.cancel_requested.is_set)
+                    should_cancel=worker_link.cancel_requested.is_set, **image_prompts.request_arguments(self.job))
             finally:
                 worker_link.job_lock.release()
         except JobCancelled:

@@ -220,6 +220,8 @@ class SILK_PT_animation(SilkPanel, bpy.types.Panel):
         column.prop(settings, "strength")
         column.prop(settings, "fusion")
         column.prop(settings, "noise_mode")
+        if settings.noise_mode in ("DRIFT", "LOOP"):  # latent walks (engine/latent_walk.py)
+            column.prop(settings, "noise_drift" if settings.noise_mode == "DRIFT" else "loop_turns")
         column.prop(settings, "color_coherence")
         column.prop(settings, "cadence")
         row = column.row(heading="Loop")

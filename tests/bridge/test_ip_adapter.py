@@ -131,7 +131,8 @@ def test_wrong_files_family_mismatch_and_missing_encoder_get_clear_errors(backen
     folder = ip_adapter.ensure_tiny_ip_adapter("tiny", model_cache)
     weights = os.path.join(folder, ip_adapter.TINY_WEIGHT_NAME)
     # A ControlNet's weights are no IP-Adapter.
-    not_adapter = os.path.join(model_cache, tiny_model.TINY_VERSION, "controlnet-depth", "diffusion_pytorch_model.safetensors")
+    not_adapter = os.path.join(model_cache, tiny_model.TINY_VERSION, "controlnet-depth",
+                               "diffusion_pytorch_model.safetensors")
     with pytest.raises(JobError, match="is not an IP-Adapter: it has no image_proj"):
         generate(backend, [RED], adapter={"source": not_adapter, "image_encoder": os.path.join(folder,
                                                                                                "image_encoder")})
