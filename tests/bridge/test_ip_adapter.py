@@ -191,3 +191,22 @@ def test_image_prompts_through_the_worker(make_client):
         client.generate(TINY, "x", units, 64, 64, image_prompts=[{"image": RED, "weight": 0.0}], **common)
     again, _ = client.generate(TINY, "x", units, 64, 64, **common)  # the worker is fine afterwards
     assert np.array_equal(again, plain)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_image_prompts_in_half_precision(model_cache, dtype):
+    """A GPU runs fp16 or bf16: the image encoder, the adapter's layers and the embeddings
+    follow the pipeline's dtype (run here on the CPU)."""
+    from silk.bridge.diffusion import ModelSpec
+
+    backend = DiffusionBackend(cache_dir=model_cache)
+    entry = backend._pipeline(ModelSpec.from_request(TINY))
+    entry["text2image"].to(dtype)
+    plain = generate(backend)
+    red = generate(backend, [RED])
+    pipe = entry["text2image"]
+    assert pipe.image_encoder.dtype == dtype
+    assert all(parameter.dtype == dtype for parameter in pipe.unet.encoder_hid_proj.parameters())
+    prompt = ip_adapter.ImagePrompt("", "", 1.0, [RED], [1.0])
+    assert backend._ip_adapters.arguments(entry, prompt, 7.0)["ip_adapter_image_embeds"][0].dtype == dtype
+    assert np.isfinite(red).all() and np.abs(red - plain).mean() > 0.02
