@@ -2,6 +2,7 @@
 (it becomes the seed, keyed at the shot's first frame if wanted). And the image-prompt keys."""
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -9,10 +10,8 @@ import time
 import bpy
 from bpy.props import IntProperty
 
-from ..bridge.client import JobCancelled, WorkerError
-from ..engine import diffusion_job, image_prompts, job_settings, result_history, variants, walk_settings, worker_link
-from ..engine.scene_capture import CaptureError
-from .render import PREVIEW_TIMEOUT, SILK_OT_render_preview, redraw_silk_panels
+from ..engine import job_settings, result_history, variants, walk_settings, worker_link
+from .render import PREVIEW_TIMEOUT, PreviewJob, SILK_OT_render_preview, WorkerJobOperator, redraw_silk_panels
 from .units import AddItem, RemoveSelectedItem
 
 SEEDS_KEY = "silk_variant_seeds"  # the grid image's custom property: the seed of each tile
@@ -43,17 +42,26 @@ def variant_seeds(seed: int, count: int) -> list:
 
 
 class VariantsJob:
-    """The variants painted one after the other on a thread; the operator polls it."""
+    """The variants painted one after the other on a thread, each as a Render Preview job; the
+    operator polls it."""
 
     def __init__(self, worker, job, units, width, height, seeds):
         self.worker, self.job, self.units, self.width, self.height = worker, job, units, width, height
         self.seeds = seeds
         self.pictures = [None] * len(seeds)
         self.current = 0  # the tile being painted
-        self.step, self.steps = 0, job.steps
+        self.tile: PreviewJob | None = None
         self.error = None
         self.cancelled = False
         self.done = threading.Event()
+
+    @property
+    def step(self) -> int:
+        return self.tile.step if self.tile is not None else 0
+
+    @property
+    def steps(self) -> int:
+        return self.tile.steps if self.tile is not None else self.job.steps
 
     def start(self) -> "VariantsJob":
         threading.Thread(target=self._run, name="silk-variants", daemon=True).start()
@@ -61,35 +69,20 @@ class VariantsJob:
 
     def _run(self) -> None:
         try:
-            if not worker_link.job_lock.acquire(timeout=1.0):
-                self.error = "The worker is busy (a render is running); try again when it is done"
-                return
-            try:
-                worker_link.cancel_requested.clear()
-                self.worker.ensure_started()
-                model = diffusion_job.model_request(self.job)
-                worker_link.note_loaded(self.worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
-                for index, seed in enumerate(self.seeds):
-                    self.current = index
-                    self.pictures[index], _ = self.worker.generate(
-                        model, self.job.prompt, self.units, self.width, self.height,
-                        negative_prompt=self.job.negative_prompt, seed=seed, steps=self.job.steps,
-                        guidance=self.job.guidance, scheduler=self.job.scheduler, timeout=PREVIEW_TIMEOUT,
-                        on_progress=self._on_progress, should_cancel=worker_link.cancel_requested.is_set,
-                        prompt_mix=self.job.prompt_mix or None, **image_prompts.request_arguments(self.job))
-            finally:
-                worker_link.job_lock.release()
-        except JobCancelled:
-            self.cancelled = True
-        except (WorkerError, diffusion_job.JobSettingsError) as error:
-            self.error = str(error)
-        except Exception as error:  # the thread must always finish and say why
-            self.error = f"{type(error).__name__}: {error}"
+            for index, seed in enumerate(self.seeds):
+                if index and worker_link.cancel_requested.is_set():  # Esc between two tiles
+                    self.cancelled = True
+                    return
+                self.current = index
+                self.tile = PreviewJob(self.worker, dataclasses.replace(self.job, seed=seed), self.units, self.width,
+                                       self.height)
+                self.tile._run()  # on this thread: takes the worker, paints, lets go
+                if self.tile.cancelled or self.tile.error:
+                    self.cancelled, self.error = self.tile.cancelled, self.tile.error
+                    return
+                self.pictures[index] = self.tile.picture
         finally:
             self.done.set()
-
-    def _on_progress(self, progress) -> None:
-        self.step, self.steps = progress.step, progress.steps
 
 
 def show_grid(scene, job: VariantsJob):
@@ -111,14 +104,11 @@ def show_grid(scene, job: VariantsJob):
     return image
 
 
-class SILK_OT_paint_variants(bpy.types.Operator):
+class SILK_OT_paint_variants(WorkerJobOperator, bpy.types.Operator):
     bl_idname = "silk.paint_variants"
     bl_label = "Paint Variants"
     bl_description = ("Paint the current frame with several seeds side by side in the Image Editor (preview size, "
                       "full steps); then choose one with the numbered buttons. Esc stops")
-
-    _timer = None
-    _job: VariantsJob | None = None
 
     def _prepare(self, context) -> VariantsJob:
         preview = SILK_OT_render_preview._prepare(self, context)  # the same guides, units and checks as a preview
@@ -127,49 +117,19 @@ class SILK_OT_paint_variants(bpy.types.Operator):
         seeds = variant_seeds(settings.seed, settings.variant_count)
         return VariantsJob(preview.worker, preview.job, preview.units, preview.width, preview.height, seeds)
 
-    def invoke(self, context, event):
-        try:
-            self._job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        result_history.show(show_grid(context.scene, self._job))
+    def _wait_seconds(self, job) -> float:
+        return len(job.seeds) * PREVIEW_TIMEOUT + 60
+
+    def _started(self, context, job) -> None:
+        result_history.show(show_grid(context.scene, job))
         self._shown = 0
-        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        redraw_silk_panels()
-        return {"RUNNING_MODAL"}
 
-    def execute(self, context):
-        """Scripts and background mode: paint all, wait (with a deadline), then show."""
-        try:
-            job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        if not job.done.wait(len(job.seeds) * PREVIEW_TIMEOUT + 60):
-            worker_link.cancel_requested.set()
-            self.report({"ERROR"}, "Silk: the variants did not finish in time")
-            return {"CANCELLED"}
-        return self._finish(context, job)
-
-    def modal(self, context, event):
-        job = self._job
-        if event.type == "ESC":
-            worker_link.cancel_requested.set()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
+    def _progress(self, context, job) -> str:
         finished = sum(picture is not None for picture in job.pictures)
         if finished != self._shown:  # a tile is done: show it
             show_grid(context.scene, job)
             self._shown = finished
-        context.workspace.status_text_set(f"Silk variants: {job.current + 1}/{len(job.seeds)}, step "
-                                          f"{job.step}/{job.steps} (Esc to stop)")
-        if not job.done.is_set():
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        context.workspace.status_text_set(None)
-        return self._finish(context, job)
+        return f"Silk variants: {job.current + 1}/{len(job.seeds)}, step {job.step}/{job.steps} (Esc to stop)"
 
     def _finish(self, context, job):
         image = show_grid(context.scene, job)
