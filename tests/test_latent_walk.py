@@ -109,3 +109,33 @@ def test_engine_paints_walk_modes_with_the_walks_noise_and_the_fixed_seed(mode, 
     assert np.array_equal(resumed[4][0], seen[4][0])
     if mode == "DRIFT":
         assert correlation(seen[2][0], seen[3][0]) == pytest.approx(math.cos(math.radians(20)), abs=0.15)
+
+
+def test_a_loops_repainted_start_uses_the_same_loop_noise():
+    """use_loop repaints the shot's first frames from its last: with LOOP noise they start from
+    their own frame's noise again, so the circle closes in the noise and in the pictures."""
+    from types import SimpleNamespace
+
+    from silk.engine import animation, diffusion_job, schedule
+
+    height, width, shot = 16, 16, schedule.Shot(1, 4)
+    settings = SimpleNamespace(use_feedback=True, strength=0.5, fusion=0.0, noise_mode="LOOP", color_coherence=0.0,
+                               cadence=1, use_loop=True, loop_frames=2, noise_drift=0.0, loop_turns=1,
+                               drift_angle_at=None)
+    guides = SimpleNamespace(vector=np.zeros((height, width, 4), np.float32),
+                             occlusion=np.zeros((height, width), np.float32))
+    job = diffusion_job.JobSettings(seed=5)
+    calls, rewritten = [], []
+    animation._job = 2000
+    for frame in range(1, 5):
+        def paint(_guides, _job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None):
+            calls.append(noise)
+            return np.full((height, width, 3), 0.5, np.float32)
+
+        context = animation.FrameContext(frame=frame, shot=shot, take_key=("loop",), width=width, height=height,
+                                         is_animation=True, frame_path=lambda _frame: "")
+        animation.FramePainter(context, job, settings, paint, None, lambda f, _other: (guides, job, settings),
+                               rewrite_fn=lambda f, picture: rewritten.append(f)).paint(guides)
+    assert rewritten == [1, 2] and len(calls) == 6
+    for index, frame in enumerate([1, 2, 3, 4, 1, 2]):
+        assert np.array_equal(calls[index], noise_for("LOOP", 5, 1, 4, frame, (2, 2, 4))), index
