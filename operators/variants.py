@@ -15,9 +15,10 @@ from .render import PREVIEW_TIMEOUT, PreviewJob, SILK_OT_render_preview, WorkerJ
 from .units import AddItem, RemoveSelectedItem
 
 SEEDS_KEY = "silk_variant_seeds"  # the grid image's custom property: the seed of each tile
-# F-curves hold float32 values: only seeds below 2^24 survive being keyed exactly, so variants
-# use those (a keyed 1817957071 comes back as 1817957120, another picture).
-SEED_LIMIT = 2 ** 24
+# F-curves hold float32 values and Blender rounds them to an int property by adding 0.5: only
+# seeds below 2^23 survive being keyed exactly (measured on 4.2 and 5.0: a keyed 8388609 comes
+# back as 8388610, 1817957071 as 1817957120: other pictures), so variants use those.
+SEED_LIMIT = 2 ** 23
 
 
 def grid_image_name(scene) -> str:

@@ -137,6 +137,7 @@ def test_paint_variants_makes_a_grid_and_choosing_a_tile_keys_its_seed(silk):
     image = bpy.data.images[f"Silk Variants {scene.name}"]
     seeds = list(image["silk_variant_seeds"])
     assert len(seeds) == 4 and seeds[0] == 77 and len(set(seeds)) == 4
+    assert max(seeds) < 2 ** 23  # seeds a keyframe holds exactly
     assert tuple(image.size) == variants.grid_size(4, 32, 24)
     width, height = image.size
     pixels = np.empty(width * height * 4, np.float32)
@@ -157,6 +158,15 @@ def test_paint_variants_makes_a_grid_and_choosing_a_tile_keys_its_seed(silk):
         [(5.0, float(seeds[2]), "CONSTANT")]
     scene.frame_set(30)
     assert silk_settings.seed == seeds[2]  # the shot animates from the chosen variant
+    # A preview of the same size and steps paints exactly the chosen tile's picture.
+    scene.frame_set(7)
+    silk_settings.preview_steps = silk_settings.steps
+    assert bpy.ops.silk.render_preview() == {"FINISHED"}
+    preview = bpy.data.images[f"Silk Preview {scene.name}"]
+    assert tuple(preview.size) == (32, 24)
+    painted = np.empty(32 * 24 * 4, np.float32)
+    preview.pixels.foreach_get(painted)
+    assert np.allclose(painted.reshape(24, 32, 4)[::-1, :, :3][14:], lower[2], atol=1e-5)
     silk_settings.variant_key_seed = False
     assert bpy.ops.silk.choose_variant(index=1) == {"FINISHED"}
     assert silk_settings.seed == seeds[1] and len(curve.keyframe_points) == 1  # set, not keyed
@@ -177,3 +187,17 @@ def test_a_looping_take_with_loop_noise_and_feedback_renders_and_repaints_its_st
     kinds = [(note.frame, note.kind) for note in animation.frame_notes]
     assert kinds[:4] == [(1, "fresh"), (2, "feedback"), (3, "feedback"), (4, "feedback")]
     assert kinds[4:] == [(1, "loop"), (2, "loop")]
+
+
+def test_variant_seeds_are_ones_a_keyframe_holds_exactly(silk):
+    from silk.operators.variants import SEED_LIMIT, variant_seeds
+
+    seeds = variant_seeds(9_000_000, 6)  # a current seed a key would round is not offered again
+    assert len(set(seeds)) == 6 and 9_000_000 not in seeds and max(seeds) < SEED_LIMIT
+    scene = still_scene()
+    for seed in (SEED_LIMIT - 1, SEED_LIMIT - 2, seeds[0]):
+        scene.silk.seed = seed
+        scene.silk.keyframe_insert("seed", frame=1)
+        scene.frame_set(2)
+        scene.frame_set(1)
+        assert scene.silk.seed == seed
