@@ -51,6 +51,15 @@ def tile_at(x: int, y: int, count: int, tile_width: int, tile_height: int) -> in
     return int(index)
 
 
+def tile_at_view(u: float, v: float, count: int, tile_width: int, tile_height: int) -> int | None:
+    """The tile under a point of the Image Editor's view of the grid: (u, v) from 0 to 1 over
+    the image, v up (Blender's view coordinates), as ``region_to_view`` gives them."""
+    width, height = grid_size(count, tile_width, tile_height)
+    if not (0.0 <= u < 1.0 and 0.0 < v <= 1.0):
+        return None
+    return tile_at(int(u * width), int((1.0 - v) * height), count, tile_width, tile_height)
+
+
 def compose(pictures: list, tile_width: int, tile_height: int, labels: list) -> np.ndarray:
     """The grid (H, W, 3) float32 display sRGB, rows top-down: each picture (or a dark tile while
     it is not painted yet) at its place, with its label in its top-left corner."""

@@ -186,6 +186,28 @@ class SILK_OT_choose_variant(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SILK_OT_choose_variant_at(bpy.types.Operator):
+    bl_idname = "silk.choose_variant_at"
+    bl_label = "Choose Variant Here"
+    bl_description = "Choose the variant under the mouse (double-click a tile of the variant grid)"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        space = context.space_data
+        return (space is not None and space.type == "IMAGE_EDITOR" and space.image is not None
+                and space.image == grid_image(context.scene) and SEEDS_KEY in space.image.keys())
+
+    def invoke(self, context, event):
+        image = context.space_data.image
+        tile_width, tile_height = image.get("silk_variant_tile", (0, 0))
+        u, v = context.region.view2d.region_to_view(event.mouse_region_x, event.mouse_region_y)
+        index = variants.tile_at_view(u, v, len(image[SEEDS_KEY]), tile_width, tile_height) if tile_width else None
+        if index is None:
+            return {"PASS_THROUGH"}  # not on a tile: the Image Editor's own double-click
+        return bpy.ops.silk.choose_variant(index=index)
+
+
 class SILK_OT_image_prompt_key_add(AddItem, bpy.types.Operator):
     bl_idname = "silk.image_prompt_key_add"
     bl_label = "Add Image Prompt Key"
@@ -206,8 +228,24 @@ class SILK_OT_image_prompt_key_remove(RemoveSelectedItem, bpy.types.Operator):
     collection, active = "image_prompt_keys", "active_image_prompt_key"
 
 
-CLASSES = (SILK_OT_paint_variants, SILK_OT_choose_variant, SILK_OT_image_prompt_key_add,
+CLASSES = (SILK_OT_paint_variants, SILK_OT_choose_variant, SILK_OT_choose_variant_at, SILK_OT_image_prompt_key_add,
            SILK_OT_image_prompt_key_remove)
+_keymaps: list = []
 
 
-register, unregister = bpy.utils.register_classes_factory(CLASSES)
+def register():
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    keyconfig = bpy.context.window_manager.keyconfigs.addon
+    if keyconfig is not None:  # None in background mode
+        keymap = keyconfig.keymaps.new(name="Image", space_type="IMAGE_EDITOR")
+        _keymaps.append((keymap, keymap.keymap_items.new(SILK_OT_choose_variant_at.bl_idname, "LEFTMOUSE",
+                                                         "DOUBLE_CLICK")))
+
+
+def unregister():
+    for keymap, item in _keymaps:
+        keymap.keymap_items.remove(item)
+    _keymaps.clear()
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -18,6 +18,11 @@ def test_grid_layout_places_every_tile_and_finds_it_again():
         assert variants.tile_at(x + 40, y, 6, 40, 30) is None  # the gap
     assert variants.tile_at(0, 0, 6, 40, 30) is None
     assert variants.tile_at(*variants.tile_origin(7, 9, 40, 30), 7, 40, 30) is None  # past the last tile
+    # A click in the Image Editor: view coordinates, v up. Tile 0 is top left, tile 5 bottom right.
+    assert variants.tile_at_view(0.05, 0.95, 6, 40, 30) == 0
+    assert variants.tile_at_view(0.95, 0.05, 6, 40, 30) == 5
+    assert variants.tile_at_view(0.5, 0.75, 6, 40, 30) == 1
+    assert variants.tile_at_view(1.2, 0.5, 6, 40, 30) is None and variants.tile_at_view(0.5, -0.1, 6, 40, 30) is None
 
 
 @pytest.mark.parametrize("opencv", [True, False])

@@ -151,6 +151,7 @@ def test_paint_variants_makes_a_grid_and_choosing_a_tile_keys_its_seed(silk):
     lower = [tile[14:] for tile in tiles]  # below the labels: the paintings
     assert min(change(a, b) for i, a in enumerate(lower) for b in lower[i + 1:]) > 0.005  # four different seeds
     # Tile 3 (index 2) becomes the seed, keyed at the shot's first frame (the Shot marker at 5).
+    assert bpy.ops.silk.choose_variant_at.poll() is False  # double-click: only over the grid in an Image Editor
     assert bpy.ops.silk.choose_variant(index=2) == {"FINISHED"}
     assert silk_settings.seed == seeds[2]
     curve = walk_settings.fcurve(scene, "silk.seed")
