@@ -6,13 +6,12 @@ when the frame renders, so keyframes and drivers apply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import bpy
 import numpy as np
 
 from . import diffusion_job, schedule, walk_settings, worker_link
 from .color import linear_to_srgb
+from .animation import TemporalSettings
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
 from .settings import SCHEDULERS
 
@@ -78,28 +77,14 @@ def _image_pixels(image) -> np.ndarray:
     return linear_to_srgb(rgb) if image.is_float else np.ascontiguousarray(rgb)
 
 
-@dataclass
-class TemporalSettings:
-    use_feedback: bool = True
-    strength: float = 0.55
-    fusion: float = 0.5
-    noise_mode: str = "FIXED"
-    color_coherence: float = 0.5
-    cadence: int = 1
-    use_loop: bool = False
-    loop_frames: int = 6
-    noise_drift: float = 0.0  # DRIFT: radians at the frame being rendered
-    loop_turns: int = 1  # LOOP
-    drift_angle_at: object = None  # DRIFT: frame -> radians as keyframed there (None: noise_drift everywhere)
-
-
 def temporal_from_scene(scene) -> TemporalSettings:
     settings = scene.silk
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
-        noise_mode=settings.noise_mode, color_coherence=settings.color_coherence, cadence=settings.cadence,
-        use_loop=settings.use_loop, loop_frames=settings.loop_frames, noise_drift=settings.noise_drift,
-        loop_turns=settings.loop_turns, drift_angle_at=walk_settings.drift_angle_reader(scene))
+        fusion_end=settings.fusion_end, noise_mode=settings.noise_mode, color_coherence=settings.color_coherence,
+        cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames,
+        noise_drift=settings.noise_drift, loop_turns=settings.loop_turns,
+        drift_angle_at=walk_settings.drift_angle_reader(scene))
 
 
 SHOT_MARKER_PREFIX = "shot"

@@ -161,7 +161,15 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         name="Fusion", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="At every denoising step, pull pixels seen in the previous frame toward its warped "
                     "picture by this much (0 = off)")
+    fusion_end: FloatProperty(
+        name="Fusion End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Fraction of the denoising steps after which fusion stops, so the last steps refine the "
+                    "frame freely instead of pulling it toward the resampled previous frame")
     noise_mode: EnumProperty(name="Noise", items=NOISE_MODES, default="FIXED")
+    use_noise_pass: BoolProperty(
+        name="Noise Pass", default=False,
+        description="Write the latent noise each frame starts from as a 4-channel render pass 'Noise' (each "
+                    "latent pixel over its 8x8 block); Guides mode computes it exactly as painting would")
     color_coherence: FloatProperty(
         name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")

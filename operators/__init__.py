@@ -1,7 +1,7 @@
 """Silk's operators."""
-from . import render, units, variants, worker
+from . import animation, farm, render, units, variants, worker
 
-MODULES = (worker, render, units, variants)
+MODULES = (worker, render, units, animation, farm, variants)
 
 
 def register():

@@ -69,73 +69,67 @@ def test_loop_one_frame_shot_and_unknown_mode():
     assert latent_walk.MODES == ("DRIFT", "LOOP")
 
 
-# -- the engine's noise choice (FramePainter with a fake worker) -------------------------------
-def _painter_noises(mode, frames, feedback, job_number, drift=math.radians(20), turns=1):
-    from types import SimpleNamespace
+# -- the engine's noise choice (the animation core with a fake scene and painter) ------------------
+def _walk_scene(folder, mode, feedback, **temporal):
+    from dataclasses import replace
 
-    from silk.engine import animation, diffusion_job, schedule
+    from silk.engine.animation import TemporalSettings
+    from tests.test_animation_core import FakeScene
 
-    height, width = 24, 40
-    shot = schedule.Shot(1, 6)
-    settings = SimpleNamespace(use_feedback=feedback, strength=0.5, fusion=0.0, noise_mode=mode, color_coherence=0.0,
-                               cadence=1, use_loop=False, loop_frames=2, noise_drift=drift, loop_turns=turns,
-                               drift_angle_at=None)
-    guides = SimpleNamespace(vector=np.zeros((height, width, 4), np.float32),
-                             occlusion=np.zeros((height, width), np.float32))
-    job = diffusion_job.JobSettings(seed=99)
-    seen = {}
-    animation._job = job_number  # a new render job: nothing remembered from the last one
-    for frame in frames:
-        def paint(_guides, _job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None, frame=frame):
-            seen[frame] = (noise, seed)
-            return np.full((height, width, 3), 0.5, np.float32)
+    settings = replace(TemporalSettings(), use_feedback=feedback, noise_mode=mode, noise_drift=math.radians(20),
+                       **temporal)
+    return FakeScene(folder, last=6, temporal=settings)
 
-        context = animation.FrameContext(frame=frame, shot=shot, take_key=("walk", mode, feedback), width=width,
-                                         height=height, is_animation=True, frame_path=lambda _frame: "")
-        animation.FramePainter(context, job, settings, paint, None, None).paint(guides)
-    return seen
+
+def _expected(mode, scene, frame):
+    from silk.engine import noise
+
+    shape = noise.latent_shape(scene.height, scene.width) + (noise.CHANNELS,)
+    return noise_for(mode, scene.job.seed, 1, 6, frame, shape, lambda _f: math.radians(20))
 
 
 @pytest.mark.parametrize("mode", ["DRIFT", "LOOP"])
 @pytest.mark.parametrize("feedback", [False, True])
-def test_engine_paints_walk_modes_with_the_walks_noise_and_the_fixed_seed(mode, feedback):
-    seen = _painter_noises(mode, range(1, 7), feedback, job_number=1000)
-    for frame, (noise, seed) in seen.items():
-        expected = noise_for(mode, 99, 1, 6, frame, (3, 5, 4), lambda _f: math.radians(20))
-        assert noise is not None and noise.shape == (3, 5, 4) and np.array_equal(noise, expected), frame
-        assert seed == 99
-    # A render resumed at frame 4 (another job, nothing remembered) paints it from the same noise.
-    resumed = _painter_noises(mode, [4], feedback, job_number=1001)
-    assert np.array_equal(resumed[4][0], seen[4][0])
+def test_engine_paints_walk_modes_with_the_walks_noise_and_the_fixed_seed(mode, feedback, tmp_path):
+    from silk.engine.animation import RenderSession
+    from tests.test_animation_core import render
+
+    scene = _walk_scene(tmp_path, mode, feedback)
+    session, painter = render(scene, range(1, 7))
+    assert [request.frame for request in painter.requests] == list(range(1, 7))
+    for request in painter.requests:
+        assert request.noise.dtype == np.float32 and np.array_equal(request.noise, _expected(mode, scene, request.frame))
+        assert request.seed == scene.job.seed
+    # The Noise pass (and Guides mode) shows the very noise a frame is painted from.
+    assert np.array_equal(RenderSession().frame_noise(scene, 4), painter.requests[3].noise)
+    # A render resumed at frame 4 (a new session, the frames before it on disk) paints from the same noise.
+    _session, resumed = render(scene, [4], session=session.next())
+    assert np.array_equal(resumed.requests[0].noise, painter.requests[3].noise)
     if mode == "DRIFT":
-        assert correlation(seen[2][0], seen[3][0]) == pytest.approx(math.cos(math.radians(20)), abs=0.15)
+        assert correlation(painter.requests[1].noise, painter.requests[2].noise) == pytest.approx(
+            math.cos(math.radians(20)), abs=0.15)
 
 
-def test_a_loops_repainted_start_uses_the_same_loop_noise():
+def test_drift_reads_the_angle_keyframed_at_each_frame(tmp_path):
+    from tests.test_animation_core import render
+
+    angles = {frame: math.radians(10 * frame) for frame in range(1, 7)}
+    scene = _walk_scene(tmp_path, "DRIFT", False, drift_angle_at=angles.get)
+    _session, painter = render(scene, range(1, 7))
+    walk = DriftWalk()
+    shape = painter.requests[0].noise.shape
+    assert np.allclose(painter.requests[5].noise, walk.noise(scene.job.seed, 1, 6, shape, angles.get), atol=1e-6)
+    assert not np.allclose(painter.requests[5].noise, _expected("DRIFT", scene, 6), atol=1e-3)  # not the constant
+
+
+def test_a_loops_repainted_start_uses_the_same_loop_noise(tmp_path):
     """use_loop repaints the shot's first frames from its last: with LOOP noise they start from
     their own frame's noise again, so the circle closes in the noise and in the pictures."""
-    from types import SimpleNamespace
+    from tests.test_animation_core import render
 
-    from silk.engine import animation, diffusion_job, schedule
-
-    height, width, shot = 16, 16, schedule.Shot(1, 4)
-    settings = SimpleNamespace(use_feedback=True, strength=0.5, fusion=0.0, noise_mode="LOOP", color_coherence=0.0,
-                               cadence=1, use_loop=True, loop_frames=2, noise_drift=0.0, loop_turns=1,
-                               drift_angle_at=None)
-    guides = SimpleNamespace(vector=np.zeros((height, width, 4), np.float32),
-                             occlusion=np.zeros((height, width), np.float32))
-    job = diffusion_job.JobSettings(seed=5)
-    calls, rewritten = [], []
-    animation._job = 2000
-    for frame in range(1, 5):
-        def paint(_guides, _job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None):
-            calls.append(noise)
-            return np.full((height, width, 3), 0.5, np.float32)
-
-        context = animation.FrameContext(frame=frame, shot=shot, take_key=("loop",), width=width, height=height,
-                                         is_animation=True, frame_path=lambda _frame: "")
-        animation.FramePainter(context, job, settings, paint, None, lambda f, _other: (guides, job, settings),
-                               rewrite_fn=lambda f, picture: rewritten.append(f)).paint(guides)
-    assert rewritten == [1, 2] and len(calls) == 6
-    for index, frame in enumerate([1, 2, 3, 4, 1, 2]):
-        assert np.array_equal(calls[index], noise_for("LOOP", 5, 1, 4, frame, (2, 2, 4))), index
+    scene = _walk_scene(tmp_path, "LOOP", True, use_loop=True, loop_frames=2)
+    session, painter = render(scene, range(1, 7))
+    assert [(note.frame, note.kind) for note in session.notes][-2:] == [(1, "loop"), (2, "loop")]
+    assert [request.frame for request in painter.requests] == [1, 2, 3, 4, 5, 6, 1, 2]
+    for request in painter.requests:
+        assert np.array_equal(request.noise, _expected("LOOP", scene, request.frame)), request.frame

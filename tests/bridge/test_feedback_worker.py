@@ -121,6 +121,18 @@ def test_fusion_moves_a_fraction_of_the_way_and_zero_leaves_the_latents_free(bac
     assert free > 0.1 and half < 0.7 * free
 
 
+def test_fusion_end_stops_fusion_after_that_fraction_of_the_steps(backend, monkeypatch):
+    init = generate(backend, seed=1, steps=4)
+    steps = record_fusion(monkeypatch)
+    generate(backend, {"init_image": init}, strength=1.0, fusion=1.0, fusion_end=0.5)  # no mask: all visible
+    pulled = [s["step"] for s in steps if torch.equal(s["after"], s["target"])]
+    untouched = [s["step"] for s in steps if torch.equal(s["after"], s["before"])]
+    assert pulled == [0, 1, 2] and untouched == [3, 4, 5]  # 6 steps: fusion through step 3 of 6
+    with pytest.raises(JobError, match="fusion_end"):
+        generate(backend, {"init_image": init}, strength=1.0, fusion=0.5, fusion_end=1.5)
+    assert "fusion_end" in protocol.FEATURES and "fusion_end" in protocol.REQUESTS["generate"][1]
+
+
 def test_fusion_without_a_mask_converges_to_the_initial_image_whatever_the_seed_or_prompt(backend):
     """A static scene: every pixel was visible, fusion 1 pulls all latents onto the noised
     initial image every step with the noise that noised it, so the result is the initial
