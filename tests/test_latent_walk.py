@@ -133,3 +133,13 @@ def test_a_loops_repainted_start_uses_the_same_loop_noise(tmp_path):
     assert [request.frame for request in painter.requests] == [1, 2, 3, 4, 5, 6, 1, 2]
     for request in painter.requests:
         assert np.array_equal(request.noise, _expected("LOOP", scene, request.frame)), request.frame
+
+
+def test_cadence_keys_get_the_noise_of_their_frame(tmp_path):
+    from tests.test_animation_core import render
+
+    scene = _walk_scene(tmp_path, "DRIFT", True, cadence=3)
+    _session, painter = render(scene, range(1, 7))
+    assert sorted(request.frame for request in painter.requests) == [1, 4, 6]  # keys; the rest are in-betweens
+    for request in painter.requests:
+        assert np.array_equal(request.noise, _expected("DRIFT", scene, request.frame)), request.frame
