@@ -63,7 +63,6 @@ class SILK_PT_variants_sidebar(bpy.types.Panel):
     bl_region_type = "UI"
     bl_category = "Silk"
     bl_parent_id = "SILK_PT_sidebar"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
         draw_variants(self.layout, context.scene)
