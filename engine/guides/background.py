@@ -20,9 +20,12 @@ from .camera import Camera
 
 
 def pixel_directions(camera: Camera, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """World directions (not unit) the camera sees through raster positions (perspective only)."""
-    near, direction = camera.pixel_rays(px, py)
-    return direction
+    """World directions (not unit) the camera sees through raster positions (perspective only).
+
+    A perspective ray's direction is affine in the raster position (``Camera.affine_rays``):
+    three multiply-adds a pixel instead of unprojecting two points."""
+    _, direction = camera.affine_rays()
+    return direction[0] + px[:, None] * direction[1] + py[:, None] * direction[2]
 
 
 def project_directions(camera: Camera, directions: np.ndarray):
