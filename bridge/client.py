@@ -15,15 +15,14 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol
-from .frames import SharedFrames
+from . import protocol, worker_log
+from .frames import FrameError, SharedFrames
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -130,7 +129,10 @@ class WorkerClient:
         if not os.path.exists(python):
             raise WorkerUnavailable(f"The worker Python '{python}' does not exist. Set SILK_WORKER_PYTHON, "
                                     "choose one in Silk's preferences, or run 'Install worker environment'")
-        self.frames = SharedFrames()
+        try:
+            self.frames = SharedFrames()
+        except FrameError as error:
+            raise WorkerUnavailable(f"Cannot share frames with the worker: {error}") from None
         token = secrets.token_urlsafe(24)
         port_file = os.path.join(self.frames.directory, "port")
         env = dict(os.environ)
@@ -139,19 +141,22 @@ class WorkerClient:
         env.pop("PYTHONPATH", None)
         env.update(self.config.env, SILK_WORKER_TOKEN=token, PYTHONUNBUFFERED="1")
         # Not inside the frames folder: that is deleted on stop, and the log must outlive a crash.
-        log_path = self.config.log_path or os.path.join(tempfile.gettempdir(), f"silk-worker-{os.getpid()}.log")
+        # A private (0600) file in a per-user folder; the worker rotates it by size.
+        log_path = self.config.log_path or worker_log.default_log_path()
         self.config.log_path = log_path
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        self._log_handle = open(log_path, "ab")
+        self._log_handle = worker_log.open_private(log_path)
         self._log_handle.write(f"\n--- Silk worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         self._log_handle.flush()
         command = [python, WORKER_SCRIPT, "--port-file", port_file, "--parent-pid", str(os.getpid()),
-                   "--exit-on-disconnect"]
+                   "--exit-on-disconnect", "--log-file", log_path]
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_handle,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as error:
             raise WorkerUnavailable(f"Cannot run the worker Python '{python}': {error.strerror}") from None
+        finally:  # the worker holds its own copy (and must be able to rotate the file)
+            self._log_handle.close()
+            self._log_handle = None
         deadline = time.monotonic() + self.config.start_timeout
         while not os.path.exists(port_file):
             if self.process.poll() is not None:
@@ -186,7 +191,11 @@ class WorkerClient:
         hello = {"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": token, "client": "silk"}
         if shared and self.frames is not None:
             hello.update(shared_dir=self.frames.directory, probe=self.frames.probe_secret)
-        reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        try:
+            reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        except JobFailed as error:  # refused: wrong token, another client connected, another protocol
+            raise WorkerUnavailable(f"The worker at {host}:{port} refused the connection ({error.code}): {error}") \
+                from None
         if reply.get("type") != "hello":
             raise WorkerUnavailable("The worker did not greet back")
         self.worker_pid = reply.get("pid")
