@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-noise build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise build clean
 
 all: test
 
@@ -26,6 +26,13 @@ $(VENV_LTS)/.ready: requirements/test.txt Makefile
 
 venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
+# The Flamenco job type's tests run it under Node.js: installed from Debian's packages when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+node:
+	@command -v node >/dev/null || command -v nodejs >/dev/null || { \
+		echo "Installing Node.js (nodejs) from Debian's packages for the farm job type tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
 ## Render the demo scene to out/: guides, passes, paintings, contact sheet.
 ## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
 MODEL ?=
@@ -35,11 +42,11 @@ demo: $(VENV)/.ready
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
 
-test-latest: $(VENV)/.ready
+test-latest: $(VENV)/.ready node
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 # The bridge (no bpy) is tested once, above; its worker runs in $(VENV) in both runs.
-test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
+test-lts: $(VENV_LTS)/.ready $(VENV)/.ready node
 	$(VENV_LTS)/bin/python -m pytest tests --ignore=tests/bridge $(PYTEST_ARGS)
 
 ## Guides against Cycles on a 200k-triangle scene at 512x512, and the worker bridge

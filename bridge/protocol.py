@@ -193,8 +193,9 @@ def error_reply(error: ProtocolError) -> dict:
 
 def make_error(code: str, message, reply_to=None) -> dict:
     """An error reply that always encodes within MAX_JSON_BYTES, whatever text it echoes: the
-    message is cut to MAX_ERROR_TEXT characters and a reply_to that is not a request id is dropped."""
-    return {"type": "error", "reply_to": reply_to if _is_int(reply_to) and reply_to >= 0 else None,
+    message is cut to MAX_ERROR_TEXT characters and a reply_to that is not a plausible request id
+    (a non-negative integer below 2**64) is dropped."""
+    return {"type": "error", "reply_to": reply_to if _is_int(reply_to) and 0 <= reply_to < 1 << 64 else None,
             "code": shorten(code, 64), "message": shorten(message, MAX_ERROR_TEXT)}
 
 

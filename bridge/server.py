@@ -194,13 +194,13 @@ class WorkerServer:
         if pushed_out is not None:
             _shut(pushed_out)
         try:
-            previous = threading.stack_size(CONNECTION_THREAD_STACK)
+            previous = _small_stacks()
             try:
                 threading.Thread(target=self._connection_thread, args=(connection, address),
                                  name="connection", daemon=True).start()
             finally:
-                threading.stack_size(previous)
-        except (RuntimeError, MemoryError, ValueError) as error:  # no thread to be had: refuse this one
+                _small_stacks(previous)
+        except (RuntimeError, MemoryError) as error:  # no thread to be had: refuse this one
             log.warning("cannot serve a connection: %s", error)
             self._forget_pending(connection)
             _close(connection)
@@ -520,6 +520,16 @@ def _keep_alive(connection: socket.socket) -> None:
                 connection.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     except OSError:
         pass
+
+
+def _small_stacks(size: int = CONNECTION_THREAD_STACK) -> int:
+    """Set the stack size of threads started next (many connection threads reserve little address
+    space under SILK_WORKER_MEMORY_LIMIT_MB); returns the previous size. Where the platform
+    refuses, threads keep the default."""
+    try:
+        return threading.stack_size(size)
+    except (ValueError, RuntimeError):
+        return 0
 
 
 def _shut(connection: socket.socket) -> None:

@@ -19,6 +19,7 @@ from ..bridge.client import JobCancelled, WorkerError
 from . import animation, conditioning, diffusion_job, job_settings, noise, result_history, worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
+from . import scene_capture
 from .scene_capture import CaptureError, capture_motion_frames, render_size
 from .scene_frames import SceneFrames
 
@@ -64,6 +65,7 @@ def start_session(*_args) -> None:
     """A render job starts: a new session (the last take's paintings carry over for F12 stepping)."""
     global session
     session = session.next()
+    scene_capture.new_job()  # frames kept for reuse belong to one job
 
 
 class SilkRenderEngine(bpy.types.RenderEngine):
@@ -309,9 +311,11 @@ def register():
     bpy.utils.register_class(SilkRenderEngine)
     if start_session not in bpy.app.handlers.render_init:
         bpy.app.handlers.render_init.append(start_session)
+    scene_capture.register()
 
 
 def unregister():
+    scene_capture.unregister()
     if start_session in bpy.app.handlers.render_init:
         bpy.app.handlers.render_init.remove(start_session)
     bpy.utils.unregister_class(SilkRenderEngine)

@@ -88,6 +88,13 @@ def take_files(scene) -> tuple[int, list[str]]:
 def add_take(scene, label: str):
     """Put the range's frames into the editing scene's sequencer; returns the strip."""
     start, files = take_files(scene)
+    return place_take(scene, label, start, files, [scene.frame_start, scene.frame_end],
+                      bpy.path.abspath(scene.render.filepath), scene.render.is_movie_format)
+
+
+def place_take(scene, label: str, start: int, files: list, frame_range: list, output: str, movie: bool = False):
+    """Put ``files`` (frames from ``start`` on, or one movie) into the editing scene's
+    sequencer as the take of ``frame_range`` rendered to ``output``; returns the strip."""
     if not files:
         return None
     editing = bpy.data.scenes.get(editing_scene_name(scene.name))
@@ -99,8 +106,7 @@ def add_take(scene, label: str):
     editing.render.fps, editing.render.fps_base = scene.render.fps, scene.render.fps_base
     editor = editing.sequence_editor or editing.sequence_editor_create()
     strips = _strips(editor)
-    frame_range = [scene.frame_start, scene.frame_end]
-    output = bpy.path.abspath(scene.render.filepath)
+    frame_range = list(frame_range)
     existing = [strip for strip in _all_strips(editor) if TAKE_KEY in strip.keys()]
     same_range = [strip for strip in existing
                   if list(strip.get(RANGE_KEY, [])) == frame_range and strip.get(OUTPUT_KEY) == output]
@@ -113,7 +119,7 @@ def add_take(scene, label: str):
         take = max((int(strip[TAKE_KEY]) for strip in existing), default=0) + 1
         channel = min(take, 128)
     name = f"Take {take} | {label}"[:63]
-    if scene.render.is_movie_format:
+    if movie:
         strip = strips.new_movie(name, files[0], channel, start)
     else:
         strip = strips.new_image(name, files[0], channel, start)

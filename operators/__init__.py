@@ -1,7 +1,7 @@
 """Silk's operators."""
-from . import animation, render, units, worker
+from . import animation, farm, render, units, worker
 
-MODULES = (worker, render, units, animation)
+MODULES = (worker, render, units, animation, farm)
 
 
 def register():

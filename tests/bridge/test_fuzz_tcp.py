@@ -304,6 +304,7 @@ def test_ten_thousand_hostile_messages_from_several_connections(tmp_path, worker
         assert log_size < 4 * 3 * 2 ** 20  # rotated: at most four files of 2 MiB (and a line)
         # Then a legitimate client loads tiny and paints.
         client = WorkerClient(WorkerConfig(remote=("127.0.0.1", worker.port, TOKEN)))
+        assert client.load_model(TINY)["source"] == "tiny"
         image, info = client.generate(TINY, "after the storm", control_images(64, 64), 64, 64, steps=2, seed=3)
         assert image.shape == (64, 64, 3) and np.isfinite(image).all() and info["model"] == "tiny"
         client.stop()  # a remote worker is asked to shut down: it exits cleanly

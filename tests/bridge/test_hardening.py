@@ -392,6 +392,17 @@ def test_shared_folder_escapes_get_no_shared_frames(checked, tmp_path):
     sock.close()
 
 
+def test_an_error_reply_always_encodes_within_the_limit():
+    worst = "\U0001F600\ud800\x00\"\\" * 2_000_000  # astral, lone surrogate, control, quote, backslash
+    for code, text, reply_to in [(worst, worst, 10 ** 4000), ("x", UnprintableError(), -1), (5, None, 3.5),
+                                 ("bad", b"\xff" * 10 ** 6, True)]:
+        wire = protocol.encode(protocol.make_error(code, text, reply_to))
+        assert len(wire) < 64 * 1024
+        message = json.loads(wire[4:])
+        assert message["type"] == "error" and message["reply_to"] is None
+    assert protocol.make_error("c", "m", 7)["reply_to"] == 7
+
+
 def test_loopback_is_recognised():
     from silk.bridge.server import is_loopback
 
@@ -552,12 +563,12 @@ def test_a_failing_reply_becomes_an_error_and_the_job_thread_lives(tmp_path):
 # -- ending cleanly --------------------------------------------------------------------
 def generate_until_step(client: WorkerClient, step: int, action) -> type:
     """Start a long generation and call ``action`` at ``step``; returns the error the client saw.
-    The frame is big enough (256x256, two torch threads) that the job thread is mostly inside a
+    The frame is big enough (192x192, two torch threads) that the job thread is mostly inside a
     torch op when the request arrives: exiting the interpreter there used to abort the process
     (exit -6, "terminate called without an active exception"; about one run in three here)."""
     client.load_model(TINY)
     try:
-        client.generate(TINY, "x", control_images(256, 256), 256, 256, steps=500, timeout=120,
+        client.generate(TINY, "x", control_images(192, 192), 192, 192, steps=500, timeout=120,
                         on_progress=lambda progress: progress.step == step and action())
     except WorkerError as error:
         return type(error)
