@@ -47,7 +47,7 @@ class TemporalSettings:
     strength: float = 0.55
     fusion: float = 0.5
     fusion_end: float = 1.0  # fraction of the steps after which fusion stops
-    noise_mode: str = "WARPED"
+    noise_mode: str = "FIXED"
     color_coherence: float = 0.5
     cadence: int = 1
     use_loop: bool = False
@@ -481,7 +481,7 @@ class _Take:
             return latent_walk.noise_for(mode, seed, shot.start, shot.end, frame, shape, angle_at=angle_at,
                                          turns=temporal_settings.loop_turns), None
         if mode != "WARPED":
-            return noise.shot_noise(height, width, seed).latent(), None
+            return noise.seed_latent(height, width, seed), None
         field_ = self._noise_field(frame, seed, previous_key, settings, guides)
         return field_.latent(), field_
 

@@ -362,13 +362,13 @@ def test_protocol_checks_the_new_fields():
         with pytest.raises(protocol.ProtocolError) as caught:
             protocol.validate_request(dict(base, **bad))
         assert caught.value.code == "malformed" and caught.value.reply_to == 5
-    assert {"fusion", "noise", "prompt_mix"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
 
 
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
-    assert {"fusion", "noise", "prompt_mix"} <= set(client.worker_features)
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(client.worker_features)
     sent = []
 
     def fake_call(request, attachments, **kwargs):
@@ -390,6 +390,16 @@ def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     with pytest.raises(JobFailed) as caught:
         client.generate(TINY, "x", control_images(8, 8), 8, 8, noise=np.zeros((1, 1, 4), np.int32))
     assert caught.value.code == "bad_request"
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=0.6)
+    assert sent[3]["fusion_end"] == 0.6
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=1.0)
+    assert "fusion_end" not in sent[4]  # the default (fusion on every step) is not sent
+    client.worker_features = ["fusion", "noise", "prompt_mix"]  # a worker from before fusion_end
+    with pytest.raises(JobFailed, match="fusion_end") as caught:
+        client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4,
+                        fusion_end=0.6)
+    assert caught.value.code == "unsupported"
+    del sent[3:]
     client.worker_features = None  # a worker from before these fields would ignore them: refuse instead
     for extra in ({"fusion": 0.5}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
                                                                                                    "weight": 1}]}):
