@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-overhead gpu-check build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-overhead gpu-check build clean
 
 all: test
 
@@ -75,6 +75,11 @@ bench-animation: $(VENV)/.ready
 ## with the surface (no Blender, no model); see docs/benchmarks.md.
 bench-noise: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_noise.py
+
+## DRIFT's frame-to-frame noise correlation against cos(angle) and LOOP's last-to-first step
+## against its median step (engine/latent_walk.py); see docs/benchmarks.md.
+bench-latent-walk: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_latent_walk.py
 
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist

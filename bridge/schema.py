@@ -30,6 +30,7 @@ LORA_WEIGHT_LIMIT = 10.0
 PROMPT_MIX_LIMIT = 64
 MAX_CONTROLNETS = 8
 MAX_LORAS = 16
+MAX_IMAGE_PROMPTS = 4
 DEVICES = ("auto", "cuda", "mps", "cpu")
 PRECISIONS = ("auto", "fp16", "bf16", "fp32")
 FAMILY_CHOICES = ("auto",) + tuple(families.FAMILIES)
@@ -286,6 +287,10 @@ class GenerateRequest:
     fusion: float = 0.0  # pull toward the noised initial image after each step...
     fusion_end: float = 1.0  # ...until this fraction of the steps is done
     prompt_mix: list = field(default_factory=list)  # [PromptWeight]
+    # Image prompts (IP-Adapter): [{"image": frame, "weight": number}] and {"source", "image_encoder",
+    # "scale"}; their values are checked by bridge/ip_adapter.py's parse_request.
+    image_prompts: list | None = None
+    ip_adapter: dict | None = None
     preview: bool = False
     output: dict | None = None  # where the worker writes the picture (shared frames)
 
@@ -299,7 +304,8 @@ class GenerateRequest:
         """The fields past protocol 1's first generate that this request uses (a worker must list them)."""
         return [name for name, used in (("fusion", self.fusion > 0), ("noise", self.noise is not None),
                                         ("prompt_mix", bool(self.prompt_mix)),
-                                        ("fusion_end", self.fusion > 0 and self.fusion_end < 1.0)) if used]
+                                        ("fusion_end", self.fusion > 0 and self.fusion_end < 1.0),
+                                        ("ip_adapter", bool(self.image_prompts))) if used]
 
     def to_json(self, frame=lambda value, name: value) -> dict:
         """Protocol 1's generate fields; ``frame(array, name)`` turns an array into a descriptor."""
@@ -320,6 +326,10 @@ class GenerateRequest:
             data["prompt_mix"] = [dict({"prompt": p.prompt, "weight": p.weight},
                                        **({"negative_prompt": p.negative_prompt} if p.negative_prompt else {}))
                                   for p in self.prompt_mix]
+        if self.image_prompts:
+            data["image_prompts"] = [{"image": frame(entry["image"], f"image_prompt{index}"),
+                                      "weight": entry.get("weight", 1.0)} for index, entry in enumerate(self.image_prompts)]
+            data["ip_adapter"] = dict(self.ip_adapter or {})
         if self.output is not None:
             data["output"] = self.output
         return data
@@ -369,6 +379,7 @@ class GenerateRequest:
             _fail("bad_request", f"noise must be a float32 array, not {self.noise.dtype.name}")
         if self.output is not None:
             _frame(_object(self.output, "output"), "output")
+        self._check_image_prompts()
         if not self.controlnets:
             _fail("bad_request", "at least one ControlNet image is needed")
         if self.fusion > 0 and self.init_image is None:
@@ -376,6 +387,18 @@ class GenerateRequest:
         if self.prompt_mix and not sum(entry.weight for entry in self.prompt_mix) > 0:
             _fail("bad_request", "the weights of prompt_mix must add up to more than 0")
         return self
+
+    def _check_image_prompts(self) -> None:
+        if self.image_prompts is not None:
+            if not isinstance(self.image_prompts, list) or not 1 <= len(self.image_prompts) <= MAX_IMAGE_PROMPTS:
+                _fail("bad_request", f"image_prompts must be a list of 1 to {MAX_IMAGE_PROMPTS} "
+                      "{\"image\": frame, \"weight\": number} objects")
+            for index, entry in enumerate(self.image_prompts):
+                if not isinstance(entry, dict) or entry.get("image") is None:
+                    _fail("bad_request", f"image_prompts[{index}] needs an 'image' frame")
+                _frame(entry["image"], f"image_prompts[{index}].image")
+        if self.ip_adapter is not None and not isinstance(self.ip_adapter, dict):
+            _fail("bad_request", "ip_adapter must be an object: {\"source\", \"image_encoder\", \"scale\"}")
 
     def _check_cost(self) -> None:
         pixels = self.width * self.height
@@ -406,6 +429,9 @@ def build(model, prompt: str, controlnets: list, width: int, height: int, **fiel
                 width=_plain(width), height=_plain(height),
                 controlnets=[unit if isinstance(unit, ControlUnit) else {key: _plain(value) for key, value in unit.items()}
                              for unit in controlnets])
+    if data.get("image_prompts"):
+        data["image_prompts"] = [{key: _plain(value) for key, value in entry.items()} if isinstance(entry, dict)
+                                 else entry for entry in data["image_prompts"]]
     if data.get("prompt_mix"):
         data["prompt_mix"] = [entry if isinstance(entry, PromptWeight) else
                               {key: _plain(value) for key, value in entry.items()} for entry in data["prompt_mix"]]

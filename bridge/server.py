@@ -429,6 +429,8 @@ class WorkerServer:
         for key in schema.FRAME_FIELDS:
             if getattr(request, key) is not None:
                 images[key] = job.session.frames.open(getattr(request, key), job.attachments)
+        images["image_prompts"] = [job.session.frames.open(entry["image"], job.attachments)
+                                   for entry in request.image_prompts]
         units = []
         annotating = None  # seconds spent in annotators, when any ran
         for unit in request.controlnets:

@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from ..bridge import schema
-from . import conditioning, noise, schedule, temporal
+from . import conditioning, latent_walk, noise, schedule, temporal
 from .diffusion_job import JobSettings
 
 log = logging.getLogger("silk")
@@ -48,11 +48,14 @@ class TemporalSettings:
     strength: float = schema.default("strength")
     fusion: float = 0.5
     fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
-    noise_mode: str = "WARPED"
+    noise_mode: str = "FIXED"
     color_coherence: float = 0.5
     cadence: int = 1
     use_loop: bool = False
     loop_frames: int = 6
+    noise_drift: float = 0.0  # DRIFT (latent_walk.py): radians at this frame
+    loop_turns: int = 1  # LOOP: circles over the shot
+    drift_angle_at: object = None  # DRIFT: frame -> radians as keyframed there (None: noise_drift everywhere)
 
 
 @dataclass
@@ -472,8 +475,14 @@ class _Take:
         mode, seed = settings.temporal.noise_mode, settings.job.seed
         if mode == "RANDOM":
             return noise.shot_noise(height, width, seed + frame).latent(), None
+        if mode in latent_walk.MODES:  # DRIFT and LOOP: latent walks over the shot
+            temporal_settings, shot = settings.temporal, self.source.shot(frame)
+            angle_at = temporal_settings.drift_angle_at or (lambda _frame: temporal_settings.noise_drift)
+            shape = noise.latent_shape(height, width) + (noise.CHANNELS,)
+            return latent_walk.noise_for(mode, seed, shot.start, shot.end, frame, shape, angle_at=angle_at,
+                                         turns=temporal_settings.loop_turns), None
         if mode != "WARPED":
-            return noise.shot_noise(height, width, seed).latent(), None
+            return noise.seed_latent(height, width, seed), None
         field_ = self._noise_field(frame, seed, previous_key, settings, guides)
         return field_.latent(), field_
 

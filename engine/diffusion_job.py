@@ -50,6 +50,9 @@ class JobSettings:
     negative_prompt: str = schema.default("negative_prompt")
     # Prompt travel: [{"prompt", "negative_prompt", "weight"}], weights summing to 1 (empty: ``prompt``).
     prompt_mix: list = field(default_factory=list)
+    # Image prompts (image_prompts.py): [{"image": (h, w, 3) array, "weight"}] and the IP-Adapter to use.
+    image_prompts: list = field(default_factory=list)
+    ip_adapter: dict = field(default_factory=dict)
     seed: int = schema.default("seed")
     steps: int = schema.default("steps")
     guidance: float = schema.default("guidance")
@@ -148,6 +151,8 @@ def generate_request(settings: JobSettings, guides, depth_range: conditioning.De
         scheduler=settings.scheduler, preview=preview, noise=noise,
         prompt_mix=[PromptWeight(entry["prompt"], float(entry["weight"]), entry.get("negative_prompt", ""))
                     for entry in settings.prompt_mix])
+    if settings.image_prompts:
+        request.image_prompts, request.ip_adapter = list(settings.image_prompts), dict(settings.ip_adapter)
     if init_image is not None:
         request.init_image, request.mask = init_image, mask
         request.strength = float(np.max(mask)) if mask is not None else request.strength

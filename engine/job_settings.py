@@ -9,7 +9,7 @@ from __future__ import annotations
 import bpy
 import numpy as np
 
-from . import diffusion_job, schedule, worker_link
+from . import diffusion_job, schedule, walk_settings, worker_link
 from .color import linear_to_srgb
 from .animation import TemporalSettings
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
@@ -36,6 +36,7 @@ def from_scene(scene) -> JobSettings:
         prompt, negative_prompt = mix[0][0], mix[0][1]
         if len(mix) > 1:
             prompt_mix = [{"prompt": p, "negative_prompt": n, "weight": w} for p, n, w in mix]
+    image_prompts, ip_adapter = walk_settings.image_prompts(scene)
     model = _model_source(settings.model)
     return JobSettings(
         model=model, family=settings.model_family, units=units,
@@ -44,7 +45,7 @@ def from_scene(scene) -> JobSettings:
         prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
         steps=settings.steps, guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
         attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
-        cpu_offload=settings.cpu_offload)
+        cpu_offload=settings.cpu_offload, image_prompts=image_prompts, ip_adapter=ip_adapter)
 
 
 def _model_source(model: str) -> str:
@@ -83,7 +84,9 @@ def temporal_from_scene(scene) -> TemporalSettings:
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
         fusion_end=settings.fusion_end, noise_mode=settings.noise_mode, color_coherence=settings.color_coherence,
-        cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames)
+        cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames,
+        noise_drift=settings.noise_drift, loop_turns=settings.loop_turns,
+        drift_angle_at=walk_settings.drift_angle_reader(scene))
 
 
 SHOT_MARKER_PREFIX = "shot"

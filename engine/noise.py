@@ -27,6 +27,7 @@ not visible in the previous frame (see temporal.py).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,14 @@ def fresh_field(height: int, width: int, rng: np.random.Generator, subpixels: in
 def shot_noise(height: int, width: int, seed: int, subpixels: int = SUBPIXELS) -> NoiseField:
     """A shot's first noise (and FIXED mode's noise for the whole shot): from the seed alone."""
     return fresh_field(height, width, np.random.default_rng(int(seed) & 0xFFFFFFFF), subpixels)
+
+
+@functools.lru_cache(maxsize=8)
+def seed_latent(height: int, width: int, seed: int) -> np.ndarray:
+    """The latent of ``shot_noise`` (FIXED mode's noise, every frame of a shot), made once."""
+    latent = shot_noise(height, width, seed).latent()
+    latent.setflags(write=False)
+    return latent
 
 
 def warp_field(field: NoiseField, vector: np.ndarray, occlusion: np.ndarray, rng: np.random.Generator) -> NoiseField:

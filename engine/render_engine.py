@@ -16,7 +16,8 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import animation, conditioning, diffusion_job, job_settings, noise, result_history, worker_link
+from . import (animation, conditioning, diffusion_job, job_settings, noise, result_history,
+               worker_link)
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from . import scene_capture

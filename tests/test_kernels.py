@@ -108,3 +108,31 @@ def test_triangle_tables_agree_on_flat_mirrored_sheared_and_shared_meshes(ortho)
         assert np.allclose(getattr(fast, name), getattr(slow, name), rtol=1e-12, atol=1e-12), name
     assert scene.renormalise.tolist() == [True, False, True, True]
     assert (slow.winding < 0).sum() > 0 and compute._normals_of(scene, visible)[1].sum() == 2
+
+
+@pytest.mark.parametrize("ortho_now, ortho_other", [(False, False), (False, True), (True, False)])
+def test_background_motion_agrees_on_both_paths(ortho_now, ortho_other):
+    """The compiled background loop writes what background.fill_background's numpy code writes."""
+    from silk.engine.guides.background import fill_background
+
+    angle = np.radians(4.0)
+    turn = np.array([[np.cos(angle), 0, np.sin(angle), 0], [0, 1, 0, 0], [-np.sin(angle), 0, np.cos(angle), 0],
+                     [0, 0, 0, 1]])
+    now = camera(width=70, height=50, ortho=ortho_now)
+    before = camera(width=70, height=50, view=turn, ortho=ortho_other, fov=55.0)
+    after = camera(width=70, height=50, view=translation(x=0.2) @ np.linalg.inv(turn), ortho=ortho_other)
+    rng = np.random.default_rng(3)
+    background = rng.random(70 * 50) < 0.6
+    previous_winner = np.where(rng.random(70 * 50) < 0.5, -1, 7)
+    results = []
+    for use_kernels in (True, False):
+        vector = np.zeros((70 * 50, 4), dtype=np.float32)
+        occlusion = np.full(70 * 50, 0.5, dtype=np.float32)
+        fill_background(vector, occlusion, background, now, before, after, previous_winner, use_kernels)
+        results.append((vector, occlusion))
+    (fast_vector, fast_occlusion), (slow_vector, slow_occlusion) = results
+    assert np.allclose(fast_vector, slow_vector, atol=1e-4)
+    assert np.array_equal(fast_occlusion, slow_occlusion)
+    assert np.array_equal(fast_occlusion[~background], np.full((~background).sum(), 0.5, dtype=np.float32))
+    if not ortho_now and not ortho_other:
+        assert np.abs(slow_vector[background]).max() > 1.0  # the turn moves the sky

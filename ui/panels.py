@@ -248,6 +248,8 @@ class SILK_PT_animation(SilkPanel, bpy.types.Panel):
         sub.active = settings.fusion > 0
         sub.prop(settings, "fusion_end")
         column.prop(settings, "noise_mode")
+        if settings.noise_mode in ("DRIFT", "LOOP"):  # latent walks (engine/latent_walk.py)
+            column.prop(settings, "noise_drift" if settings.noise_mode == "DRIFT" else "loop_turns")
         column.prop(settings, "color_coherence")
         column.prop(settings, "cadence")
         row = column.row(heading="Loop")

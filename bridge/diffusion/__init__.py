@@ -22,7 +22,8 @@ import threading
 import time
 
 from ..errors import Cancelled, JobError
-from ..schema import ControlUnit, GenerateRequest, ModelRequest
+from .. import ip_adapter
+from ..schema import FRAME_FIELDS, ControlUnit, GenerateRequest, ModelRequest
 from . import generation, loading, loras
 from .generation import Result
 from .guides import Fusion, NoisedInit, StrengthMask, visible_latents
@@ -41,6 +42,7 @@ class DiffusionBackend:
         self.max_pipelines = max_pipelines
         self._pipelines: dict = {}  # ModelRequest.key() -> LoadedModel
         self._embeddings = PromptEmbeddings()
+        self._ip_adapters = ip_adapter.IPAdapters(cache_dir)
         self._lock = threading.Lock()
         self._device_name = None
 
@@ -105,13 +107,17 @@ class DiffusionBackend:
         """Paint a request (GenerateRequest, or its JSON). ``units``: [ControlUnit] or their JSON,
         with arrays as images; ``images``: the init_image, mask and noise arrays it has."""
         if not isinstance(request, GenerateRequest):
+            frames = {key: value for key, value in images.items() if key in FRAME_FIELDS}
             request = GenerateRequest.from_json(dict(request, controlnets=request.get("controlnets") or units,
-                                                     **images))
+                                                     **frames))
         units = [unit if isinstance(unit, ControlUnit) else ControlUnit.from_json(unit, index)
                  for index, unit in enumerate(units)]
         loaded = self.loaded(request.model)
+        image_prompt = ip_adapter.parse_request({"image_prompts": request.image_prompts,
+                                                 "ip_adapter": request.ip_adapter}, images.get("image_prompts", []))
         try:
-            return generation.generate(loaded, request, images, units, self._embeddings, progress, cancel)
+            extra = self._ip_adapters.arguments(loaded, image_prompt, request.guidance)
+            return generation.generate(loaded, request, images, units, self._embeddings, progress, cancel, extra)
         except Cancelled:
             raise
         except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError

@@ -49,13 +49,15 @@ def check_units(request: GenerateRequest, units: list, controlnet_count: int) ->
 
 
 def generate(loaded: LoadedModel, request: GenerateRequest, images: dict, units: list, embeddings, progress,
-             cancel) -> Result:
+             cancel, extra: dict | None = None) -> Result:
     """Paint ``request`` with ``units`` ([ControlUnit] holding arrays) and ``images`` (init_image,
-    mask, noise arrays); ``progress(step, steps, preview)`` after each step; ``cancel`` an Event."""
+    mask, noise arrays); ``progress(step, steps, preview)`` after each step; ``cancel`` an Event;
+    ``extra``: more pipeline arguments (an IP-Adapter's image embeddings)."""
     started = time.perf_counter()
     check_units(request, units, len(loaded.controlnets))
     plan = make_plan(loaded, request, images)
-    arguments = pipeline_arguments(loaded, request, plan, units, embeddings.for_request(loaded, request))
+    prompts = dict(embeddings.for_request(loaded, request), **(extra or {}))  # a copy: the cache's stays as it is
+    arguments = pipeline_arguments(loaded, request, plan, units, prompts)
     arguments["callback_on_step_end"] = step_callback(loaded, request, plan, progress, cancel)
     torch = loaded.torch
     with torch.inference_mode(), cancellable_inside_steps(plan.pipe, cancel), \

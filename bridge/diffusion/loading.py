@@ -29,6 +29,8 @@ class LoadedModel:
     torch: object
     loras: dict = field(default_factory=dict)  # adapter name -> file path
     lora_weights: tuple | None = ()
+    ip_adapter: object = None  # the IP-Adapter loaded into the pipelines (bridge/ip_adapter.py)
+    ip_adapter_hidden_states: object = None
 
     @property
     def dtype_name(self) -> str:

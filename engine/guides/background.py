@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernels
 from .camera import Camera
 
 
 def pixel_directions(camera: Camera, px: np.ndarray, py: np.ndarray) -> np.ndarray:
-    """World directions (not unit) the camera sees through raster positions (perspective only)."""
-    near, direction = camera.pixel_rays(px, py)
-    return direction
+    """World directions (not unit) the camera sees through raster positions (perspective only).
+
+    A perspective ray's direction is affine in the raster position (``Camera.affine_rays``):
+    three multiply-adds a pixel instead of unprojecting two points."""
+    _, direction = camera.affine_rays()
+    return direction[0] + px[:, None] * direction[1] + py[:, None] * direction[2]
 
 
 def project_directions(camera: Camera, directions: np.ndarray):
@@ -43,15 +47,28 @@ def _motion(to: np.ndarray, at: np.ndarray) -> np.ndarray:
 
 
 def fill_background(vector: np.ndarray, occlusion: np.ndarray, background: np.ndarray, camera: Camera,
-                    previous: Camera | None, following: Camera | None, previous_winner: np.ndarray | None) -> None:
+                    previous: Camera | None, following: Camera | None, previous_winner: np.ndarray | None,
+                    use_kernels: bool = False) -> None:
     """Write the background pixels' motion into ``vector`` (N, 4) and their occlusion (N,), in place.
 
     ``background``: (N,) bool, pixels showing no surface now; ``previous_winner``: the previous
     frame's per-pixel triangle (-1 = background) to tell whether the direction was visible then
-    (a surface may have covered it)."""
+    (a surface may have covered it). ``use_kernels``: the compiled loop (kernels.background_motion)
+    where numba is available; this numpy code is its reference."""
     if not background.any():
         return
     index = np.nonzero(background)[0]
+    if use_kernels and kernels.AVAILABLE:
+        def camera_args(other):
+            if other is None:
+                return np.zeros((4, 4)), np.zeros(2, dtype=np.int64), False
+            return other.view_projection, np.array([other.width, other.height], dtype=np.int64), not other.is_ortho
+
+        kernels.background_motion(
+            index, camera.width, camera.affine_rays()[1], not camera.is_ortho, *camera_args(previous),
+            np.zeros(0, dtype=np.int64) if previous_winner is None else previous_winner, *camera_args(following),
+            vector, occlusion)
+        return
     px = (index % camera.width) + 0.5
     py = (index // camera.width) + 0.5
     perspective = not camera.is_ortho

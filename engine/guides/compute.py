@@ -488,7 +488,7 @@ def compute_guides(
     # pixel unless its direction showed background a frame ago as well (background.py).
     fill_background(vector, occlusion, winner < 0, camera, previous.camera if previous is not None else None,
                     following.camera if following is not None else None,
-                    previous_raster.winner if previous_raster is not None else None)
+                    previous_raster.winner if previous_raster is not None else None, use_kernels)
 
     coverage = winner >= 0
     backfacing_fraction = backfacing / max(covered.size, 1)

@@ -394,3 +394,55 @@ def triangle_tables(used, vertices, triangles, owner_of, used_normals, used_flat
             _affine_rows(previous_vertices, a, b, c, previous_rows, previous, k)
         if has_following:
             _affine_rows(following_vertices, a, b, c, following_rows, following, k)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _direction_in(vp, dx, dy, dz, width, height):
+    """Raster position of a direction at infinity in a camera (see background.project_directions)."""
+    w = vp[3, 0] * dx + vp[3, 1] * dy + vp[3, 2] * dz
+    valid = w > 1e-12
+    if not valid:
+        w = 1.0
+    x = ((vp[0, 0] * dx + vp[0, 1] * dy + vp[0, 2] * dz) / w + 1.0) * 0.5 * width
+    y = ((vp[1, 0] * dx + vp[1, 1] * dy + vp[1, 2] * dz) / w + 1.0) * 0.5 * height
+    return x, y, valid
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unmoved_as_zero(moved):
+    return 0.0 if abs(moved) < 1e-6 else moved
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def background_motion(index, width, direction, perspective, previous_vp, previous_size, previous_perspective,
+                      previous_winner, following_vp, following_size, following_perspective, vector, occlusion):
+    """background.fill_background one pixel at a time (the numpy code there is the reference).
+
+    A camera that is absent has a zero-sized ``*_size``; ``previous_winner`` is empty when
+    the previous frame's visibility is unknown."""
+    has_previous = previous_size[0] > 0
+    has_following = following_size[0] > 0
+    for n in prange(index.shape[0]):
+        pixel = index[n]
+        px = (pixel % width) + 0.5
+        py = (pixel // width) + 0.5
+        dx = direction[0, 0] + px * direction[1, 0] + py * direction[2, 0]
+        dy = direction[0, 1] + px * direction[1, 1] + py * direction[2, 1]
+        dz = direction[0, 2] + px * direction[1, 2] + py * direction[2, 2]
+        if has_previous:
+            x, y, valid = px, py, True
+            if perspective and previous_perspective:
+                x, y, valid = _direction_in(previous_vp, dx, dy, dz, previous_size[0], previous_size[1])
+                vector[pixel, 0] = _unmoved_as_zero(x - px) if valid else 0.0
+                vector[pixel, 1] = _unmoved_as_zero(y - py) if valid else 0.0
+            if previous_winner.shape[0] > 0:
+                column = np.floor(x)
+                row = np.floor(y)
+                seen = False
+                if valid and 0 <= column < previous_size[0] and 0 <= row < previous_size[1]:
+                    seen = previous_winner[int(row) * previous_size[0] + int(column)] < 0
+                occlusion[pixel] = 0.0 if seen else 1.0
+        if has_following and perspective and following_perspective:
+            x, y, valid = _direction_in(following_vp, dx, dy, dz, following_size[0], following_size[1])
+            vector[pixel, 2] = _unmoved_as_zero(px - x) if valid else 0.0
+            vector[pixel, 3] = _unmoved_as_zero(py - y) if valid else 0.0

@@ -103,6 +103,7 @@ def test_two_shots_on_two_nodes_at_once_paint_each_shot_in_order(silk, tmp_path)
 
 def test_a_long_shot_in_chained_chunks_and_a_killed_chunk_continue_seamlessly(silk, tmp_path):
     scene = farm_scene(6)
+    scene.silk.cadence = 2  # keys 1, 3, 5, 6: a chunk's first frame is built between keys
     # The same shot painted in one go, here, is the reference.
     scene.render.filepath = str(tmp_path / "reference" / "f_")
     bpy.ops.render.render(animation=True)
@@ -110,29 +111,29 @@ def test_a_long_shot_in_chained_chunks_and_a_killed_chunk_continue_seamlessly(si
 
     job = submit(scene, tmp_path, max_frames_per_task=3)
     first_chunk, second_chunk = [task for task in job["tasks"] if task["type"] == "blender"]
-    assert second_chunk["dependencies"] == [first_chunk["name"]]
+    assert (first_chunk["name"], second_chunk["dependencies"]) == ("shot 1-6 part 1/2 (1-3)", [first_chunk["name"]])
     logs = flamenco.run_tasks([first_chunk], workers=1, log_folder=tmp_path / "logs")
-    assert logs[first_chunk["name"]]["notes"] == [[1, "fresh", None], [2, "feedback", 1], [3, "feedback", 2]]
+    assert logs[first_chunk["name"]]["notes"] == [[1, "fresh", None], [3, "feedback", 1], [2, "in-between", 1]]
 
-    # The second chunk's node dies while painting frame 5; the manager runs the task again.
+    # The second chunk's node dies while painting frame 6; the manager runs the task again.
     log = tmp_path / "killed.json"
     process = subprocess.run(flamenco.command_line(second_chunk["commands"][0]), stdout=subprocess.DEVNULL,
                              stderr=subprocess.STDOUT, timeout=300,
-                             env={**os.environ, "SILK_TEST_FARM_LOG": str(log), "SILK_TEST_DIE_PAINTING": "5"})
+                             env={**os.environ, "SILK_TEST_FARM_LOG": str(log), "SILK_TEST_DIE_PAINTING": "6"})
     assert process.returncode == -signal.SIGKILL
     killed = json.loads(log.read_text())
-    assert [note[0] for note in killed["notes"]] == [4]
-    assert os.path.exists(frame_file(job, 4)) and not os.path.exists(frame_file(job, 5))
+    # Frame 4 is built between key 3 (the first chunk's, read from disk) and key 5 (painted ahead).
+    assert killed["notes"] == [[5, "feedback", 3], [4, "in-between", 3]]
+    assert os.path.exists(frame_file(job, 5)) and not os.path.exists(frame_file(job, 6))
     deadline = time.monotonic() + 10  # the dead node's worker goes away by itself (it frees its GPU)
     while _alive(killed["worker_pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(killed["worker_pid"])
-    finished = {frame: os.path.getmtime(frame_file(job, frame)) for frame in range(1, 7)
-                if os.path.exists(frame_file(job, frame))}
+    finished = {frame: os.path.getmtime(frame_file(job, frame)) for frame in range(1, 6)}
 
     logs = flamenco.run_tasks([second_chunk], workers=1, log_folder=tmp_path / "logs-again")
     notes = logs[second_chunk["name"]]["notes"]
-    assert notes == [[5, "feedback", 4], [6, "feedback", 5]]  # the unfinished frames, from frame 4's painting
+    assert notes == [[6, "feedback", 5]]  # only the unfinished frame, from frame 5's painting on disk
     assert all(os.path.getmtime(frame_file(job, frame)) == mtime for frame, mtime in finished.items())
     for frame in range(1, 7):  # as if painted in one go (the sidecars keep paintings in float16)
         difference = np.abs(read_png(frame_file(job, frame)) - reference[frame - 1])

@@ -371,13 +371,13 @@ def test_requests_check_the_new_fields():
         with pytest.raises(JobError) as caught:
             schema.parse(dict(base, **bad))
         assert caught.value.code == "bad_request"
-    assert set(protocol.FEATURES) == {"fusion", "noise", "prompt_mix", "fusion_end"}
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
 
 
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
-    assert set(client.worker_features) == {"fusion", "noise", "prompt_mix", "fusion_end"}
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(client.worker_features)
     sent = []
 
     def fake_call(request, attachments, **kwargs):
@@ -399,6 +399,16 @@ def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     with pytest.raises(JobFailed) as caught:
         client.generate(TINY, "x", control_images(8, 8), 8, 8, noise=np.zeros((1, 1, 4), np.int32))
     assert caught.value.code == "bad_request"
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=0.6)
+    assert sent[3]["fusion_end"] == 0.6
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=1.0)
+    assert "fusion_end" not in sent[4]  # the default (fusion on every step) is not sent
+    client.worker_features = ["fusion", "noise", "prompt_mix"]  # a worker from before fusion_end
+    with pytest.raises(JobFailed, match="fusion_end") as caught:
+        client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4,
+                        fusion_end=0.6)
+    assert caught.value.code == "unsupported"
+    del sent[3:]
     client.worker_features = None  # a worker from before these fields would ignore them: refuse instead
     for extra in ({"fusion": 0.5, "init_image": np.zeros((8, 8, 3))}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
                                                                                                    "weight": 1}]}):
