@@ -108,6 +108,9 @@ class DiffusionBackend:
         with arrays as images; ``images``: the init_image, mask and noise arrays it has."""
         if not isinstance(request, GenerateRequest):
             frames = {key: value for key, value in images.items() if key in FRAME_FIELDS}
+            if request.get("image_prompts") and images.get("image_prompts"):  # the pictures in their entries
+                frames["image_prompts"] = [dict(entry, image=picture) for entry, picture in
+                                           zip(request["image_prompts"], images["image_prompts"])]
             request = GenerateRequest.from_json(dict(request, controlnets=request.get("controlnets") or units,
                                                      **frames))
         units = [unit if isinstance(unit, ControlUnit) else ControlUnit.from_json(unit, index)
