@@ -25,6 +25,12 @@ GUIDE_PREVIEWS = [
     ("OCCLUSION", "Occlusion", "White where the surface was not visible in the previous frame"),
 ]
 
+# F-curves hold float32 values and Blender rounds them to an int property by adding 0.5: only
+# seeds below 2^23 survive being keyed exactly (measured on 4.2 and 5.0: a keyed 8388609 comes
+# back as 8388610, 1817957071 as 1817957120: other pictures). Seeds Silk picks (the dice, the
+# variant picker) stay below it.
+SEED_LIMIT = 2 ** 23
+
 DEPTH_NORMALIZATIONS = [
     ("SHOT", "Shot", "From the depths the shot's first frame shows (1st to 99th percentile)"),
     ("CLIP", "Camera Clip", "From the camera's clip start and end"),

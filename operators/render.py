@@ -13,6 +13,7 @@ from ..bridge.client import JobCancelled, WorkerError
 from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
+from ..engine.settings import SEED_LIMIT
 
 PREVIEW_TIMEOUT = 1800.0  # seconds a preview may take, model loading included
 
@@ -33,11 +34,11 @@ def _watch_worker_state():
 class SILK_OT_randomize_seed(bpy.types.Operator):
     bl_idname = "silk.randomize_seed"
     bl_label = "Random Seed"
-    bl_description = "Pick a new random seed"
+    bl_description = "Pick a new random seed (one a keyframe holds exactly)"
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        context.scene.silk.seed = random.randrange(0, 2 ** 31 - 1)
+        context.scene.silk.seed = random.randrange(0, SEED_LIMIT)
         return {"FINISHED"}
 
 
