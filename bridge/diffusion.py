@@ -368,6 +368,12 @@ class DiffusionBackend:
             _free_memory()
             raise JobError("out_of_memory", _out_of_memory_message(spec)) from None
 
+    def generate_video(self, request: dict, images: dict, units: list, progress, cancel):
+        """One window of frames with a motion module: see bridge/motion.py."""
+        from .motion import generate_video
+
+        return generate_video(self, request, images, units, progress, cancel)
+
     def _generate(self, entry, spec, request, settings, images, units, progress, cancel, started) -> Result:
         torch = entry["torch"]
         width, height = settings["width"], settings["height"]

@@ -31,6 +31,13 @@ REQUESTS = {
         "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
         "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
     }),
+    # One window of a video model (bridge/motion.py): ControlNet units carry (frames, h, w, c) videos.
+    "generate_video": ({"model": dict, "motion": dict, "prompt": str, "frames": int}, {
+        "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
+        "width": int, "height": int, "strength": (int, float), "init_video": (dict, type(None)),
+        "masks": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
+        "prompts": dict, "decode_chunk": int, "context_frames": int, "context_stride": int,
+    }),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
     "shutdown": ({}, {}),
@@ -44,7 +51,7 @@ PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt"
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix")
+FEATURES = ("fusion", "noise", "prompt_mix", "generate_video")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
@@ -117,7 +124,7 @@ def validate_request(message: dict) -> dict:
     for name, expected in optional.items():
         if name in message:
             _check_type(kind, name, message[name], expected, message["id"])
-    if kind == "generate":
+    if kind in ("generate", "generate_video"):
         _check_controlnet_units(message.get("controlnets", []), message["id"])
         _check_prompt_mix(message.get("prompt_mix", []), message["id"])
     return message

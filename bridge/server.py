@@ -216,6 +216,8 @@ class WorkerServer:
             elif request["type"] == "load_model":
                 info = self.backend.load(request["model"])
                 reply = {"type": "ok", "reply_to": job.id, "model": info}
+            elif request["type"] == "generate_video":
+                reply, attachments = self._generate_video(job)
             else:
                 reply, attachments = self._generate(job)
         except Cancelled:
@@ -285,6 +287,32 @@ class WorkerServer:
         result = self.backend.generate(request, images, units, progress=progress, cancel=job.cancel)
         timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
         return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
+                                 model=result.model)
+
+    def _generate_video(self, job: Job):
+        """One window of a video model: every frame's ControlNet pictures in, every frame out."""
+        request = job.request
+        images = {key: self._frames.open(request[key], job.attachments)
+                  for key in ("init_video", "masks") if request.get(key) is not None}
+        units = []
+        for unit in request.get("controlnets", []):
+            if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
+                raise JobError("malformed", "each ControlNet unit needs an 'image' video frame")
+            units.append(dict(unit, image=self._frames.open(unit["image"], job.attachments)))
+
+        def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
+            if job.cancel.is_set():
+                raise Cancelled()
+            message = {"type": "progress", "job": job.id, "step": step, "steps": steps}
+            if preview is not None:
+                data = np.ascontiguousarray(preview, dtype=np.uint8)
+                message["preview"] = {"attachment": 0, "shape": list(data.shape), "dtype": "uint8"}
+                self.send(message, [memoryview(data).cast("B")])
+            else:
+                self.send(message)
+
+        result = self.backend.generate_video(request, images, units, progress=progress, cancel=job.cancel)
+        return self._frame_reply(job, "result", "video", result.frames, seed=result.seed, timings=result.timings,
                                  model=result.model)
 
 
