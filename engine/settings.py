@@ -8,7 +8,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-from . import diffusion_job
+from . import diffusion_job, windows
 
 MODES = [
     ("DIFFUSE", "Diffuse", "Paint each frame with Stable Diffusion, steered by the guides"),
@@ -168,6 +168,23 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     prompt_easing: FloatProperty(
         name="Prompt Easing", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
         description="How prompts travel between keys: 0 = evenly, 1 = slow in and out (smoothstep)")
+
+    # -- motion module (a video model painting windows of frames: engine/windows.py) --------
+    motion_module: StringProperty(
+        name="Motion Module", default="",
+        description="An AnimateDiff motion module paints windows of frames together (empty: paint frame by "
+                    "frame): a hub repo id such as guoyww/animatediff-motion-adapter-v1-5-3, a local diffusers "
+                    "folder, an AnimateDiff .safetensors/.ckpt file, or 'tiny' (offline test module)")
+    context_frames: IntProperty(
+        name="Context Frames", default=windows.DEFAULT_CONTEXT_FRAMES, min=2, max=32,
+        description="Frames painted together in one window (motion modules are trained on 16; fewer need "
+                    "less GPU memory)")
+    context_overlap: IntProperty(
+        name="Context Overlap", default=windows.DEFAULT_CONTEXT_OVERLAP, min=0, max=31,
+        description="Frames each window shares with the one before: it starts from them, warped by the "
+                    "scene's exact motion, and cross-fades over them")
+    motion_loras: CollectionProperty(type=SilkLora)
+    active_motion_lora: IntProperty(name="Active Motion LoRA", default=0, min=0)
 
     # -- worker -------------------------------------------------------------
     attention_slicing: BoolProperty(name="Attention Slicing", default=False,
