@@ -217,10 +217,12 @@ class WindowPainter:
     it and sends one video request. ``motion_fn(frame, other) -> (vector, occlusion)`` is the
     exact motion of ``frame`` relative to ``other``. ``frame_path(frame)`` is where the render
     saves a frame ("" when not saving: no sidecars). ``rewrite_fn(frame, picture)`` saves over
-    a finished frame (the loop's first frames)."""
+    a finished frame (the loop's first frames). Saved windows join the windows painted next;
+    a window is taken from its sidecar instead of painted only with ``reuse_saved`` (a render
+    that continues what is on disk, not one that paints anew)."""
 
     def __init__(self, shot: Shot, settings: WindowSettings, take_key, width: int, height: int, paint_fn, motion_fn,
-                 frame_path, rewrite_fn=None):
+                 frame_path, rewrite_fn=None, reuse_saved: bool = False):
         self.shot = shot
         self.settings = settings
         self.take_key = take_key
@@ -229,6 +231,7 @@ class WindowPainter:
         self.motion_fn = motion_fn
         self.frame_path = frame_path
         self.rewrite_fn = rewrite_fn
+        self.reuse_saved = reuse_saved
         self.windows = schedule_windows(shot, settings.context_frames, settings.context_overlap, settings.use_loop)
         self.painted_windows: list = []  # indices painted by this painter (for stats and tests)
 
@@ -275,7 +278,8 @@ class WindowPainter:
         if found is not None:
             return found
         path = window_sidecar_path(self.frame_path(window.first), window) if self.frame_path(window.first) else ""
-        found = load_window(path, window, self.height, self.width) if path else None
+        found = load_window(path, window, self.height, self.width) if path and (self.reuse_saved or not paint) \
+            else None
         if found is None:
             if not paint:
                 return None

@@ -123,14 +123,19 @@ def test_a_resume_redoes_only_the_unfinished_window(tmp_path):
     (tmp_path / ".silk" / "window-13-28.npz").unlink()  # killed while the second window was painted
     windows.forget_all()  # a new Blender session: nothing remembered
     resumed = FakeWorker()
-    painter = WindowPainter(Shot(1, 40), settings, ("take",), W, H, resumed, sliding_motion, path)
+    painter = WindowPainter(Shot(1, 40), settings, ("take",), W, H, resumed, sliding_motion, path, reuse_saved=True)
     render(painter, range(15, 41))
     assert [window.index for window, _ in resumed.calls] == [1, 2]
     assert resumed.calls[0][1] is not None and resumed.calls[0][1].sources[:4] == (13, 14, 15, 16)  # joined to disk
     again = FakeWorker()
     windows.forget_all()
-    render(WindowPainter(Shot(1, 40), settings, ("take",), W, H, again, sliding_motion, path), range(1, 41))
-    assert again.calls == []  # everything is on disk
+    render(WindowPainter(Shot(1, 40), settings, ("take",), W, H, again, sliding_motion, path, reuse_saved=True),
+           range(1, 41))
+    assert again.calls == []  # continuing what is on disk: everything is there
+    anew = FakeWorker()
+    windows.forget_all()
+    render(WindowPainter(Shot(1, 40), settings, ("take",), W, H, anew, sliding_motion, path), range(1, 41))
+    assert [window.index for window, _ in anew.calls] == [0, 1, 2]  # a render that overwrites paints anew
 
 
 def test_a_looped_shot_repaints_its_seam_in_one_window_and_rewrites_the_first_frames(tmp_path):
