@@ -16,7 +16,8 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
+from . import animation, conditioning, diffusion_job, job_settings, motion_render, result_history, takes, \
+    worker_link
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from .scene_capture import CaptureError, capture_motion_frames, render_size
@@ -227,17 +228,23 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                                                      job_settings.temporal_from_scene(evaluated)))
                 return guides_there, job_there, temporal_there
 
-            context = animation.FrameContext(
-                frame=scene.frame_current, shot=shot,
-                take_key=(scene.name, shot.start, camera_object.name, width, height), width=width, height=height,
-                is_animation=bool(self.is_animation),
-                frame_path=lambda frame: scene.render.frame_path(frame=frame) if scene.render.filepath else "")
-            temporal_settings = job_settings.temporal_from_scene(scene)
-            painter = animation.FramePainter(context, job, temporal_settings, paint, motion_to, key_guides,
-                                             rewrite_fn=lambda frame, picture: takes.rewrite(scene, frame, picture))
-            picture = painter.paint(guides)
+            if motion_render.wanted(scene):  # a motion module paints windows of frames (engine/windows.py)
+                picture = motion_render.paint(self, depsgraph, job, model, worker, guides, result, combined,
+                                              self._depth_range(depsgraph, guides))
+                label = motion_render.take_label(job, scene, model["source"])
+            else:
+                context = animation.FrameContext(
+                    frame=scene.frame_current, shot=shot,
+                    take_key=(scene.name, shot.start, camera_object.name, width, height), width=width, height=height,
+                    is_animation=bool(self.is_animation),
+                    frame_path=lambda frame: scene.render.frame_path(frame=frame) if scene.render.filepath else "")
+                temporal_settings = job_settings.temporal_from_scene(scene)
+                painter = animation.FramePainter(context, job, temporal_settings, paint, motion_to, key_guides,
+                                                 rewrite_fn=lambda frame, picture: takes.rewrite(scene, frame, picture))
+                picture = painter.paint(guides)
+                label = take_label(job, temporal_settings, model["source"])
             if self.is_animation:
-                takes.record(scene, scene.frame_current, take_label(job, temporal_settings, model["source"]))
+                takes.record(scene, scene.frame_current, label)
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
                                       f"{model['source']} | {device}")
             return picture

@@ -254,9 +254,8 @@ class SILK_PT_motion(SilkPanel, bpy.types.Panel):
             lora = settings.motion_loras[settings.active_motion_lora]
             layout.prop(lora, "path")
             layout.prop(lora, "weight")
-        if settings.motion_module.strip():
-            _label_lines(layout, "Painting with a motion module is not wired into renders yet: frames are "
-                         "painted one by one", icon="INFO")
+        if settings.motion_module.strip() == "tiny":
+            _label_lines(layout, "'tiny' is a random-weight test module: offline and fast, it paints noise")
 
 
 class SILK_PT_prompt_schedule(SilkPanel, bpy.types.Panel):

@@ -1,0 +1,125 @@
+"""Rendering with a motion module: the ``bpy`` glue between the render engine and
+``windows.WindowPainter`` (the logic lives there, without ``bpy``).
+
+On the first frame of a window the engine evaluates every frame of the window, computes its
+guides and sends ONE ``generate_video`` request; the later frames of the window are written
+from what came back.
+"""
+from __future__ import annotations
+
+import os
+
+import bpy
+import numpy as np
+
+from . import animation, diffusion_job, job_settings, takes, windows
+from .color import srgb_to_linear
+
+
+def wanted(scene) -> bool:
+    """Whether this scene paints with a motion module (its setting is not empty)."""
+    return bool(getattr(scene.silk, "motion_module", "").strip())
+
+
+def motion_request(scene) -> dict:
+    """The worker's ``motion`` field: the module and its enabled motion LoRAs."""
+    settings = scene.silk
+    source = job_settings._model_source(settings.motion_module)  # "//..." is relative to the .blend file
+    loras = [{"path": bpy.path.abspath(lora.path), "weight": float(lora.weight)}
+             for lora in settings.motion_loras if lora.enabled and lora.path]
+    for lora in loras:
+        if not os.path.isfile(lora["path"]):
+            raise diffusion_job.JobSettingsError(f"The motion LoRA file '{lora['path']}' does not exist")
+    request = {"source": source}
+    if loras:
+        request["loras"] = loras
+    return request
+
+
+def window_settings(scene) -> windows.WindowSettings:
+    settings = scene.silk
+    return windows.WindowSettings(context_frames=settings.context_frames, context_overlap=settings.context_overlap,
+                                  strength=settings.strength, use_loop=settings.use_loop)
+
+
+def take_label(job, scene, model: str) -> str:
+    settings = scene.silk
+    return " | ".join([f"seed {job.seed}", f"motion {os.path.basename(settings.motion_module.strip().rstrip('/'))}",
+                       f"ctx {settings.context_frames}/{settings.context_overlap}",
+                       os.path.basename(model.rstrip("/"))])
+
+
+def paint(engine, depsgraph, job, model: dict, worker, guides, result, combined, depth_range) -> np.ndarray:
+    """The current frame's picture, painting its window (one request) when it is needed."""
+    scene = depsgraph.scene
+    frame = scene.frame_current
+    camera_object = scene.camera
+    height, width = guides.depth.shape
+    shot = job_settings.shot_of(scene, frame)
+    motion = motion_request(scene)
+    if not engine.is_animation:
+        windows.forget_all()  # F12 always paints anew: the user re-renders to see a change
+
+    def frame_guides(number: int, other=None, with_settings=False):
+        return animation.guides_between(
+            engine, depsgraph, camera_object, width, height, number, other,
+            read_settings=(lambda evaluated: job_settings.from_scene(evaluated)) if with_settings else None)
+
+    def paint_window(window, start):
+        count = len(window.frames)
+        engine.update_stats("Silk", f"Evaluating the {count} frames of window {window.frames[0]}-{window.frames[-1]}")
+        videos, prompts, previous_prompt = None, {}, None
+        for position, number in enumerate(window.frames):
+            if engine.test_break():
+                raise_cancel()
+            frame_there, job_there = (guides, job) if number == frame else frame_guides(number, with_settings=True)
+            units = diffusion_job.control_units(job, frame_there, depth_range)
+            if videos is None:
+                videos = [dict(unit, image=np.empty((count,) + unit["image"].shape, np.float32)) for unit in units]
+            for video, unit in zip(videos, units):
+                video["image"][position] = unit["image"]
+            if job_there.prompt != previous_prompt:
+                prompts[position] = job_there.prompt
+                previous_prompt = job_there.prompt
+        label = f"window {window.frames[0]}-{window.frames[-1]} | {motion['source']}"
+
+        def on_progress(progress):
+            engine.update_progress(progress.step / max(1, progress.steps))
+            engine.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
+            if progress.preview is not None and window.first == frame:
+                combined[..., :3] = srgb_to_linear(diffusion_job.upscale_preview(progress.preview, height, width))
+                engine._write_passes(result, {"Combined": combined})
+                engine.update_result(result)
+
+        extra = {}
+        if start is not None:
+            extra.update(init_video=start.init_video, masks=start.masks, strength=float(start.masks.max()))
+        engine.update_stats("Silk", f"Painting {label}")
+        pictures, _info = worker.generate_video(
+            model, motion, job.prompt, videos, width, height, count, prompts=prompts if len(prompts) > 1 else None,
+            negative_prompt=job.negative_prompt, seed=job.seed, steps=job.steps, guidance=job.guidance,
+            scheduler=job.scheduler, preview=True, on_progress=on_progress, should_cancel=engine._should_cancel,
+            **extra)
+        return pictures
+
+    def motion_between(number: int, other: int):
+        found = frame_guides(number, other)
+        return found.vector, found.occlusion
+
+    def frame_path(number: int) -> str:
+        if not (engine.is_animation and scene.render.filepath):
+            return ""
+        return scene.render.frame_path(frame=number)
+
+    painter = windows.WindowPainter(
+        shot, window_settings(scene), (animation._job, scene.name, shot.start, camera_object.name, width, height),
+        width, height, paint_window, motion_between, frame_path,
+        rewrite_fn=lambda number, picture: takes.rewrite(scene, number, picture),
+        reuse_saved=bool(engine.is_animation and not scene.render.use_overwrite))
+    return painter.picture(frame)
+
+
+def raise_cancel():
+    from ..bridge.client import JobCancelled
+
+    raise JobCancelled("Cancelled")
