@@ -68,12 +68,14 @@ def paint(engine, depsgraph, job, model: dict, worker, guides, result, combined,
     def paint_window(window, start):
         count = len(window.frames)
         engine.update_stats("Silk", f"Evaluating the {count} frames of window {window.frames[0]}-{window.frames[-1]}")
-        videos, prompts, previous_prompt = None, {}, None
+        videos, prompts, previous_prompt, first_job = None, {}, None, job
         for position, number in enumerate(window.frames):
             if engine.test_break():
                 raise_cancel()
             frame_there, job_there = (guides, job) if number == frame else frame_guides(number, with_settings=True)
-            units = diffusion_job.control_units(job, frame_there, depth_range)
+            if position == 0:
+                first_job = job_there  # the window's settings are its first frame's (keyframes there)
+            units = diffusion_job.control_units(first_job, frame_there, depth_range)
             if videos is None:
                 videos = [dict(unit, image=np.empty((count,) + unit["image"].shape, np.float32)) for unit in units]
             for video, unit in zip(videos, units):
@@ -96,9 +98,10 @@ def paint(engine, depsgraph, job, model: dict, worker, guides, result, combined,
             extra.update(init_video=start.init_video, masks=start.masks, strength=float(start.masks.max()))
         engine.update_stats("Silk", f"Painting {label}")
         pictures, _info = worker.generate_video(
-            model, motion, job.prompt, videos, width, height, count, prompts=prompts if len(prompts) > 1 else None,
-            negative_prompt=job.negative_prompt, seed=job.seed, steps=job.steps, guidance=job.guidance,
-            scheduler=job.scheduler, preview=True, on_progress=on_progress, should_cancel=engine._should_cancel,
+            model, motion, first_job.prompt, videos, width, height, count,
+            prompts=prompts if len(prompts) > 1 else None, negative_prompt=first_job.negative_prompt,
+            seed=first_job.seed, steps=first_job.steps, guidance=first_job.guidance, scheduler=first_job.scheduler,
+            preview=True, on_progress=on_progress, should_cancel=engine._should_cancel,
             **extra)
         return pictures
 

@@ -174,6 +174,9 @@ def test_a_window_of_frames_through_the_worker(client):
     assert info["timings"]["frames"] == 3 and info["seed"] == 5
     again, _ = client.generate_video(TINY, TINY_MOTION, "a lighthouse", control_videos(3), 64, 64, 3, steps=2, seed=5)
     assert np.array_equal(frames, again)
+    per_frame, _ = client.generate_video(TINY, TINY_MOTION, "a lighthouse", control_videos(3), 64, 64, 3, steps=2,
+                                         seed=5, decode_chunk=1)  # the VAE decodes frame by frame: the same frames
+    assert np.allclose(per_frame, frames, atol=1e-5)
     # The frames are painted together: a change to the last frame's guides changes the first frame.
     videos = control_videos(3)
     videos[0]["image"][2] = 1.0 - videos[0]["image"][2]
