@@ -321,20 +321,24 @@ def generate_video(backend, request: dict, images: dict, units: list, progress, 
     if entry["family"] != "sd15":
         raise JobError("bad_model", "motion modules need an SD 1.5 model: diffusers has no AnimateDiff ControlNet "
                        "pipeline for SDXL")
-    pipes = _video_entry(backend, entry, motion)
-    settings = video_settings(request, units, len(entry["controlnets"]), images,
-                              pipes["adapter"].config.motion_max_seq_length)
-    _apply_motion_loras(pipes, motion.loras)
     started = time.perf_counter()
+    settings = None
     try:
+        pipes = _video_entry(backend, entry, motion)
+        settings = video_settings(request, units, len(entry["controlnets"]), images,
+                                  pipes["adapter"].config.motion_max_seq_length)
+        _apply_motion_loras(pipes, motion.loras)
         return _generate(backend, entry, pipes, spec, motion, settings, images, units, request, progress, cancel,
                          started)
-    except Cancelled:
-        raise
-    except (MemoryError, RuntimeError) as error:
+    except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
         if not _is_out_of_memory(error):
             raise
         _free_memory()
+        if settings is None:
+            entry.pop("motion", None)  # a half-built motion UNet is not kept
+            raise JobError("out_of_memory", "The GPU ran out of memory loading the motion module beside the model "
+                           "(it holds a second copy of the UNet): turn on model CPU offload in Silk's Worker "
+                           "settings. The worker is still running.") from None
         raise JobError("out_of_memory", _out_of_memory_message(spec, settings)) from None
 
 

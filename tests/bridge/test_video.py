@@ -236,6 +236,23 @@ def test_bad_video_requests_get_clear_errors_and_the_worker_survives(client):
     assert frames.shape == (2, 64, 64, 3)
 
 
+def test_out_of_memory_names_the_window_size_and_the_worker_survives(tmp_path, worker_env):
+    # The worker's memory is capped (SILK_WORKER_MEMORY_LIMIT_MB), the CPU twin of a full GPU.
+    worker = WorkerClient(WorkerConfig(python=worker_python(), log_path=str(tmp_path / "worker.log"),
+                                       env=dict(worker_env, SILK_WORKER_MEMORY_LIMIT_MB="6144")))
+    try:
+        with pytest.raises(JobFailed) as caught:
+            # 8x8 guides padded to the frame (as the image test does): the first activations alone exceed the cap
+            worker.generate_video(TINY, TINY_MOTION, "x", control_videos(2, size=8), 4096, 4096, 2, steps=1,
+                                  timeout=120)
+        assert caught.value.code == "out_of_memory", str(caught.value)
+        assert "2 frames of 4096x4096" in str(caught.value) and "Context Frames" in str(caught.value)
+        frames, _ = worker.generate_video(TINY, TINY_MOTION, "x", control_videos(2), 64, 64, 2, steps=2)
+        assert frames.shape == (2, 64, 64, 3)
+    finally:
+        worker.stop()
+
+
 def test_video_requests_are_typed_in_the_protocol():
     from silk.bridge import protocol
 
