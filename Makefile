@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation build clean
+.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-motion gpu-check-motion build clean
 
 all: test
 
@@ -28,9 +28,11 @@ venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
 ## Render the demo scene to out/: guides, passes, paintings, contact sheet.
 ## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
+## MOTION_MODULE=tiny (or a motion module's repo id, folder or file) paints each frame's window.
 MODEL ?=
+MOTION_MODULE ?=
 demo: $(VENV)/.ready
-	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
+	MODEL=$(MODEL) MOTION_MODULE=$(MOTION_MODULE) $(VENV)/bin/python tools/demo.py
 
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
@@ -53,6 +55,15 @@ bench: $(VENV)/.ready
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
+
+## Motion-module windows joined by exact motion against per-frame feedback, blind joins and
+## diffusers' FreeNoise (tiny by default; MODEL=... MOTION_MODULE=... with a GPU).
+bench-motion: $(VENV)/.ready
+	MODEL=$(MODEL) MOTION_MODULE=$(MOTION_MODULE) $(VENV)/bin/python tools/bench_motion.py
+
+## On a GPU: time and peak memory of one 16-frame 512x512 window with SD 1.5-shaped random models.
+gpu-check-motion: $(VENV)/.ready
+	$(VENV)/bin/python tools/gpu_check_motion.py
 
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist

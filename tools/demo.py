@@ -109,12 +109,15 @@ def main(argv=None) -> None:
                         help="'tiny', a hub repo id, a diffusers folder or a checkpoint (default: Silk's default)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20; 6 with tiny)")
     parser.add_argument("--guides-only", action="store_true", help="skip the paintings")
+    parser.add_argument("--motion-module", default=os.environ.get("MOTION_MODULE") or "",
+                        help="paint with a motion module ('tiny', a repo id, folder or file): each frame's window")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
     load_silk()
     started = time.perf_counter()
     scene = demo_scene.build(args.width, args.height)
+    scene.silk.motion_module = args.motion_module
     os.makedirs(args.out, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=os.path.join(args.out, "demo.blend"))
     pictures = render_guides(scene, args.out, demo_scene.FRAMES)
