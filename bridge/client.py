@@ -421,6 +421,13 @@ class WorkerClient:
                                               attachments, timeout=timeout)
         return self._result_array(reply, "frame", reply_attachments)
 
+    def _unit(self, unit: dict, attachments: list, name: str) -> dict:
+        """A ControlNet unit as the request carries it: its picture (or video) as a frame, its
+        weight, start and end."""
+        return {"image": self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=name),
+                "weight": float(unit.get("weight", 1.0)), "start": float(unit.get("start", 0.0)),
+                "end": float(unit.get("end", 1.0))}
+
     def generate(self, model: dict, prompt: str, controlnets: list, width: int, height: int, *,
                  negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
@@ -449,9 +456,7 @@ class WorkerClient:
         units = []
         for index, unit in enumerate(controlnets):
             self._check_annotator(unit)
-            descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"control{index}")
-            entry = {"image": descriptor, "weight": float(unit.get("weight", 1.0)),
-                     "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))}
+            entry = self._unit(unit, attachments, f"control{index}")
             for key in protocol.ANNOTATOR_FIELDS:
                 if unit.get(key) is not None:
                     entry[key] = dict(unit[key]) if key == "annotator_options" else unit[key]
@@ -497,11 +502,7 @@ class WorkerClient:
             raise JobFailed("unsupported", "This worker is older than Silk's motion modules. Update Silk (bridge/) on "
                             "the worker's machine and restart the worker")
         attachments = []
-        units = []
-        for index, unit in enumerate(controlnets):
-            descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"video{index}")
-            units.append({"image": descriptor, "weight": float(unit.get("weight", 1.0)),
-                          "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))})
+        units = [self._unit(unit, attachments, f"video{index}") for index, unit in enumerate(controlnets)]
         request = {"type": "generate_video", "model": model, "motion": motion, "prompt": prompt,
                    "frames": int(frames), "negative_prompt": negative_prompt, "seed": int(seed), "steps": int(steps),
                    "guidance": float(guidance), "scheduler": scheduler, "width": int(width), "height": int(height),

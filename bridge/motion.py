@@ -15,7 +15,6 @@ model's precision. Motion LoRAs go through ``load_lora_weights``.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -327,7 +326,7 @@ def generate_video(backend, request: dict, images: dict, units: list, progress, 
         pipes = _video_entry(backend, entry, motion)
         settings = video_settings(request, units, len(entry["controlnets"]), images,
                                   pipes["adapter"].config.motion_max_seq_length)
-        _apply_motion_loras(pipes, motion.loras)
+        _apply_motion_loras(backend, entry, pipes, motion.loras)
         return _generate(backend, entry, pipes, spec, motion, settings, images, units, request, progress, cancel,
                          started)
     except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
@@ -367,48 +366,16 @@ def _video_entry(backend, entry: dict, motion: MotionSpec) -> dict:
     return cached
 
 
-def _apply_motion_loras(pipes: dict, loras: list) -> None:
-    """Make the motion UNet's LoRA adapters exactly ``loras`` (each file under a name from its
-    path, size and modification time), then set their weights."""
-    pipe = pipes["text2video"]
-    if loras:
-        import importlib.util
-
-        if importlib.util.find_spec("peft") is None:
-            raise JobError("missing_modules", "motion LoRAs need the 'peft' package in the worker's Python")
-    wanted = []
-    for lora in loras:
-        try:
-            stat = os.stat(lora.path)
-        except OSError:
-            raise JobError("bad_lora", f"The motion LoRA file '{lora.path}' does not exist") from None
-        identity = f"{lora.path}|{stat.st_size}|{stat.st_mtime_ns}"
-        wanted.append(("motion_" + hashlib.sha1(identity.encode()).hexdigest()[:12], lora))
-    loaded = pipes["loras"]
-    names = [name for name, _ in wanted]
-    stale = [name for name in loaded if name not in names]
-    if stale:
-        if len(stale) == len(loaded):
-            pipe.unload_lora_weights()
-        else:
-            pipe.delete_adapters(stale)
-        for name in stale:
-            del loaded[name]
-        pipes["lora_weights"] = ()
-    for name, lora in wanted:
-        if name in loaded:
-            continue
-        try:
-            pipe.load_lora_weights(lora.path, adapter_name=name)
-        except Exception as error:
-            raise JobError("bad_lora", f"The motion LoRA '{lora.path}' does not fit the motion module: "
-                           f"{_short(error)}") from None
-        loaded[name] = lora.path
-        pipes["lora_weights"] = None
-    weights = tuple((name, lora.weight) for name, lora in wanted)
-    if wanted and weights != pipes["lora_weights"]:
-        pipe.set_adapters(names, adapter_weights=[lora.weight for _, lora in wanted])
-    pipes["lora_weights"] = weights
+def _apply_motion_loras(backend, entry: dict, pipes: dict, loras: list) -> None:
+    """Make the motion UNet's LoRA adapters exactly ``loras``, as the model's own LoRAs are
+    made (DiffusionBackend._apply_loras: each file once under a name from its path, size and
+    time; weights by set_adapters), on the text-to-video pipeline, whose UNet is the motion UNet."""
+    view = {"text2image": pipes["text2video"], "loras": pipes["loras"], "lora_weights": pipes["lora_weights"],
+            "family": entry["family"], "spec": entry["spec"]}
+    try:
+        backend._apply_loras(view, loras)
+    finally:
+        pipes["lora_weights"] = view["lora_weights"]
 
 
 def _use_offload(pipes: dict, pipe, spec: ModelSpec, device: str) -> None:

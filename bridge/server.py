@@ -273,21 +273,26 @@ class WorkerServer:
             units.append({key: value for key, value in dict(unit, image=image).items()
                           if key not in protocol.ANNOTATOR_FIELDS})
 
+        result = self.backend.generate(request, images, units, progress=self._progress(job), cancel=job.cancel)
+        timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
+        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
+                                 model=result.model)
+
+    def _progress(self, job: Job):
+        """The backend's per-step callback for ``job``: a progress message (with the preview
+        when the request asked for one), or Cancelled once the client cancelled."""
         def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
             if job.cancel.is_set():
                 raise Cancelled()
             message = {"type": "progress", "job": job.id, "step": step, "steps": steps}
-            if preview is not None and request.get("preview"):
+            if preview is not None and job.request.get("preview"):
                 data = np.ascontiguousarray(preview, dtype=np.uint8)
                 message["preview"] = {"attachment": 0, "shape": list(data.shape), "dtype": "uint8"}
                 self.send(message, [memoryview(data).cast("B")])
             else:
                 self.send(message)
 
-        result = self.backend.generate(request, images, units, progress=progress, cancel=job.cancel)
-        timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
-        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
-                                 model=result.model)
+        return progress
 
     def _generate_video(self, job: Job):
         """One window of a video model: every frame's ControlNet pictures in, every frame out."""
@@ -300,18 +305,7 @@ class WorkerServer:
                 raise JobError("malformed", "each ControlNet unit needs an 'image' video frame")
             units.append(dict(unit, image=self._frames.open(unit["image"], job.attachments)))
 
-        def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
-            if job.cancel.is_set():
-                raise Cancelled()
-            message = {"type": "progress", "job": job.id, "step": step, "steps": steps}
-            if preview is not None:
-                data = np.ascontiguousarray(preview, dtype=np.uint8)
-                message["preview"] = {"attachment": 0, "shape": list(data.shape), "dtype": "uint8"}
-                self.send(message, [memoryview(data).cast("B")])
-            else:
-                self.send(message)
-
-        result = self.backend.generate_video(request, images, units, progress=progress, cancel=job.cancel)
+        result = self.backend.generate_video(request, images, units, progress=self._progress(job), cancel=job.cancel)
         return self._frame_reply(job, "result", "video", result.frames, seed=result.seed, timings=result.timings,
                                  model=result.model)
 
