@@ -18,7 +18,8 @@ FreeNoise windows (context 16, stride 4) and the same guides. Measured from the 
   frame after each overlap) alone;
 - long-range warp error: frame t against frame t-16 (motion computed directly, not chained);
 - loop seam: warp error of the first frame against the last, over the shot's median pair;
-- wall time per frame (the whole render / frames).
+- wall time per frame (the whole render / frames), after a warm-up render that starts the
+  worker and loads the model and the motion module.
 
     .venv/bin/python tools/bench_motion.py [--model tiny] [--motion-module tiny] [--frames 48] [--size 128]
 
@@ -160,6 +161,10 @@ def main(argv=None):
                "steps": args.steps, "windows": [[w.frames[0], w.frames[-1]] for w in plan], "modes": {}}
     from silk.engine import temporal
 
+    # Warm-up: start the worker and load the model and the motion module before any mode is timed.
+    scene.silk.motion_module, scene.silk.context_frames = args.motion_module, 2
+    scene.frame_set(1)
+    bpy.ops.render.render()
     for label, settings, blind in motion_modes(args.motion_module):
         with tempfile.TemporaryDirectory() as folder:
             seconds = render(scene, folder, settings, blind)
