@@ -9,7 +9,8 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-motion gpu-check-motion build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-motion \
+	gpu-check-motion build clean
 
 all: test
 
@@ -26,6 +27,13 @@ $(VENV_LTS)/.ready: requirements/test.txt Makefile
 
 venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
+# The Flamenco job type's tests run it under Node.js: installed from Debian's packages when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+node:
+	@command -v node >/dev/null || command -v nodejs >/dev/null || { \
+		echo "Installing Node.js (nodejs) from Debian's packages for the farm job type tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
 ## Render the demo scene to out/: guides, passes, paintings, contact sheet.
 ## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
 ## MOTION_MODULE=tiny (or a motion module's repo id, folder or file) paints each frame's window.
@@ -37,11 +45,11 @@ demo: $(VENV)/.ready
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
 
-test-latest: $(VENV)/.ready
+test-latest: $(VENV)/.ready node
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 # The bridge (no bpy) is tested once, above; its worker runs in $(VENV) in both runs.
-test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
+test-lts: $(VENV_LTS)/.ready $(VENV)/.ready node
 	$(VENV_LTS)/bin/python -m pytest tests --ignore=tests/bridge $(PYTEST_ARGS)
 
 ## Guides against Cycles on a 200k-triangle scene at 512x512, and the worker bridge
@@ -55,6 +63,16 @@ bench: $(VENV)/.ready
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
+
+## Warped latent noise after 16 frames of a slow pan and a 1.3x zoom: Gaussian, white, travelling
+## with the surface (no Blender, no model); see docs/benchmarks.md.
+bench-noise: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_noise.py
+
+## DRIFT's frame-to-frame noise correlation against cos(angle) and LOOP's last-to-first step
+## against its median step (engine/latent_walk.py); see docs/benchmarks.md.
+bench-latent-walk: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_latent_walk.py
 
 ## Motion-module windows joined by exact motion against per-frame feedback, blind joins and
 ## diffusers' FreeNoise (tiny by default; MODEL=... MOTION_MODULE=... with a GPU).

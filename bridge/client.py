@@ -15,15 +15,14 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol
-from .frames import SharedFrames
+from . import protocol, worker_log
+from .frames import FrameError, SharedFrames
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -130,7 +129,10 @@ class WorkerClient:
         if not os.path.exists(python):
             raise WorkerUnavailable(f"The worker Python '{python}' does not exist. Set SILK_WORKER_PYTHON, "
                                     "choose one in Silk's preferences, or run 'Install worker environment'")
-        self.frames = SharedFrames()
+        try:
+            self.frames = SharedFrames()
+        except FrameError as error:
+            raise WorkerUnavailable(f"Cannot share frames with the worker: {error}") from None
         token = secrets.token_urlsafe(24)
         port_file = os.path.join(self.frames.directory, "port")
         env = dict(os.environ)
@@ -139,19 +141,22 @@ class WorkerClient:
         env.pop("PYTHONPATH", None)
         env.update(self.config.env, SILK_WORKER_TOKEN=token, PYTHONUNBUFFERED="1")
         # Not inside the frames folder: that is deleted on stop, and the log must outlive a crash.
-        log_path = self.config.log_path or os.path.join(tempfile.gettempdir(), f"silk-worker-{os.getpid()}.log")
+        # A private (0600) file in a per-user folder; the worker rotates it by size.
+        log_path = self.config.log_path or worker_log.default_log_path()
         self.config.log_path = log_path
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        self._log_handle = open(log_path, "ab")
+        self._log_handle = worker_log.open_private(log_path)
         self._log_handle.write(f"\n--- Silk worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         self._log_handle.flush()
         command = [python, WORKER_SCRIPT, "--port-file", port_file, "--parent-pid", str(os.getpid()),
-                   "--exit-on-disconnect"]
+                   "--exit-on-disconnect", "--log-file", log_path]
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_handle,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as error:
             raise WorkerUnavailable(f"Cannot run the worker Python '{python}': {error.strerror}") from None
+        finally:  # the worker holds its own copy (and must be able to rotate the file)
+            self._log_handle.close()
+            self._log_handle = None
         deadline = time.monotonic() + self.config.start_timeout
         while not os.path.exists(port_file):
             if self.process.poll() is not None:
@@ -186,7 +191,11 @@ class WorkerClient:
         hello = {"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": token, "client": "silk"}
         if shared and self.frames is not None:
             hello.update(shared_dir=self.frames.directory, probe=self.frames.probe_secret)
-        reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        try:
+            reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        except JobFailed as error:  # refused: wrong token, another client connected, another protocol
+            raise WorkerUnavailable(f"The worker at {host}:{port} refused the connection ({error.code}): {error}") \
+                from None
         if reply.get("type") != "hello":
             raise WorkerUnavailable("The worker did not greet back")
         self.worker_pid = reply.get("pid")
@@ -433,21 +442,33 @@ class WorkerClient:
                  scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
                  mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
                  on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
+                 prompt_mix: list | None = None, fusion_end: float = 1.0, image_prompts: list | None = None,
+                 ip_adapter: dict | None = None) -> tuple[np.ndarray, dict]:
         """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
         optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
         annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
-        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
+        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step
+        until the fraction ``fusion_end`` of the steps is done;
         ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
         [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
-        embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
+        embeddings instead of ``prompt``. Image prompts (IP-Adapter, bridge/ip_adapter.py): ``image_prompts``
+        [{"image": (h, w, 3) array, "weight"}, ...] with ``ip_adapter`` {"source", "image_encoder",
+        "scale"}. Each is sent only when used. Returns the (height, width, 3)
         float32 image in [0, 1] (display sRGB) and details."""
         self.ensure_started()
         used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
-                                      ("prompt_mix", bool(prompt_mix))) if on]
+                                      ("prompt_mix", bool(prompt_mix)), ("fusion_end", fusion > 0 and fusion_end < 1))
+                if on]
+        if image_prompts and "ip_adapter" not in (self.worker_features or ()):
+            raise JobFailed("unsupported", "This worker is older than Silk's image prompts (IP-Adapter). Update Silk "
+                            "(bridge/) on the worker's machine and restart the worker")
         if used and self.worker_features is None:
             raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
                             f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
+        missing = [name for name in used if self.worker_features is not None and name not in self.worker_features]
+        if missing:
+            raise JobFailed("unsupported", f"This worker is older than this Silk and cannot use {', '.join(missing)}. "
+                            "Update Silk (bridge/) on the worker's machine and restart the worker")
         if noise is not None:
             noise = np.asarray(noise)
             if noise.dtype.kind != "f":
@@ -470,8 +491,16 @@ class WorkerClient:
                 request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
         if fusion > 0:
             request["fusion"] = float(fusion)
+            if fusion_end < 1:
+                request["fusion_end"] = float(fusion_end)
         if prompt_mix:
             request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
+        if image_prompts:
+            request["image_prompts"] = [
+                {"image": self.frame(np.asarray(entry["image"], dtype=np.float32), attachments,
+                                     name=f"image_prompt{index}"), "weight": float(entry.get("weight", 1.0))}
+                for index, entry in enumerate(image_prompts)]
+            request["ip_adapter"] = dict(ip_adapter or {})
         if self.shared_frames:
             _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
         self.state = "busy"

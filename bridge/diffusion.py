@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import tiny_model
+from . import ip_adapter, tiny_model
 from .server import Cancelled, JobError
 
 log = logging.getLogger("silk.worker")
@@ -158,6 +158,7 @@ class DiffusionBackend:
         self._embeddings: dict = {}
         self._lock = threading.Lock()
         self._device_name = None
+        self._ip_adapters = ip_adapter.IPAdapters(cache_dir)
 
     # -- environment ------------------------------------------------------
     @staticmethod
@@ -357,6 +358,7 @@ class DiffusionBackend:
         spec = ModelSpec.from_request(request["model"])
         entry = self._pipeline(spec)
         settings = _generation_settings(request, units, len(entry["controlnets"]), "init_image" in images)
+        settings["image_prompt"] = ip_adapter.parse_request(request, images.get("image_prompts", []))
         started = time.perf_counter()
         try:
             return self._generate(entry, spec, request, settings, images, units, progress, cancel, started)
@@ -391,7 +393,8 @@ class DiffusionBackend:
         generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
 
         control_images = [_to_pil(_fit(unit["image"], padded_h, padded_w)) for unit in units]
-        embeddings = self._prompt_embeddings(entry, request["prompt"], settings)
+        embeddings = dict(self._prompt_embeddings(entry, request["prompt"], settings),  # a copy: those are cached
+                          **self._ip_adapters.arguments(entry, settings["image_prompt"], settings["guidance"]))
         steps = settings["steps"]
         strength = settings["strength"] if use_image2image else 1.0
         # The starting noise: the seed's (drawn here exactly as the pipeline would draw it, so the
@@ -428,7 +431,7 @@ class DiffusionBackend:
                 guides.append(_StrengthMask(target, fitted_mask, strength, factor, torch))
             if settings["fusion"] > 0:
                 visible = _visible_latents(fitted_mask, factor, padded_h, padded_w, device, torch)
-                guides.append(_Fusion(target, visible, settings["fusion"], torch))
+                guides.append(_Fusion(target, visible, settings["fusion"], torch, settings["fusion_end"]))
         elif given_noise is not None:
             latents = noise  # the text-to-image pipeline scales it by the scheduler's init_noise_sigma
 
@@ -620,15 +623,20 @@ class _StrengthMask:
 class _Fusion:
     """Occlusion-aware latent fusion: after every step, the latents of pixels visible in the
     previous frame move ``amount`` of the way to the initial image's latents noised to the
-    same level; pixels the previous frame did not see denoise freely."""
+    same level; pixels the previous frame did not see denoise freely. After the fraction ``end``
+    of the steps fusion stops, so the last steps refine the frame instead of pulling it toward
+    the (resampled, softer) previous frame."""
 
-    def __init__(self, target: _NoisedInit, visible, amount: float, torch):
+    def __init__(self, target: _NoisedInit, visible, amount: float, torch, end: float = 1.0):
         self.target = target
         self.visible = visible  # (1, 1, h, w) bool on the latent grid, or None: every pixel
         self.amount = float(amount)
         self.torch = torch
+        self.end = float(end)
 
     def apply(self, latents, step, total):
+        if (step + 1) / total > self.end + 1e-9:
+            return latents
         target = self.target.after(step, total).to(latents.dtype)
         pulled = self.torch.lerp(latents, target, self.amount)  # exactly ``target`` at amount 1
         if self.visible is None:
@@ -721,10 +729,14 @@ def _generation_settings(request: dict, units: list, controlnet_count: int, has_
         raise JobError("bad_request", "fusion must be a number from 0 to 1")
     if fusion > 0 and not has_init:
         raise JobError("bad_request", "fusion pulls the latents toward the initial image: it needs an init_image")
+    fusion_end = request.get("fusion_end", 1.0)
+    if isinstance(fusion_end, bool) or not isinstance(fusion_end, (int, float)) or not 0.0 <= fusion_end <= 1.0:
+        raise JobError("bad_request", "fusion_end must be a number from 0 to 1")
     seed = request.get("seed", 0)
     return {"scheduler": scheduler, "steps": steps, "width": width, "height": height, "strength": strength,
             "guidance": guidance, "units": settings_units, "seed": int(seed) % (2 ** 63),
             "negative_prompt": request.get("negative_prompt", ""), "fusion": float(fusion),
+            "fusion_end": float(fusion_end),
             "prompt_mix": _prompt_mix(request.get("prompt_mix"))}
 
 

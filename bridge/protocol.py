@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 
 PROTOCOL_VERSION = 1
 MAX_JSON_BYTES = 1 << 20  # 1 MiB of JSON is far more than any request needs
 MAX_ATTACHMENT_BYTES = 1 << 30  # one 8K RGBA float32 frame is 512 MiB
 MAX_ATTACHMENTS = 16
+# Before its token is checked a peer gets one small message (a hello is a few hundred bytes;
+# this leaves room for a long shared-folder path), no attachments, and a few seconds.
+MAX_HELLO_BYTES = 16 * 1024
+# Text an error reply echoes (a name the peer sent, an exception's message) is cut to this many
+# characters, so an error reply always encodes far below MAX_JSON_BYTES (at most 12 bytes each).
+MAX_ERROR_TEXT = 2000
 HEADER = struct.Struct(">I")
 
 # Requests the worker accepts, and the fields each must (and may) carry.
@@ -29,7 +36,8 @@ REQUESTS = {
         "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
         "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
         "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
-        "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
+        "fusion": (int, float), "fusion_end": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
+        "image_prompts": list, "ip_adapter": dict,  # checked in ip_adapter.py
     }),
     # One window of a video model (bridge/motion.py): ControlNet units carry (frames, h, w, c) videos.
     "generate_video": ({"model": dict, "motion": dict, "prompt": str, "frames": int}, {
@@ -51,7 +59,7 @@ PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt"
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix", "generate_video")
+FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter", "generate_video")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
@@ -68,12 +76,20 @@ class ProtocolError(Exception):
 
 def encode(message: dict, attachments: list[bytes] | tuple = ()) -> bytes:
     """One message on the wire: header, JSON, attachments."""
+    return b"".join(bytes(part) for part in encode_parts(message, attachments))
+
+
+def encode_parts(message: dict, attachments: list[bytes] | tuple = ()) -> list:
+    """The message as pieces to send one after the other (the header and JSON, then each attachment
+    as it is): a big frame is never copied into one buffer. Raises ProtocolError when the JSON is
+    over MAX_JSON_BYTES, TypeError/ValueError when the message is not JSON."""
     if attachments:
-        message = dict(message, attachments=[len(a) for a in attachments])
-    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        message = dict(message, attachments=[len(memoryview(a).cast("B")) for a in attachments])
+    # ensure_ascii (the default) writes any character, a lone surrogate too, as ASCII escapes.
+    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("ascii")
     if len(payload) > MAX_JSON_BYTES:
         raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds {MAX_JSON_BYTES}")
-    return b"".join([HEADER.pack(len(payload)), payload, *[bytes(a) for a in attachments]])
+    return [HEADER.pack(len(payload)) + payload, *attachments]
 
 
 def decode_json(payload: bytes) -> dict:
@@ -180,7 +196,27 @@ def validate_reply(message: dict) -> dict:
 
 
 def error_reply(error: ProtocolError) -> dict:
-    return {"type": "error", "reply_to": error.reply_to, "code": error.code, "message": error.message}
+    return make_error(error.code, error.message, error.reply_to)
+
+
+def make_error(code: str, message, reply_to=None) -> dict:
+    """An error reply that always encodes within MAX_JSON_BYTES, whatever text it echoes: the
+    message is cut to MAX_ERROR_TEXT characters and a reply_to that is not a plausible request id
+    (a non-negative integer below 2**64) is dropped."""
+    return {"type": "error", "reply_to": reply_to if _is_int(reply_to) and 0 <= reply_to < 1 << 64 else None,
+            "code": shorten(code, 64), "message": shorten(message, MAX_ERROR_TEXT)}
+
+
+def shorten(text, limit: int) -> str:
+    """``text`` (anything; an object whose str() fails too) as at most about ``limit`` characters."""
+    if not isinstance(text, str):
+        try:
+            text = str(text)
+        except Exception:
+            text = f"<{type(text).__name__} that cannot be shown>"
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text
 
 
 class StreamReader:
@@ -194,21 +230,31 @@ class StreamReader:
     def __init__(self, sock, patient: bool = False):
         self.sock = sock
         self.patient = patient
+        self.deadline: float | None = None  # a time.monotonic() by which reading must be done
+
+    def _wait_limit(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(left)
 
     def _recv(self, size: int) -> bytes:
         while True:
+            self._wait_limit()
             try:
                 return self.sock.recv(size)
             except TimeoutError:
-                if not self.patient:
+                if not self.patient or self.deadline is not None:
                     raise
 
     def _recv_into(self, view, size: int) -> int:
         while True:
+            self._wait_limit()
             try:
                 return self.sock.recv_into(view, size)
             except TimeoutError:
-                if not self.patient:
+                if not self.patient or self.deadline is not None:
                     raise
 
     def read_exact(self, count: int) -> bytes:
@@ -251,3 +297,20 @@ class StreamReader:
         message = decode_json(self.read_exact(length))
         attachments = [self.read_into(size) for size in message.get("attachments", [])]
         return message, attachments
+
+    def read_first(self, deadline: float, limit: int = MAX_HELLO_BYTES) -> dict:
+        """The first message of a peer not yet trusted: all of it by ``deadline`` (time.monotonic()),
+        at most ``limit`` bytes of JSON, and no attachments. Nothing is read beyond what that
+        allows (a declared size is never allocated): on ProtocolError answer it and close, on
+        ConnectionError or TimeoutError just close."""
+        self.deadline = deadline
+        try:
+            (length,) = HEADER.unpack(self.read_exact(HEADER.size))
+            if length > limit:
+                raise ProtocolError("oversized", f"a first message of {length} bytes exceeds {limit}")
+            message = decode_json(self.read_exact(length))
+        finally:
+            self.deadline = None
+        if message.get("attachments"):
+            raise ProtocolError("handshake", "the first message cannot carry attachments", _reply_id(message))
+        return message

@@ -65,6 +65,9 @@ class JobSettings:
     negative_prompt: str = ""
     # Prompt travel: [{"prompt", "negative_prompt", "weight"}], weights summing to 1 (empty: ``prompt``).
     prompt_mix: list = field(default_factory=list)
+    # Image prompts (image_prompts.py): [{"image": (h, w, 3) array, "weight"}] and the IP-Adapter to use.
+    image_prompts: list = field(default_factory=list)
+    ip_adapter: dict = field(default_factory=dict)
     seed: int = 0
     steps: int = 20
     guidance: float = 7.0

@@ -12,7 +12,8 @@ import os
 import bpy
 import numpy as np
 
-from . import animation, diffusion_job, job_settings, takes, windows
+from ..bridge.client import JobCancelled
+from . import animation, diffusion_job, job_settings, windows
 from .color import srgb_to_linear
 
 
@@ -36,10 +37,10 @@ def motion_request(scene) -> dict:
     return request
 
 
-def window_settings(scene) -> windows.WindowSettings:
+def window_settings(scene, temporal) -> windows.WindowSettings:
     settings = scene.silk
     return windows.WindowSettings(context_frames=settings.context_frames, context_overlap=settings.context_overlap,
-                                  strength=settings.strength, use_loop=settings.use_loop)
+                                  strength=temporal.strength, use_loop=temporal.use_loop)
 
 
 def take_label(job, scene, model: str) -> str:
@@ -49,40 +50,36 @@ def take_label(job, scene, model: str) -> str:
                        os.path.basename(model.rstrip("/"))])
 
 
-def paint(engine, depsgraph, job, model: dict, worker, guides, result, combined, depth_range) -> np.ndarray:
-    """The current frame's picture, painting its window (one request) when it is needed."""
-    scene = depsgraph.scene
+def paint(engine, frames, session, worker, model: dict, result, combined) -> animation.Painted:
+    """The current frame's picture, painting its window (one request) when it is needed.
+    ``frames`` is the render's ``SceneFrames`` (guides, settings and motion at any frame),
+    ``session`` the ``animation.RenderSession`` (depth ranges, loop rewrites)."""
+    scene = frames.scene
     frame = scene.frame_current
-    camera_object = scene.camera
-    height, width = guides.depth.shape
-    shot = job_settings.shot_of(scene, frame)
+    height, width = frames.height, frames.width
+    settings = frames.settings(frame)
+    normalization = scene.silk.depth_normalization
+    depth_range = session.depth_range(frames, frame, frames.guides(frame, None), normalization)
     motion = motion_request(scene)
-    if not engine.is_animation:
+    if not frames.is_animation:
         windows.forget_all()  # F12 always paints anew: the user re-renders to see a change
-
-    def frame_guides(number: int, other=None, with_settings=False):
-        return animation.guides_between(
-            engine, depsgraph, camera_object, width, height, number, other,
-            read_settings=(lambda evaluated: job_settings.from_scene(evaluated)) if with_settings else None)
 
     def paint_window(window, start):
         count = len(window.frames)
         engine.update_stats("Silk", f"Evaluating the {count} frames of window {window.frames[0]}-{window.frames[-1]}")
-        videos, prompts, previous_prompt, first_job = None, {}, None, job
+        first_job = frames.settings(window.first).job  # the window's settings are its first frame's
+        videos, prompts, previous_prompt = None, {}, None
         for position, number in enumerate(window.frames):
-            if engine.test_break():
-                raise_cancel()
-            frame_there, job_there = (guides, job) if number == frame else frame_guides(number, with_settings=True)
-            if position == 0:
-                first_job = job_there  # the window's settings are its first frame's (keyframes there)
-            units = diffusion_job.control_units(first_job, frame_there, depth_range)
+            if engine._should_cancel():
+                raise JobCancelled("Cancelled")
+            units = diffusion_job.control_units(first_job, frames.guides(number, None), depth_range)
             if videos is None:
                 videos = [dict(unit, image=np.empty((count,) + unit["image"].shape, np.float32)) for unit in units]
             for video, unit in zip(videos, units):
                 video["image"][position] = unit["image"]
-            if job_there.prompt != previous_prompt:
-                prompts[position] = job_there.prompt
-                previous_prompt = job_there.prompt
+            prompt = frames.settings(number).job.prompt
+            if prompt != previous_prompt:
+                prompts[position], previous_prompt = prompt, prompt
         label = f"window {window.frames[0]}-{window.frames[-1]} | {motion['source']}"
 
         def on_progress(progress):
@@ -101,28 +98,19 @@ def paint(engine, depsgraph, job, model: dict, worker, guides, result, combined,
             model, motion, first_job.prompt, videos, width, height, count,
             prompts=prompts if len(prompts) > 1 else None, negative_prompt=first_job.negative_prompt,
             seed=first_job.seed, steps=first_job.steps, guidance=first_job.guidance, scheduler=first_job.scheduler,
-            preview=True, on_progress=on_progress, should_cancel=engine._should_cancel,
-            **extra)
+            preview=True, on_progress=on_progress, should_cancel=engine._should_cancel, **extra)
         return pictures
 
     def motion_between(number: int, other: int):
-        found = frame_guides(number, other)
+        found = frames.guides(number, other)
         return found.vector, found.occlusion
 
     def frame_path(number: int) -> str:
-        if not (engine.is_animation and scene.render.filepath):
-            return ""
-        return scene.render.frame_path(frame=number)
+        return frames.output_file(number) if frames.is_animation else ""
 
     painter = windows.WindowPainter(
-        shot, window_settings(scene), (animation._job, scene.name, shot.start, camera_object.name, width, height),
+        frames.shot(frame), window_settings(scene, settings.temporal), (session.number,) + tuple(frames.take_key),
         width, height, paint_window, motion_between, frame_path,
-        rewrite_fn=lambda number, picture: takes.rewrite(scene, number, picture),
-        reuse_saved=bool(engine.is_animation and not scene.render.use_overwrite))
-    return painter.picture(frame)
-
-
-def raise_cancel():
-    from ..bridge.client import JobCancelled
-
-    raise JobCancelled("Cancelled")
+        rewrite_fn=lambda number, picture: session.rewrite(frames.name, number, picture),
+        reuse_saved=bool(frames.is_animation and not scene.render.use_overwrite))
+    return animation.Painted(painter.picture(frame))

@@ -4,6 +4,8 @@ Everything a frame needs is read from here at render time, so keyframes and
 drivers on any numeric setting (seed, steps, guidance, unit weights...) schedule
 it over an animation.
 """
+import math
+
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
@@ -90,6 +92,9 @@ NOISE_MODES = [
     ("FIXED", "Fixed", "The same noise for every frame of a shot (the seed)"),
     ("WARPED", "Warped", "The noise travels with the scene's motion; fresh where surfaces appear"),
     ("RANDOM", "Random", "New noise every frame (seed + frame): for comparison, it flickers"),
+    ("DRIFT", "Drift", "Each frame's noise is the previous frame's turned by the Drift angle toward fresh noise: "
+                       "0 = fixed, 90 degrees = random; smooth change for independent frames"),
+    ("LOOP", "Loop", "The noise walks a closed circle over the shot: the last frame flows into the first"),
 ]
 
 
@@ -97,6 +102,13 @@ class SilkPromptKey(bpy.types.PropertyGroup):
     frame: IntProperty(name="Frame", default=1, description="From this frame on, this prompt is reached")
     prompt: StringProperty(name="Prompt")
     negative_prompt: StringProperty(name="Negative Prompt")
+
+
+class SilkImagePromptKey(bpy.types.PropertyGroup):
+    frame: IntProperty(name="Frame", default=1, description="From this frame on, this image prompt is reached")
+    image: PointerProperty(name="Image", type=bpy.types.Image, description="The reference picture (IP-Adapter)")
+    weight: FloatProperty(name="Weight", default=1.0, min=0.0, max=4.0, soft_max=2.0,
+                          description="How strongly this picture steers, relative to the IP-Adapter scale")
 
 
 class SilkSceneSettings(bpy.types.PropertyGroup):
@@ -149,7 +161,15 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         name="Fusion", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="At every denoising step, pull pixels seen in the previous frame toward its warped "
                     "picture by this much (0 = off)")
+    fusion_end: FloatProperty(
+        name="Fusion End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Fraction of the denoising steps after which fusion stops, so the last steps refine the "
+                    "frame freely instead of pulling it toward the resampled previous frame")
     noise_mode: EnumProperty(name="Noise", items=NOISE_MODES, default="FIXED")
+    use_noise_pass: BoolProperty(
+        name="Noise Pass", default=False,
+        description="Write the latent noise each frame starts from as a 4-channel render pass 'Noise' (each "
+                    "latent pixel over its 8x8 block); Guides mode computes it exactly as painting would")
     color_coherence: FloatProperty(
         name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
@@ -168,6 +188,30 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     prompt_easing: FloatProperty(
         name="Prompt Easing", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
         description="How prompts travel between keys: 0 = evenly, 1 = slow in and out (smoothstep)")
+    # -- latent walks and image prompts (docs/animation.md) ------------------------------
+    noise_drift: FloatProperty(
+        name="Drift", default=math.radians(10.0), min=0.0, max=math.pi / 2, subtype="ANGLE",
+        description="Drift noise: how far each frame's noise turns toward fresh noise (0 = fixed, 90 degrees = "
+                    "random); keyframe it to speed up or slow down the walk")
+    loop_turns: IntProperty(name="Loop Turns", default=1, min=1, max=16,
+                            description="Loop noise: how many times the noise circles over the shot")
+    image_prompt_keys: CollectionProperty(type=SilkImagePromptKey)
+    active_image_prompt_key: IntProperty(name="Active Image Prompt Key", default=0, min=0)
+    ip_adapter: StringProperty(
+        name="IP-Adapter",
+        description="The IP-Adapter for image prompts: a hub repo id, a folder or a .safetensors/.bin file (its "
+                    "image encoder beside it in image_encoder/); empty: the default for the model's family")
+    ip_adapter_image_encoder: StringProperty(
+        name="Image Encoder", description="The CLIP image encoder folder or hub repo id, when it is not in the "
+                                          "IP-Adapter's image_encoder/ folder")
+    ip_adapter_scale: FloatProperty(
+        name="Image Prompt Scale", default=0.6, min=0.0, max=2.0, soft_max=1.0,
+        description="How strongly the image prompts steer the picture (keyframable)")
+    variant_count: IntProperty(name="Variants", default=6, min=2, max=16,
+                               description="How many seeds Paint Variants paints side by side")
+    variant_key_seed: BoolProperty(
+        name="Key at Shot Start", default=True,
+        description="Choosing a variant keys its seed at the shot's first frame, so the shot animates from it")
 
     # -- motion module (a video model painting windows of frames: engine/windows.py) --------
     motion_module: StringProperty(
@@ -200,7 +244,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
                                 description="How many F12 results the Image Editor keeps to step back through")
 
 
-CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkSceneSettings)
+CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkImagePromptKey, SilkSceneSettings)
 
 
 def ensure_default_units(scene) -> None:

@@ -10,7 +10,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
+from ..engine import conditioning, diffusion_job, image_prompts, job_settings, result_history, worker_link
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
 
@@ -116,7 +116,8 @@ class PreviewJob:
                     negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
                     guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
                     timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
-                    should_cancel=worker_link.cancel_requested.is_set)
+                    should_cancel=worker_link.cancel_requested.is_set, prompt_mix=self.job.prompt_mix or None,
+                    **image_prompts.request_arguments(self.job))
             finally:
                 worker_link.job_lock.release()
         except JobCancelled:
@@ -150,14 +151,78 @@ def show_picture(image, picture: np.ndarray) -> None:
     image.update()
 
 
-class SILK_OT_render_preview(bpy.types.Operator):
+class WorkerJobOperator:
+    """An operator that paints on a thread without blocking Blender, as F12 does: progress in
+    the status bar, Esc stops within a step; from scripts and in background mode it waits
+    (with a deadline). Subclasses make the job (``_prepare``: an object with ``start()`` and a
+    ``done`` event), show it while it runs and when it ends."""
+
+    _timer = None
+    _job = None
+
+    def _prepare(self, context):
+        raise NotImplementedError
+
+    def _started(self, context, job) -> None:
+        """Show the job's image once it has started (the modal path)."""
+
+    def _progress(self, context, job) -> str:
+        """Update what the user sees while the job runs; return the status bar's text."""
+        raise NotImplementedError
+
+    def _finish(self, context, job):
+        raise NotImplementedError
+
+    def _wait_seconds(self, job) -> float:
+        return PREVIEW_TIMEOUT + 60
+
+    def _start(self, context):
+        try:
+            return self._prepare(context).start()
+        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
+            self.report({"ERROR"}, f"Silk: {error}")
+            return None
+
+    def invoke(self, context, event):
+        self._job = self._start(context)
+        if self._job is None:
+            return {"CANCELLED"}
+        self._started(context, self._job)
+        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        redraw_silk_panels()
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        """Scripts and background mode: paint, wait (with a deadline), then show."""
+        job = self._start(context)
+        if job is None:
+            return {"CANCELLED"}
+        if not job.done.wait(self._wait_seconds(job)):
+            worker_link.cancel_requested.set()
+            self.report({"ERROR"}, f"Silk: {self.bl_label} did not finish in time")
+            return {"CANCELLED"}
+        return self._finish(context, job)
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC":
+            worker_link.cancel_requested.set()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        context.workspace.status_text_set(self._progress(context, job))
+        if not job.done.is_set():
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        return self._finish(context, job)
+
+
+class SILK_OT_render_preview(WorkerJobOperator, bpy.types.Operator):
     bl_idname = "silk.render_preview"
     bl_label = "Render Preview"
     bl_description = ("Paint the current frame at reduced size and steps into the Image Editor, without "
                       "blocking Blender (Esc stops it)")
-
-    _timer = None
-    _job: PreviewJob | None = None
 
     def _prepare(self, context):
         scene = context.scene
@@ -182,47 +247,14 @@ class SILK_OT_render_preview(bpy.types.Operator):
         diffusion_job.model_request(job)  # settings errors now, in the operator's report
         return PreviewJob(worker_link.client(), job, units, width, height)
 
-    def invoke(self, context, event):
-        try:
-            self._job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        self._image = preview_image(context.scene, self._job.width, self._job.height)
-        self._scene_name = context.scene.name
+    def _started(self, context, job) -> None:
+        self._image = preview_image(context.scene, job.width, job.height)
         result_history.show(self._image)
-        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        redraw_silk_panels()
-        return {"RUNNING_MODAL"}
 
-    def execute(self, context):
-        """Scripts and background mode: paint, wait (with a deadline), then show."""
-        try:
-            job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        if not job.done.wait(PREVIEW_TIMEOUT + 60):
-            worker_link.cancel_requested.set()
-            self.report({"ERROR"}, "Silk: the preview did not finish in time")
-            return {"CANCELLED"}
-        return self._finish(context, job)
-
-    def modal(self, context, event):
-        job = self._job
-        if event.type == "ESC":
-            worker_link.cancel_requested.set()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
+    def _progress(self, context, job) -> str:
         if job.preview is not None and not job.done.is_set():
             show_picture(self._image, diffusion_job.upscale_preview(job.preview, job.height, job.width))
-        context.workspace.status_text_set(f"Silk preview: step {job.step}/{job.steps} (Esc to stop)")
-        if not job.done.is_set():
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        context.workspace.status_text_set(None)
-        return self._finish(context, job)
+        return f"Silk preview: step {job.step}/{job.steps} (Esc to stop)"
 
     def _finish(self, context, job):
         redraw_silk_panels()

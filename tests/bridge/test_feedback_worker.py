@@ -121,6 +121,18 @@ def test_fusion_moves_a_fraction_of_the_way_and_zero_leaves_the_latents_free(bac
     assert free > 0.1 and half < 0.7 * free
 
 
+def test_fusion_end_stops_fusion_after_that_fraction_of_the_steps(backend, monkeypatch):
+    init = generate(backend, seed=1, steps=4)
+    steps = record_fusion(monkeypatch)
+    generate(backend, {"init_image": init}, strength=1.0, fusion=1.0, fusion_end=0.5)  # no mask: all visible
+    pulled = [s["step"] for s in steps if torch.equal(s["after"], s["target"])]
+    untouched = [s["step"] for s in steps if torch.equal(s["after"], s["before"])]
+    assert pulled == [0, 1, 2] and untouched == [3, 4, 5]  # 6 steps: fusion through step 3 of 6
+    with pytest.raises(JobError, match="fusion_end"):
+        generate(backend, {"init_image": init}, strength=1.0, fusion=0.5, fusion_end=1.5)
+    assert "fusion_end" in protocol.FEATURES and "fusion_end" in protocol.REQUESTS["generate"][1]
+
+
 def test_fusion_without_a_mask_converges_to_the_initial_image_whatever_the_seed_or_prompt(backend):
     """A static scene: every pixel was visible, fusion 1 pulls all latents onto the noised
     initial image every step with the noise that noised it, so the result is the initial
@@ -350,13 +362,13 @@ def test_protocol_checks_the_new_fields():
         with pytest.raises(protocol.ProtocolError) as caught:
             protocol.validate_request(dict(base, **bad))
         assert caught.value.code == "malformed" and caught.value.reply_to == 5
-    assert set(protocol.FEATURES) == {"fusion", "noise", "prompt_mix"}
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
 
 
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
-    assert set(client.worker_features) == {"fusion", "noise", "prompt_mix"}
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(client.worker_features)
     sent = []
 
     def fake_call(request, attachments, **kwargs):
@@ -378,6 +390,16 @@ def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     with pytest.raises(JobFailed) as caught:
         client.generate(TINY, "x", control_images(8, 8), 8, 8, noise=np.zeros((1, 1, 4), np.int32))
     assert caught.value.code == "bad_request"
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=0.6)
+    assert sent[3]["fusion_end"] == 0.6
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=1.0)
+    assert "fusion_end" not in sent[4]  # the default (fusion on every step) is not sent
+    client.worker_features = ["fusion", "noise", "prompt_mix"]  # a worker from before fusion_end
+    with pytest.raises(JobFailed, match="fusion_end") as caught:
+        client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4,
+                        fusion_end=0.6)
+    assert caught.value.code == "unsupported"
+    del sent[3:]
     client.worker_features = None  # a worker from before these fields would ignore them: refuse instead
     for extra in ({"fusion": 0.5}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
                                                                                                    "weight": 1}]}):
