@@ -480,13 +480,13 @@ class WorkerServer:
     def _generate_video(self, job: Job):
         """One window of a video model: every frame's ControlNet pictures in, every frame out."""
         request = job.request
-        images = {key: self._frames.open(request[key], job.attachments)
+        images = {key: job.session.frames.open(request[key], job.attachments)
                   for key in ("init_video", "masks") if request.get(key) is not None}
         units = []
         for unit in request.get("controlnets", []):
             if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
                 raise JobError("malformed", "each ControlNet unit needs an 'image' video frame")
-            units.append(dict(unit, image=self._frames.open(unit["image"], job.attachments)))
+            units.append(dict(unit, image=job.session.frames.open(unit["image"], job.attachments)))
 
         result = self.backend.generate_video(request, images, units, progress=self._progress(job), cancel=job.cancel)
         return self._frame_reply(job, "result", "video", result.frames, seed=result.seed, timings=result.timings,
