@@ -7,7 +7,7 @@ the video pipelines exactly as the worker does (``bridge.motion.video_pipelines`
 precision kept), and paints one window text-to-video and one video-to-video at strength 0.6, reporting the wall time and the peak GPU memory of each:
 
     .venv/bin/python tools/gpu_check_motion.py [--frames 16] [--size 512] [--steps 20] [--precision fp16]
-    .venv/bin/python tools/gpu_check_motion.py --device cpu --frames 2 --size 64 --steps 1   # the CPU smoke run
+    .venv/bin/python tools/gpu_check_motion.py --device cpu --precision bf16 --frames 2 --size 64 --steps 2   # CPU smoke run
 
 Random weights paint noise, but cost exactly what trained weights of the same shapes cost.
 """
