@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import tiny_model
-from .diffusion import (ModelSpec, _free_memory, _is_out_of_memory, _lora_specs, _NoisedInit, _padded,
-                        _preview, _short, _encode_image, _fit, _to_pil, _REPO_ID)
+from .diffusion import (ModelSpec, _encode_image, _fit, _free_memory, _is_out_of_memory, _lora_specs, _NoisedInit,
+                        _padded, _preview, _REPO_ID, _short, _StrengthMask, _to_pil)
 from .server import Cancelled, JobError
 
 TINY_MOTION_VERSION = "tiny-motion-v1"
@@ -467,25 +467,18 @@ def _generate(backend, entry, pipes, spec, motion, settings, images, units, requ
                                 "frames": frames}, model=spec.source)
 
 
-class _VideoStrengthMask:
-    """Per-pixel, per-frame denoising strength over an initial video (differential diffusion,
-    as diffusion._StrengthMask for one picture): a pixel with strength s follows the noised
-    initial video until the last s of the schedule, then denoises freely."""
+class _VideoStrengthMask(_StrengthMask):
+    """Per-pixel, per-frame denoising strength over an initial video: diffusion._StrengthMask
+    (differential diffusion) with one mask per frame on the (1, 1, frames, h, w) latent grid."""
 
     def __init__(self, target: _NoisedInit, masks: np.ndarray, strength: float, factor: int, torch):
         self.target = target
-        latents = target.init_latents
+        self.init_latents = target.init_latents
         small = np.clip(masks[:, ::factor, ::factor], 0, 1).astype(np.float32)  # (frames, h, w)
-        self.mask = torch.from_numpy(np.ascontiguousarray(small))[None, None].to(latents.device, latents.dtype)
+        self.mask = torch.from_numpy(np.ascontiguousarray(small))[None, None].to(self.init_latents.device,
+                                                                                 self.init_latents.dtype)
         self.strength = max(float(strength), 1e-6)
         self.torch = torch
-
-    def apply(self, latents, step, total):
-        done = (step + 1) / total
-        keep = (self.mask / self.strength) <= (1.0 - done)
-        if not bool(keep.any()):
-            return latents
-        return self.torch.where(keep, self.target.after(step, total).to(latents.dtype), latents)
 
 
 def _out_of_memory_message(spec: ModelSpec, settings: dict) -> str:
