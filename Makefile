@@ -9,12 +9,12 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-motion \
-	gpu-check-motion build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-overhead \
+	gpu-check bench-motion gpu-check-motion build clean
 
 all: test
 
-$(VENV)/.ready: requirements/test.txt requirements/worker.txt Makefile
+$(VENV)/.ready: requirements/test.txt requirements/worker.txt bridge/worker-requirements.txt Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Blender 4.2-5.0 as a module needs Python 3.11; set PYTHON=/path/to/python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet bpy==$(BLENDER_VERSION) -r requirements/test.txt -r requirements/worker.txt
@@ -57,6 +57,16 @@ test-lts: $(VENV_LTS)/.ready $(VENV)/.ready node
 bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_guides.py
 	$(VENV)/bin/python tools/bench_bridge.py
+
+## Silk's per-frame overhead against a plain diffusers call on the full-size sd15-random
+## (256x256, 4 steps, two ControlNets, peak memory of both); see docs/benchmarks.md.
+bench-overhead: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_overhead.py
+
+## On a machine with an NVIDIA GPU: fp16/bf16, CPU offload, attention slicing, VAE tiling,
+## out-of-memory recovery, time and VRAM per frame of sd15-random (offline); see docs/worker.md.
+gpu-check: $(VENV)/.ready
+	$(VENV)/bin/python tools/gpu_check.py
 
 ## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol, worker_log
+from . import protocol, schema, worker_log
+from .errors import JobError
 from .frames import FrameError, SharedFrames
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
@@ -407,8 +408,11 @@ class WorkerClient:
         reply, _ = self._call({"type": "status"}, timeout=timeout, heartbeat=False)
         return reply
 
-    def load_model(self, model: dict, timeout: float = 1800.0, should_cancel=None) -> dict:
+    def load_model(self, model, timeout: float = 1800.0, should_cancel=None) -> dict:
+        """Load a model (a schema.ModelRequest or its JSON). The reply says what the worker loaded:
+        source, family (detected from the model), device, dtype and every component's dtype and device."""
         self.ensure_started()
+        model = model.to_json() if isinstance(model, schema.ModelRequest) else model
         self.state = "busy"
         try:
             reply, _ = self._call({"type": "load_model", "model": model}, timeout=timeout, should_cancel=should_cancel)
@@ -417,12 +421,17 @@ class WorkerClient:
                 self.state = "ready"
         return reply["model"]
 
-    def _check_annotator(self, unit: dict) -> None:
-        """A worker from before annotators would ignore one and paint with the raw image: refuse instead."""
-        annotator = unit.get("annotator")
-        if annotator not in (None, "none") and self.worker_annotators is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run '{annotator}'. "
-                            "Update Silk (bridge/) on the worker's machine and restart the worker")
+    def _check_features(self, request: schema.GenerateRequest) -> None:
+        """An older worker would ignore fields it does not know and paint without them: refuse instead."""
+        annotators = [unit.annotator for unit in request.controlnets if unit.annotator not in (None, "none")]
+        if annotators and self.worker_annotators is None:
+            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run "
+                            f"'{annotators[0]}'. Update Silk (bridge/) on the worker's machine and restart the worker")
+        used = request.features()
+        missing = [name for name in used if name not in (self.worker_features or ())]
+        if missing:
+            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
+                            f"{', '.join(missing)}. Update Silk (bridge/) on the worker's machine and restart the worker")
 
     def echo(self, frame: dict, attachments=(), output: dict | None = None, timeout: float = 30.0):
         self.ensure_started()
@@ -430,88 +439,41 @@ class WorkerClient:
                                               attachments, timeout=timeout)
         return self._result_array(reply, "frame", reply_attachments)
 
-    def _unit(self, unit: dict, attachments: list, name: str) -> dict:
-        """A ControlNet unit as the request carries it: its picture (or video) as a frame, its
-        weight, start and end."""
-        return {"image": self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=name),
-                "weight": float(unit.get("weight", 1.0)), "start": float(unit.get("start", 0.0)),
-                "end": float(unit.get("end", 1.0))}
-
-    def generate(self, model: dict, prompt: str, controlnets: list, width: int, height: int, *,
-                 negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
-                 scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
-                 mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
-                 on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None, fusion_end: float = 1.0, image_prompts: list | None = None,
-                 ip_adapter: dict | None = None) -> tuple[np.ndarray, dict]:
-        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
-        optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
-        annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
-        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step
-        until the fraction ``fusion_end`` of the steps is done;
-        ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
-        [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
-        embeddings instead of ``prompt``. Image prompts (IP-Adapter, bridge/ip_adapter.py): ``image_prompts``
-        [{"image": (h, w, 3) array, "weight"}, ...] with ``ip_adapter`` {"source", "image_encoder",
-        "scale"}. Each is sent only when used. Returns the (height, width, 3)
-        float32 image in [0, 1] (display sRGB) and details."""
+    def generate(self, request, *fields, timeout: float = 3600.0, on_progress=None, should_cancel=None,
+                 **named) -> tuple[np.ndarray, dict]:
+        """One picture for a schema.GenerateRequest (or for the fields one is built from:
+        ``generate(model, prompt, controlnets, width, height, seed=..., ...)``, see
+        schema.build). Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and
+        details."""
+        try:
+            if not isinstance(request, schema.GenerateRequest):
+                request = schema.build(request, *fields, **named)
+            request.validated()
+        except JobError as error:
+            raise JobFailed(error.code, error.message) from None
         self.ensure_started()
-        used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
-                                      ("prompt_mix", bool(prompt_mix)), ("fusion_end", fusion > 0 and fusion_end < 1))
-                if on]
-        if image_prompts and "ip_adapter" not in (self.worker_features or ()):
-            raise JobFailed("unsupported", "This worker is older than Silk's image prompts (IP-Adapter). Update Silk "
-                            "(bridge/) on the worker's machine and restart the worker")
-        if used and self.worker_features is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
-                            f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
-        missing = [name for name in used if self.worker_features is not None and name not in self.worker_features]
-        if missing:
-            raise JobFailed("unsupported", f"This worker is older than this Silk and cannot use {', '.join(missing)}. "
-                            "Update Silk (bridge/) on the worker's machine and restart the worker")
-        if noise is not None:
-            noise = np.asarray(noise)
-            if noise.dtype.kind != "f":
-                raise JobFailed("bad_request", f"noise must be a float array, not {noise.dtype.name}")
+        self._check_features(request)
         attachments = []
-        units = []
-        for index, unit in enumerate(controlnets):
-            self._check_annotator(unit)
-            entry = self._unit(unit, attachments, f"control{index}")
-            for key in protocol.ANNOTATOR_FIELDS:
-                if unit.get(key) is not None:
-                    entry[key] = dict(unit[key]) if key == "annotator_options" else unit[key]
-            units.append(entry)
-        request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
-                   "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
-                   "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,
-                   "preview": bool(preview)}
-        for key, array in (("init_image", init_image), ("mask", mask), ("noise", noise)):
-            if array is not None:
-                request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
-        if fusion > 0:
-            request["fusion"] = float(fusion)
-            if fusion_end < 1:
-                request["fusion_end"] = float(fusion_end)
-        if prompt_mix:
-            request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
-        if image_prompts:
-            request["image_prompts"] = [
-                {"image": self.frame(np.asarray(entry["image"], dtype=np.float32), attachments,
-                                     name=f"image_prompt{index}"), "weight": float(entry.get("weight", 1.0))}
-                for index, entry in enumerate(image_prompts)]
-            request["ip_adapter"] = dict(ip_adapter or {})
+        message = request.to_json(lambda array, name: self.frame(np.asarray(array, dtype=np.float32), attachments,
+                                                                 name=name))
         if self.shared_frames:
-            _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
+            _, message["output"] = self.buffer((request.height, request.width, 3), np.float32, name="output")
         self.state = "busy"
         try:
-            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
+            reply, reply_attachments = self._call(message, attachments, timeout=timeout, on_progress=on_progress,
                                                   should_cancel=should_cancel)
         finally:
             if self.state == "busy":
                 self.state = "ready"
         image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
         return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+
+    def _unit(self, unit: dict, attachments: list, name: str) -> dict:
+        """A ControlNet unit as a video request carries it: its video as a frame, its weight,
+        start and end."""
+        return {"image": self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=name),
+                "weight": float(unit.get("weight", 1.0)), "start": float(unit.get("start", 0.0)),
+                "end": float(unit.get("end", 1.0))}
 
     def generate_video(self, model: dict, motion: dict, prompt: str, controlnets: list, width: int, height: int,
                        frames: int, *, prompts: dict | None = None, negative_prompt: str = "", seed: int = 0,

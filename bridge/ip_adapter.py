@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import tiny_model
-from .server import JobError
+from .errors import JobError
 
 MAX_IMAGE_PROMPTS = 4  # pictures in one request: a frame blends two keys, or a few at one key
 MAX_SCALE = 4.0
@@ -304,20 +304,20 @@ class IPAdapters:
         self.cache_dir = cache_dir
         self._embeddings: dict = {}
 
-    def arguments(self, entry: dict, prompt: ImagePrompt | None, guidance: float) -> dict:
+    def arguments(self, entry, prompt: ImagePrompt | None, guidance: float) -> dict:
         """Pipeline arguments for the request: ``ip_adapter_image_embeds`` (or nothing, with any
         loaded adapter removed: a UNet with an adapter needs image embeddings every call)."""
-        pipe = entry["text2image"]
+        pipe = entry.text2image
         if prompt is None:
-            if entry.get("ip_adapter") is not None:
+            if entry.ip_adapter is not None:
                 pipe.unload_ip_adapter()
-                entry["ip_adapter"] = None
+                entry.ip_adapter = None
             return {}
-        files = resolve(prompt, entry["spec"].source, entry["family"], self.cache_dir)
+        files = resolve(prompt, entry.model.source, entry.family.id, self.cache_dir)
         self._load(entry, files)
         total = sum(prompt.weights)
         pipe.set_ip_adapter_scale(prompt.scale * total)
-        torch = entry["torch"]
+        torch = entry.torch
         positive, negative = None, None
         for image, weight in zip(prompt.images, prompt.weights):
             if weight <= 0:
@@ -329,16 +329,16 @@ class IPAdapters:
         embeds = torch.cat([negative, positive]) if guidance > 1.0 else positive
         return {"ip_adapter_image_embeds": [embeds.to(pipe._execution_device, pipe.unet.dtype)]}
 
-    def _load(self, entry: dict, files: AdapterFiles) -> None:
+    def _load(self, entry, files: AdapterFiles) -> None:
         stat = os.stat(files.weights)
         identity = (files.weights, stat.st_size, stat.st_mtime_ns, files.encoder, files.encoder_subfolder)
-        if entry.get("ip_adapter") == identity:
+        if entry.ip_adapter == identity:
             return
-        pipe = entry["text2image"]
-        if entry.get("ip_adapter") is not None:
+        pipe = entry.text2image
+        if entry.ip_adapter is not None:
             pipe.unload_ip_adapter()
-            entry["ip_adapter"] = None
-        model = entry["spec"].source
+            entry.ip_adapter = None
+        model = entry.model.source
         shapes = weight_shapes(files.weights)
         hidden_states = check_fits(files, shapes, pipe.unet.config, len(attention_hidden_sizes(pipe.unet)), model)
         from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
@@ -365,22 +365,22 @@ class IPAdapters:
         except Exception as error:
             pipe.image_encoder = None
             raise JobError("bad_ip_adapter", f"Cannot load the IP-Adapter '{files.label}': {_short(error)}") from None
-        entry["ip_adapter"] = identity
-        entry["ip_adapter_hidden_states"] = hidden_states
+        entry.ip_adapter = identity
+        entry.ip_adapter_hidden_states = hidden_states
         self._embeddings.clear()
 
-    def _embed(self, entry: dict, image: np.ndarray):
+    def _embed(self, entry, image: np.ndarray):
         """(embeds, negative embeds) of one picture, each (1, 1, ...), cached by its pixels."""
-        key = (entry["ip_adapter"], hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest(), image.shape)
+        key = (entry.ip_adapter, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest(), image.shape)
         found = self._embeddings.get(key)
         if found is None:
             from PIL import Image
 
-            pipe = entry["text2image"]
+            pipe = entry.text2image
             picture = Image.fromarray((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8))
-            with entry["torch"].inference_mode():
+            with entry.torch.inference_mode():
                 embeds, uncond = pipe.encode_image(picture, pipe._execution_device, 1,
-                                                   entry["ip_adapter_hidden_states"])
+                                                   entry.ip_adapter_hidden_states)
             found = (embeds[None], uncond[None])
             if len(self._embeddings) > 32:
                 self._embeddings.clear()

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import tiny_model
-from .diffusion import (ModelSpec, _encode_image, _fit, _free_memory, _is_out_of_memory, _lora_specs, _NoisedInit,
-                        _padded, _preview, _REPO_ID, _short, _StrengthMask, _to_pil)
-from .server import Cancelled, JobError
+from . import families, tiny_model
+from .diffusion import free_memory, is_out_of_memory, loras as model_loras
+from .diffusion.guides import NoisedInit, StrengthMask
+from .diffusion.loading import short
+from .diffusion.pictures import encode_image, fit, padded, preview, to_pil
+from .errors import Cancelled, JobError
+from .schema import ModelRequest, _loras
 
 TINY_MOTION_VERSION = "tiny-motion-v1"
 MAX_VIDEO_FRAMES = 128  # frames in one request (a window, or a FreeNoise run)
@@ -130,7 +133,7 @@ class MotionSpec:
                 raise JobError("bad_motion", "the motion module's 'config' is only for single files")
             spec.config = config.strip()
         try:
-            spec.loras = _lora_specs(data.get("loras", []))
+            spec.loras = _loras(data.get("loras", []))
         except JobError as error:
             raise JobError("bad_lora", "motion LoRAs: " + error.message) from None
         return spec
@@ -156,18 +159,18 @@ def load_motion_adapter(spec: MotionSpec, dtype, cache_dir: str | None = None):
         except Exception as error:
             hint = ("" if config else " A single file needs the config of its architecture, which the hub could not "
                     "provide here: set the motion module's config to a diffusers motion adapter folder")
-            raise JobError("bad_motion", f"Cannot load the motion module '{source}': {_short(error)}.{hint}") from None
+            raise JobError("bad_motion", f"Cannot load the motion module '{source}': {short(error)}.{hint}") from None
     if os.path.isdir(source):
         if not os.path.exists(os.path.join(source, "config.json")):
             raise JobError("bad_motion", f"The folder '{source}' is not a diffusers motion adapter (no config.json)")
-    elif not _REPO_ID.fullmatch(source) or os.path.isabs(source):
+    elif not families.REPO_ID.fullmatch(source) or os.path.isabs(source):
         raise JobError("bad_motion", f"The motion module '{source}' does not exist: give a hub repo id like "
                        "'guoyww/animatediff-motion-adapter-v1-5-3', a diffusers folder, an AnimateDiff "
                        ".safetensors/.ckpt file, or 'tiny'")
     try:
         return MotionAdapter.from_pretrained(source, torch_dtype=dtype)
     except Exception as error:
-        raise JobError("bad_motion", f"Cannot load the motion module '{source}': {_short(error)}") from None
+        raise JobError("bad_motion", f"Cannot load the motion module '{source}': {short(error)}") from None
 
 
 def check_motion_fits(source: str, adapter_config, model: str, unet_config) -> None:
@@ -205,7 +208,7 @@ def video_settings(request: dict, units: list, controlnet_count: int, images: di
     """``generate_video``'s settings, checked, with a clear ``bad_request`` for anything wrong.
     ``images``: the opened ``init_video`` and ``masks``; ``max_frames``: what the motion module
     takes at once (its motion_max_seq_length), unless FreeNoise windows are asked for."""
-    from .diffusion import SCHEDULERS
+    SCHEDULERS = families.SAMPLER_IDS
 
     def number(name, default, low, high, kind=(int, float)):
         value = request.get(name, default)
@@ -311,74 +314,73 @@ def generate_video(backend, request: dict, images: dict, units: list, progress, 
     """The ``generate_video`` job: every frame of one window at once. ``images``: ``init_video``
     (frames, h, w, c) and ``masks`` (frames, h, w[, 1]) when given; ``units``: ControlNet units
     whose ``image`` is a (frames, h, w, c) video."""
-    spec = ModelSpec.from_request(request["model"])
+    spec = ModelRequest.from_json(request.get("model"))
     motion = MotionSpec.from_request(request.get("motion"))
     if spec.loras:
         raise JobError("bad_lora", "image LoRAs are not applied with a motion module yet: remove them, or paint "
                        "without a motion module (motion LoRAs go in the motion module's 'loras')")
-    entry = backend._pipeline(spec)
-    if entry["family"] != "sd15":
+    entry = backend.loaded(spec)
+    if entry.family.id != "sd15":
         raise JobError("bad_model", "motion modules need an SD 1.5 model: diffusers has no AnimateDiff ControlNet "
                        "pipeline for SDXL")
     started = time.perf_counter()
     settings = None
     try:
         pipes = _video_entry(backend, entry, motion)
-        settings = video_settings(request, units, len(entry["controlnets"]), images,
+        settings = video_settings(request, units, len(entry.controlnets), images,
                                   pipes["adapter"].config.motion_max_seq_length)
-        _apply_motion_loras(backend, entry, pipes, motion.loras)
-        return _generate(backend, entry, pipes, spec, motion, settings, images, units, request, progress, cancel,
-                         started)
+        _apply_motion_loras(entry, pipes, motion.loras)
+        return _generate(entry, pipes, spec, settings, images, units, request, progress, cancel, started)
     except (MemoryError, RuntimeError) as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        if not _is_out_of_memory(error):
+        if not is_out_of_memory(error):
             raise
-        _free_memory()
+        free_memory()
         if settings is None:
-            entry.pop("motion", None)  # a half-built motion UNet is not kept
+            entry.motion = None  # a half-built motion UNet is not kept
             raise JobError("out_of_memory", "The GPU ran out of memory loading the motion module beside the model "
                            "(it holds a second copy of the UNet): turn on model CPU offload in Silk's Worker "
                            "settings. The worker is still running.") from None
         raise JobError("out_of_memory", _out_of_memory_message(spec, settings)) from None
 
 
-def _video_entry(backend, entry: dict, motion: MotionSpec) -> dict:
-    """The model's video pipelines for ``motion``, built on first use and cached with the model
-    (one motion module at a time)."""
-    cached = entry.get("motion")
+def _video_entry(backend, entry, motion: MotionSpec) -> dict:
+    """The model's video pipelines for ``motion``, built on first use and kept with the loaded
+    model (``LoadedModel.motion``; one motion module at a time)."""
+    cached = getattr(entry, "motion", None)
     if cached is not None and cached["key"] == motion.key():
         return cached
-    entry.pop("motion", None)
-    _free_memory()
-    torch = entry["torch"]
-    dtype = getattr(torch, entry["dtype"])
-    adapter = load_motion_adapter(motion, dtype, backend.cache_dir)
-    base = entry["text2image"]
-    check_motion_fits(motion.source, adapter.config, entry["spec"].source, base.unet.config)
+    entry.motion = None
+    free_memory()
+    adapter = load_motion_adapter(motion, entry.dtype, backend.cache_dir)
+    base = entry.text2image
+    check_motion_fits(motion.source, adapter.config, entry.model.source, base.unet.config)
     try:
-        pipes = video_pipelines(base, adapter, dtype)
+        pipes = video_pipelines(base, adapter, entry.dtype)
     except Exception as error:
         raise JobError("bad_motion", f"Cannot use the motion module '{motion.source}' with the model "
-                       f"'{entry['spec'].source}': {_short(error)}") from None
-    if entry["spec"].attention_slicing:
+                       f"'{entry.model.source}': {short(error)}") from None
+    if entry.model.attention_slicing:
         pipes["text2video"].enable_attention_slicing()
     cached = dict(pipes, key=motion.key(), adapter=adapter, loras={}, lora_weights=(), offloaded=None)
-    entry["motion"] = cached
+    entry.motion = cached
     return cached
 
 
-def _apply_motion_loras(backend, entry: dict, pipes: dict, loras: list) -> None:
+def _apply_motion_loras(entry, pipes: dict, loras: list) -> None:
     """Make the motion UNet's LoRA adapters exactly ``loras``, as the model's own LoRAs are
-    made (DiffusionBackend._apply_loras: each file once under a name from its path, size and
-    time; weights by set_adapters), on the text-to-video pipeline, whose UNet is the motion UNet."""
-    view = {"text2image": pipes["text2video"], "loras": pipes["loras"], "lora_weights": pipes["lora_weights"],
-            "family": entry["family"], "spec": entry["spec"]}
+    made (diffusion/loras.apply: each file once under a name from its path, size and time;
+    weights by set_adapters), on the text-to-video pipeline, whose UNet is the motion UNet."""
+    from types import SimpleNamespace
+
+    view = SimpleNamespace(text2image=pipes["text2video"], loras=pipes["loras"], lora_weights=pipes["lora_weights"],
+                           family=entry.family, model=entry.model, dtype=entry.dtype)
     try:
-        backend._apply_loras(view, loras)
+        model_loras.apply(view, loras)
     finally:
-        pipes["lora_weights"] = view["lora_weights"]
+        pipes["lora_weights"] = view.lora_weights
 
 
-def _use_offload(pipes: dict, pipe, spec: ModelSpec, device: str) -> None:
+def _use_offload(pipes: dict, pipe, spec: ModelRequest, device: str) -> None:
     """Model CPU offload hooks belong to one pipeline: move them to the one about to run."""
     if not (spec.cpu_offload and device == "cuda") or pipes["offloaded"] is pipe:
         return
@@ -388,19 +390,20 @@ def _use_offload(pipes: dict, pipe, spec: ModelSpec, device: str) -> None:
     pipes["offloaded"] = pipe
 
 
-def _generate(backend, entry, pipes, spec, motion, settings, images, units, request, progress, cancel, started):
-    torch = entry["torch"]
+def _generate(entry, pipes, spec, settings, images, units, request, progress, cancel, started):
+    torch = entry.torch
     frames, width, height = settings["frames"], settings["width"], settings["height"]
-    padded_w, padded_h = _padded(width), _padded(height)
+    padded_w, padded_h = padded(width), padded(height)
     init, masks = images.get("init_video"), images.get("masks")
     pipe = pipes["video2video"] if init is not None else pipes["text2video"]
-    _use_offload(pipes, pipe, spec, entry["device"])
-    pipe.scheduler = backend._scheduler(entry, settings["scheduler"])
+    _use_offload(pipes, pipe, spec, entry.device)
+    pipe.scheduler = families.make_scheduler(settings["scheduler"], entry.scheduler_config,
+                                             latents_edited=masks is not None)
     scheduler = pipe.scheduler
     device, dtype = pipe._execution_device, pipe.unet.dtype
     factor = pipe.vae_scale_factor
     generator = torch.Generator(device="cpu").manual_seed(settings["seed"])
-    conditioning = [[_to_pil(_fit(picture, padded_h, padded_w)) for picture in unit["image"]] for unit in units]
+    conditioning = [[to_pil(fit(picture, padded_h, padded_w)) for picture in unit["image"]] for unit in units]
     steps, strength = settings["steps"], settings["strength"]
     guides, total, latents = [], steps, None
     if init is not None:
@@ -414,13 +417,13 @@ def _generate(backend, entry, pipes, spec, motion, settings, images, units, requ
         begin = len(scheduler.timesteps) - len(timesteps)
         # Encode frame by frame (the mean, no sampling) and noise with one known noise, so the
         # strength masks follow the very noise that started the run (as image-to-image does).
-        init_latents = torch.stack([_encode_image(pipe, _fit(picture, padded_h, padded_w), torch)[0]
+        init_latents = torch.stack([encode_image(pipe, fit(picture, padded_h, padded_w), entry.family, torch)[0]
                                     for picture in init], dim=1)[None]
         noise = randn_tensor(init_latents.shape, generator=generator, device=torch.device(device), dtype=dtype)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
         if masks is not None:
-            target = _NoisedInit(init_latents, noise, scheduler, begin)
-            fitted = np.stack([_fit(mask.reshape(mask.shape[0], mask.shape[1], 1), padded_h, padded_w)[..., 0]
+            target = NoisedInit(init_latents, noise, scheduler, begin)
+            fitted = np.stack([fit(mask.reshape(mask.shape[0], mask.shape[1], 1), padded_h, padded_w)[..., 0]
                                for mask in masks])
             guides.append(_VideoStrengthMask(target, fitted, strength, factor, torch))
 
@@ -432,8 +435,8 @@ def _generate(backend, entry, pipes, spec, motion, settings, images, units, requ
             current = guide.apply(current, step, total)
         if guides:
             callback_kwargs["latents"] = current
-        preview = _preview(current[:, :, 0], height, width, entry["family"]) if request.get("preview") else None
-        progress(step + 1, total, preview)
+        picture = preview(current[:, :, 0], height, width, entry.family) if request.get("preview") else None
+        progress(step + 1, total, picture)
         return callback_kwargs
 
     prompt = settings["prompts"] or request.get("prompt", "")
@@ -467,11 +470,11 @@ def _generate(backend, entry, pipes, spec, motion, settings, images, units, requ
                                 "frames": frames}, model=spec.source)
 
 
-class _VideoStrengthMask(_StrengthMask):
+class _VideoStrengthMask(StrengthMask):
     """Per-pixel, per-frame denoising strength over an initial video: diffusion._StrengthMask
     (differential diffusion) with one mask per frame on the (1, 1, frames, h, w) latent grid."""
 
-    def __init__(self, target: _NoisedInit, masks: np.ndarray, strength: float, factor: int, torch):
+    def __init__(self, target: NoisedInit, masks: np.ndarray, strength: float, factor: int, torch):
         self.target = target
         self.init_latents = target.init_latents
         small = np.clip(masks[:, ::factor, ::factor], 0, 1).astype(np.float32)  # (frames, h, w)
@@ -481,7 +484,7 @@ class _VideoStrengthMask(_StrengthMask):
         self.torch = torch
 
 
-def _out_of_memory_message(spec: ModelSpec, settings: dict) -> str:
+def _out_of_memory_message(spec: ModelRequest, settings: dict) -> str:
     tips = [f"lower Context Frames (this window had {settings['frames']})"]
     if settings["decode_chunk"] > 1:
         tips.append("decode frame by frame (decode_chunk 1)")

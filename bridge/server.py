@@ -30,7 +30,8 @@ import traceback
 import numpy as np
 
 from . import frames as frames_module
-from . import protocol
+from . import protocol, schema
+from .errors import Cancelled, JobError
 from .frames import FrameError, WorkerFrames, open_client_folder
 
 log = logging.getLogger("silk.worker")
@@ -40,19 +41,6 @@ MAX_PENDING = 32  # connections waiting for their hello at once
 SEND_STALL_SECONDS = 30.0  # a client that takes nothing of a reply for this long is dropped
 CONNECTION_THREAD_STACK = 1 << 20  # bytes: ample for the JSON decoder's deepest nesting
 KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}  # a vanished client is noticed in ~1 min
-
-
-class JobError(Exception):
-    """A job that cannot be done, with a message for the user and a code for programs."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class Cancelled(Exception):
-    pass
 
 
 class Session:
@@ -92,10 +80,11 @@ class Session:
 
 
 class Job:
-    def __init__(self, request: dict, attachments: list, session: Session):
+    def __init__(self, request: dict, attachments: list, session: Session, parsed=None):
         self.request = request
         self.attachments = attachments
         self.session = session
+        self.parsed = parsed  # the typed request (bridge/schema.py) of 'generate' and 'load_model'
         self.id = request["id"]
         self.cancel = threading.Event()
 
@@ -353,10 +342,15 @@ class WorkerServer:
         elif kind == "hello":
             session.send(protocol.make_error("handshake", "already greeted", request_id))
         else:
+            try:  # every field's type and range, before the job is queued (bridge/schema.py)
+                parsed = schema.parse(request)
+            except JobError as error:
+                session.send(protocol.make_error(error.code, error.message, request_id))
+                return True
             with self._job_lock:
                 job = self._job
                 if job is None:
-                    self._job = job = Job(request, attachments, session)
+                    self._job = job = Job(request, attachments, session, parsed)
                     self._job_idle.clear()
                 else:
                     job = None
@@ -394,7 +388,7 @@ class WorkerServer:
             if request["type"] == "echo":
                 reply, attachments = self._echo(job)
             elif request["type"] == "load_model":
-                info = self.backend.load(request["model"])
+                info = self.backend.load(job.parsed)
                 reply = {"type": "ok", "reply_to": job.id, "model": info}
             elif request["type"] == "generate_video":
                 reply, attachments = self._generate_video(job)
@@ -432,29 +426,24 @@ class WorkerServer:
         return dict({"type": kind, "reply_to": job.id, key: descriptor}, **extra), [memoryview(data).cast("B")]
 
     def _generate(self, job: Job) -> None:
-        request = job.request
+        request = job.parsed
         images = {}
-        for key in ("init_image", "mask", "noise"):
-            if request.get(key) is not None:
-                images[key] = job.session.frames.open(request[key], job.attachments)
-        from .ip_adapter import image_prompt_frames  # here: ip_adapter.py imports JobError from this module
-
-        images["image_prompts"] = [job.session.frames.open(frame, job.attachments)
-                                   for frame in image_prompt_frames(request)]
+        for key in schema.FRAME_FIELDS:
+            if getattr(request, key) is not None:
+                images[key] = job.session.frames.open(getattr(request, key), job.attachments)
+        images["image_prompts"] = [job.session.frames.open(entry["image"], job.attachments)
+                                   for entry in request.image_prompts]
         units = []
         annotating = None  # seconds spent in annotators, when any ran
-        for unit in request.get("controlnets", []):
-            if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
-                raise JobError("malformed", "each ControlNet unit needs an 'image' frame")
+        for unit in request.controlnets:
             if job.cancel.is_set():
                 raise Cancelled()
             started = time.perf_counter()
             # The backend sees the annotator's output (or the image itself), never the annotator fields.
-            image = self.annotators.apply(unit, job.session.frames.open(unit["image"], job.attachments))
-            if unit.get("annotator", "none") != "none":
+            image = self.annotators.apply(vars(unit), job.session.frames.open(unit.image, job.attachments))
+            if (unit.annotator or "none") != "none":
                 annotating = (annotating or 0.0) + time.perf_counter() - started
-            units.append({key: value for key, value in dict(unit, image=image).items()
-                          if key not in protocol.ANNOTATOR_FIELDS})
+            units.append(schema.ControlUnit(image=image, weight=unit.weight, start=unit.start, end=unit.end))
 
         result = self.backend.generate(request, images, units, progress=self._progress(job), cancel=job.cancel)
         timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))

@@ -45,10 +45,19 @@ def ensure_tiny_xl(cache_dir: str | None = None) -> str:
     return _ensure(cache_dir, TINY_XL_VERSION, build_tiny_xl)
 
 
-# name -> (the folder, built on first use; the ControlNet folders inside it, by unit kind)
+def ensure_sd15_random(cache_dir: str | None = None) -> str:
+    """sd15-random (bridge/full_size_model.py): SD 1.5 at full size with random weights."""
+    from .full_size_model import ensure_sd15_random as ensure
+
+    return ensure(cache_dir)
+
+
+# The models Silk builds itself. name -> (the folder, built on first use; the ControlNet folders
+# inside it, by unit kind). Their families and default ControlNets: bridge/families.py, LOCAL_MODELS.
 TINY_MODELS = {
     "tiny": (ensure_tiny, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
     "tiny-xl": (ensure_tiny_xl, {"depth": "controlnet-depth"}),
+    "sd15-random": (ensure_sd15_random, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
 }
 
 
@@ -61,7 +70,13 @@ def _ensure(cache_dir: str | None, version: str, build) -> str:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=version + "-", dir=os.path.dirname(path))
-    build(staging)
+    try:
+        build(staging)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)  # no half-built model left behind
+        raise
     with open(os.path.join(staging, "complete"), "w") as handle:
         handle.write(version)
     try:

@@ -26,6 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..bridge import schema
 from . import conditioning, latent_walk, noise, schedule, temporal
 from .diffusion_job import JobSettings
 
@@ -44,9 +45,9 @@ TOO_LARGE = 1.5
 @dataclass
 class TemporalSettings:
     use_feedback: bool = True
-    strength: float = 0.55
+    strength: float = schema.default("strength")
     fusion: float = 0.5
-    fusion_end: float = 1.0  # fraction of the steps after which fusion stops
+    fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
     noise_mode: str = "FIXED"
     color_coherence: float = 0.5
     cadence: int = 1
@@ -78,6 +79,7 @@ class FrameSource(Protocol):
     is_animation: bool  # a timeline animation render (frames saved to files), not F12
     frame_step: int  # the animation's frame step (1 for F12): the frames rendered are this far apart
     output_is_movie: bool  # the frames go into one movie file
+    loop_output_problem: str  # why a loop's repainted first frames can't be saved over their files ("": they can)
 
     def guides(self, frame: int, relative_to: int | None):
         """Frame ``frame``'s guides (depth, normal, coverage, camera) with ``vector`` and
@@ -395,12 +397,10 @@ class _Take:
                 self.session.notes.append(FrameNote(frame, "in-between", step.before))
         self._remember(frame, painted, temporal_settings.cadence)
         loops = temporal_settings.use_loop and source.is_animation and shot.end > shot.start
-        if loops and source.output_is_movie:
-            # A loop saves its repainted first frames over their files when the job ends: a movie
-            # has no file per frame to save over (and rewriting it would lose the render).
-            self.session.report("WARNING", "loop_movie", "Loop is off for this render: the output is a movie, and a "
-                                "loop saves its repainted first frames over their files. Render to an image "
-                                "sequence (PNG, EXR) and encode the movie from it")
+        if loops and source.loop_output_problem:
+            # A loop saves its repainted first frames over their files when the job ends.
+            self.session.report("WARNING", "loop_output", "Loop is off for this render: a loop saves its repainted "
+                                f"first frames over their files, and {source.loop_output_problem}")
         elif loops and frame == shot.end:
             self._repaint_loop(shot, temporal_settings)
         return painted

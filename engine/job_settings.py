@@ -13,15 +13,15 @@ from . import diffusion_job, schedule, walk_settings, worker_link
 from .color import linear_to_srgb
 from .animation import TemporalSettings
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
-from .settings import SCHEDULERS
+from ..bridge import families
 
-KNOWN_SCHEDULERS = {identifier for identifier, _label, _description in SCHEDULERS}
+KNOWN_SCHEDULERS = set(families.SAMPLER_IDS)
 
 
 def from_scene(scene) -> JobSettings:
     settings = scene.silk
     if not settings.units_initialized and not len(settings.units):
-        units = [UnitSettings(kind=kind, source=kind) for kind in diffusion_job.DEFAULT_UNIT_KINDS]
+        units = [UnitSettings(kind=kind, source=kind) for kind in families.DEFAULT_UNIT_KINDS]
     else:
         units = [_unit(unit) for unit in settings.units if unit.enabled]
     scheduler = settings.scheduler
@@ -37,8 +37,10 @@ def from_scene(scene) -> JobSettings:
         if len(mix) > 1:
             prompt_mix = [{"prompt": p, "negative_prompt": n, "weight": w} for p, n, w in mix]
     image_prompts, ip_adapter = walk_settings.image_prompts(scene)
+    model = _model_source(settings.model)
     return JobSettings(
-        model=_model_source(settings.model), family=settings.model_family, units=units,
+        model=model, family=settings.model_family, units=units,
+        reported_family=worker_link.loaded.get("family") if worker_link.loaded.get("source") == model else None,
         loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
         prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
         steps=settings.steps, guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,

@@ -95,7 +95,7 @@ def paint(engine, frames, session, worker, model: dict, result, combined) -> ani
             extra.update(init_video=start.init_video, masks=start.masks, strength=float(start.masks.max()))
         engine.update_stats("Silk", f"Painting {label}")
         pictures, _info = worker.generate_video(
-            model, motion, first_job.prompt, videos, width, height, count,
+            model.to_json() if hasattr(model, "to_json") else model, motion, first_job.prompt, videos, width, height, count,
             prompts=prompts if len(prompts) > 1 else None, negative_prompt=first_job.negative_prompt,
             seed=first_job.seed, steps=first_job.steps, guidance=first_job.guidance, scheduler=first_job.scheduler,
             preview=True, on_progress=on_progress, should_cancel=engine._should_cancel, **extra)

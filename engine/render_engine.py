@@ -16,8 +16,8 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import (animation, conditioning, diffusion_job, image_prompts, job_settings, motion_render, noise,
-               result_history, worker_link)
+from . import (animation, conditioning, diffusion_job, job_settings, motion_render, noise, result_history,
+               worker_link)
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
 from . import scene_capture
@@ -200,6 +200,8 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         scene = frames.scene
         settings = frames.settings(scene.frame_current)
         model = diffusion_job.model_request(settings.job)
+        for warning in diffusion_job.usable_units(settings.job)[1]:
+            self._report("WARNING", warning)
         try:
             worker = worker_link.client()
         except WorkerError as error:
@@ -212,21 +214,21 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             if worker.state != "ready":
                 self.update_stats("Silk", "Starting the diffusion worker")
             worker.ensure_started()
-            if worker_link.loaded.get("source") != model["source"]:
-                self.update_stats("Silk", f"Loading {model['source']} (once; the first time may download it)")
-            worker_link.note_loaded(worker.load_model(model, should_cancel=self._should_cancel))
+            if worker_link.loaded.get("source") != model.source:
+                self.update_stats("Silk", f"Loading {model.source} (once; the first time may download it)")
+            worker_link.note_loaded(diffusion_job.load_model(worker, settings.job, should_cancel=self._should_cancel))
             started = time.perf_counter()
             painter = WorkerPainter(self, worker, model, result, combined)
             if motion_render.wanted(scene):  # a motion module paints windows of frames (engine/windows.py)
                 painted = motion_render.paint(self, frames, session, worker, model, result, combined)
-                label = motion_render.take_label(settings.job, scene, model["source"])
+                label = motion_render.take_label(settings.job, scene, model.source)
             else:
                 painted = session.paint(frames, painter, scene.frame_current, scene.silk.depth_normalization)
-                label = take_label(settings.job, settings.temporal, model["source"])
+                label = take_label(settings.job, settings.temporal, model.source)
             if self.is_animation:
                 session.record(scene.name, scene.frame_current, label)
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
-                                      f"{model['source']} | {painter.device}")
+                                      f"{model.source} | {painter.device}")
             return painted
         except JobCancelled:
             self._report("INFO", "Cancelled; the worker is ready for the next render")
@@ -272,14 +274,14 @@ class SilkRenderEngine(bpy.types.RenderEngine):
 class WorkerPainter:
     """The animation core's painter: one request to the worker, with progress and step previews."""
 
-    def __init__(self, engine: SilkRenderEngine, worker, model: dict, result, combined):
+    def __init__(self, engine: SilkRenderEngine, worker, model, result, combined):
         self.engine, self.worker, self.model, self.result, self.combined = engine, worker, model, result, combined
         self.device = worker_link.loaded.get("device", "?").upper()
 
     def paint(self, request: animation.PaintRequest) -> np.ndarray:
         engine, combined = self.engine, self.combined
         height, width = combined.shape[:2]
-        label = f"seed {request.seed} | {self.model['source']} | {self.device}"
+        label = f"seed {request.seed} | {self.model.source} | {self.device}"
         if not request.is_current:
             engine.update_stats("Silk", f"Painting frame {request.frame} (needed before its turn)")
 
@@ -294,22 +296,13 @@ class WorkerPainter:
         if request.is_current:
             engine.update_stats("Silk", f"Painting | {label}")
         job = request.job
-        units = diffusion_job.control_units(job, request.guides, request.depth_range)
-        extra = {"noise": request.noise}
-        if request.init_image is not None:
-            extra.update(init_image=request.init_image, mask=request.strength_map,
-                         strength=float(request.strength_map.max()))
-            if request.fusion > 0:
-                extra["fusion"] = float(request.fusion)
-                if request.fusion_end < 1.0:
-                    extra["fusion_end"] = float(request.fusion_end)
-        if job.prompt_mix:
-            extra["prompt_mix"] = job.prompt_mix
-        extra.update(image_prompts.request_arguments(job))
-        picture, _info = self.worker.generate(
-            self.model, job.prompt, units, width, height, negative_prompt=job.negative_prompt, seed=request.seed,
-            steps=job.steps, guidance=job.guidance, scheduler=job.scheduler, preview=True, on_progress=on_progress,
-            should_cancel=engine._should_cancel, **extra)
+        if worker_link.loaded.get("source") == job.model.strip():  # the family the worker found on loading
+            job.reported_family = worker_link.loaded.get("family")
+        frame_request = diffusion_job.generate_request(
+            job, request.guides, request.depth_range, seed=request.seed, init_image=request.init_image,
+            mask=request.strength_map, fusion=request.fusion, fusion_end=request.fusion_end, noise=request.noise)
+        picture, _info = self.worker.generate(frame_request, on_progress=on_progress,
+                                              should_cancel=engine._should_cancel)
         return picture
 
 

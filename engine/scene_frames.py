@@ -24,6 +24,8 @@ class SceneFrames:
         self.is_animation = is_animation
         self.frame_step = max(1, self.scene.frame_step) if is_animation else 1
         self.output_is_movie = bool(self.scene.render.is_movie_format)
+        from .takes import loop_output_problem  # takes needs the render engine, which needs this module
+        self.loop_output_problem = loop_output_problem(self.scene) if is_animation else ""
         self.frame = self.scene.frame_current
         self._geometry = {self.frame: current_geometry} if current_geometry is not None else {}
         self._guides = {(self.frame, self.frame - 1): current_guides} if current_guides is not None else {}

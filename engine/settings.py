@@ -10,6 +10,7 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from ..bridge import families, schema
 from . import diffusion_job, windows
 
 MODES = [
@@ -24,36 +25,24 @@ GUIDE_PREVIEWS = [
     ("OCCLUSION", "Occlusion", "White where the surface was not visible in the previous frame"),
 ]
 
+# F-curves hold float32 values and Blender rounds them to an int property by adding 0.5: only
+# seeds below 2^23 survive being keyed exactly (measured on 4.2 and 5.0: a keyed 8388609 comes
+# back as 8388610, 1817957071 as 1817957120: other pictures). Seeds Silk picks (the dice, the
+# variant picker) stay below it.
+SEED_LIMIT = 2 ** 23
+
 DEPTH_NORMALIZATIONS = [
     ("SHOT", "Shot", "From the depths the shot's first frame shows (1st to 99th percentile)"),
     ("CLIP", "Camera Clip", "From the camera's clip start and end"),
 ]
 
-SCHEDULERS = [
-    ("euler", "Euler", "Euler, deterministic"),
-    ("euler_a", "Euler a", "Euler ancestral: adds fresh noise each step"),
-    ("dpmpp_2m", "DPM++ 2M", "DPM-Solver++ 2M: good pictures in 20-30 steps"),
-    ("dpmpp_2m_karras", "DPM++ 2M Karras", "DPM-Solver++ 2M with Karras sigmas"),
-    ("ddim", "DDIM", "DDIM, deterministic"),
-    ("unipc", "UniPC", "UniPC: good pictures in few steps"),
-    ("lcm", "LCM", "For LCM models and LoRAs (4-8 steps, guidance 1-2)"),
-]
+# Menus from the registries (bridge/families.py, bridge/schema.py): one definition each.
+SCHEDULERS = [(sampler.id, sampler.label, sampler.description) for sampler in families.SAMPLERS]
 
-FAMILIES = [
-    ("AUTO", "Automatic", "SDXL when the model's name says XL, else SD 1.5"),
-    ("SD15", "SD 1.5", "Stable Diffusion 1.x and its fine-tunes"),
-    ("SDXL", "SDXL", "Stable Diffusion XL and its fine-tunes"),
-]
+FAMILIES = [("AUTO", "Automatic", "What the model says it is (its model_index.json or its checkpoint's keys)")] + [
+    (family.id.upper(), family.label, f"{family.label} and its fine-tunes") for family in families.FAMILIES.values()]
 
-UNIT_KINDS = [
-    ("DEPTH", "Depth", "The scene's exact depth (inverse, near white)"),
-    ("NORMAL", "Normal", "The scene's exact camera-space normals (BAE)"),
-    ("CANNY", "Canny", "Canny edges of a guide or an image (no annotator weights needed)"),
-    ("LINEART", "Line Art", "Line art of a guide or an image (annotator weights needed)"),
-    ("SOFTEDGE", "Soft Edge", "HED soft edges of a guide or an image (annotator weights needed)"),
-    ("OPENPOSE", "OpenPose", "Human poses found in an image (annotator weights needed)"),
-    ("IMAGE", "Image", "An image used as it is (give the ControlNet that reads it)"),
-]
+UNIT_KINDS = [(kind.id, kind.label, kind.description) for kind in families.UNIT_KINDS]
 
 UNIT_SOURCES = [
     ("DEPTH", "Depth Guide", "Run the annotator on the depth guide"),
@@ -71,7 +60,7 @@ class SilkControlUnit(bpy.types.PropertyGroup):
     controlnet: StringProperty(
         name="ControlNet", description="A hub repo id or a local folder (empty: the default for this type and the "
                                        "model's family)")
-    weight: FloatProperty(name="Weight", default=1.0, min=0.0, max=5.0, soft_max=2.0,
+    weight: FloatProperty(name="Weight", default=schema.ControlUnit.weight, min=0.0, max=5.0, soft_max=2.0,
                           description="How strongly this unit steers the picture")
     start: FloatProperty(name="Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
                          description="Fraction of the denoising steps after which this unit starts steering")
@@ -143,10 +132,10 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
 
     # -- sampling -----------------------------------------------------------
     seed: IntProperty(name="Seed", default=42, min=0, description="The noise the picture grows from")
-    steps: IntProperty(name="Steps", default=20, min=1, max=150, description="Denoising steps")
-    guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0, max=30.0,
+    steps: IntProperty(name="Steps", default=schema.default("steps"), min=1, max=150, description="Denoising steps")
+    guidance_scale: FloatProperty(name="Guidance", default=schema.default("guidance"), min=0.0, max=30.0,
                                   description="How strictly to follow the prompt (classifier-free guidance)")
-    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="dpmpp_2m_karras")
+    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default=schema.default("scheduler"))
 
     # -- animation ----------------------------------------------------------
     use_feedback: BoolProperty(
@@ -154,7 +143,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         description="Start each frame from the previous painted frame, warped by the scene's exact motion "
                     "(off: every frame is painted on its own)")
     strength: FloatProperty(
-        name="Strength", default=0.55, min=0.05, max=1.0, subtype="FACTOR",
+        name="Strength", default=schema.default("strength"), min=0.05, max=1.0, subtype="FACTOR",
         description="How much of each frame is re-painted where the previous frame saw the surface "
                     "(1 = paint anew; pixels the previous frame did not see are always painted anew)")
     fusion: FloatProperty(
@@ -252,7 +241,7 @@ def ensure_default_units(scene) -> None:
     settings = scene.silk
     if settings.units_initialized or len(settings.units):
         return
-    for kind in diffusion_job.DEFAULT_UNIT_KINDS:
+    for kind in families.DEFAULT_UNIT_KINDS:
         unit = settings.units.add()
         unit.kind = kind
         unit.source = kind

@@ -15,7 +15,8 @@ import os
 import bpy
 import numpy as np
 
-from . import render_engine
+from . import exr_output, render_engine
+from .color import srgb_to_linear
 from .result_history import write_picture
 
 TAKE_KEY = "silk_take"
@@ -54,14 +55,45 @@ def finish_job(*_args) -> None:
         if scene is None:
             continue
         for frame, picture in sorted(entry.rewrites.items()):
-            _save_frame(scene, frame, picture)
+            try:
+                _save_frame(scene, frame, picture)
+            except (OSError, RuntimeError) as error:  # the rendered frame stays as it was
+                render_engine.last_reports.append(("ERROR", f"Loop frame {frame} was not saved: {error}"))
+                print(f"Silk: loop frame {frame} was not saved: {error}")
         if entry.frames:
             add_take(scene, entry.label)
+
+
+MULTILAYER_EXR = "OPEN_EXR_MULTILAYER"
+
+
+def image_io():
+    """Blender's OpenImageIO module (rewrites EXR frames), or None."""
+    return exr_output.open_image_io(os.path.join(bpy.utils.resource_path("LOCAL"), "python"))
+
+
+def loop_output_problem(scene) -> str:
+    """Why a loop's repainted first frames could not be saved over their files ("" if they can)."""
+    render = scene.render
+    if render.is_movie_format:
+        # A movie has no file per frame to save over (and rewriting it would lose the render).
+        return "the output is a movie. Render to an image sequence (PNG, EXR) and encode the movie from it"
+    if render.image_settings.file_format == MULTILAYER_EXR and image_io() is None:
+        return ("the output is a multilayer EXR and this Blender has no OpenImageIO module to rewrite it. "
+                "Render to PNG or single-layer EXR")
+    return ""
 
 
 def _save_frame(scene, frame: int, picture: np.ndarray) -> None:
     path = scene.render.frame_path(frame=frame)
     height, width = picture.shape[:2]
+    oiio = image_io() if scene.render.image_settings.file_format in (MULTILAYER_EXR, "OPEN_EXR") else None
+    if oiio is not None and os.path.exists(path):
+        # The Combined pass as render() wrote it: scene-linear, opaque; the other passes stay.
+        rgba = np.ones((height, width, 4), dtype=np.float32)
+        rgba[..., :3] = srgb_to_linear(picture[..., :3])
+        exr_output.replace_combined(oiio, path, rgba)
+        return
     image = bpy.data.images.new("Silk loop frame", width, height, alpha=True, float_buffer=True)
     try:
         write_picture(image, picture)

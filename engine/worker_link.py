@@ -20,7 +20,8 @@ job_lock = threading.Lock()
 cancel_requested = threading.Event()
 _client: WorkerClient | None = None
 _client_key = None
-# What the worker last said it runs, for the status line: {"device", "source"}.
+# What the worker last said it runs: {"device", "source", "family"} (the status line; the family it
+# detected steers the ControlNet defaults of a hub model, see diffusion_job.model_family).
 loaded: dict = {}
 _starting = False
 _start_error: str | None = None
@@ -94,7 +95,7 @@ def device_setting() -> tuple[str, str]:
 
 
 def note_loaded(info: dict) -> None:
-    loaded.update({key: info[key] for key in ("device", "source") if info.get(key)})
+    loaded.update({key: info[key] for key in ("device", "source", "family") if info.get(key)})
 
 
 def status() -> tuple[str, str]:

@@ -10,9 +10,10 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from ..engine import conditioning, diffusion_job, image_prompts, job_settings, result_history, worker_link
+from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
+from ..engine.settings import SEED_LIMIT
 
 PREVIEW_TIMEOUT = 1800.0  # seconds a preview may take, model loading included
 
@@ -33,11 +34,11 @@ def _watch_worker_state():
 class SILK_OT_randomize_seed(bpy.types.Operator):
     bl_idname = "silk.randomize_seed"
     bl_label = "Random Seed"
-    bl_description = "Pick a new random seed"
+    bl_description = "Pick a new random seed (one a keyframe holds exactly)"
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        context.scene.silk.seed = random.randrange(0, 2 ** 31 - 1)
+        context.scene.silk.seed = random.randrange(0, SEED_LIMIT)
         return {"FINISHED"}
 
 
@@ -85,9 +86,10 @@ class SILK_OT_cancel(bpy.types.Operator):
 class PreviewJob:
     """One preview painted on a thread; the operator polls it from the main thread."""
 
-    def __init__(self, worker, job, units, width, height):
+    def __init__(self, worker, job, request, warnings=()):
         self.worker = worker  # made on the main thread: the thread must not read bpy.context
-        self.job, self.units, self.width, self.height = job, units, width, height
+        self.job, self.request, self.warnings = job, request, list(warnings)
+        self.width, self.height = request.width, request.height
         self.step = 0
         self.steps = job.steps
         self.preview = None
@@ -109,15 +111,11 @@ class PreviewJob:
                 worker_link.cancel_requested.clear()
                 worker = self.worker
                 worker.ensure_started()
-                model = diffusion_job.model_request(self.job)
-                worker_link.note_loaded(worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
-                self.picture, _ = worker.generate(
-                    model, self.job.prompt, self.units, self.width, self.height,
-                    negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
-                    guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
-                    timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
-                    should_cancel=worker_link.cancel_requested.is_set, prompt_mix=self.job.prompt_mix or None,
-                    **image_prompts.request_arguments(self.job))
+                worker_link.note_loaded(diffusion_job.load_model(worker, self.job,
+                                                                 should_cancel=worker_link.cancel_requested.is_set))
+                self.request.model = diffusion_job.model_request(self.job)  # the family the worker found
+                self.picture, _ = worker.generate(self.request, timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
+                                                  should_cancel=worker_link.cancel_requested.is_set)
             finally:
                 worker_link.job_lock.release()
         except JobCancelled:
@@ -243,9 +241,10 @@ class SILK_OT_render_preview(WorkerJobOperator, bpy.types.Operator):
         else:  # a preview sees one frame: its own depths stand in for the shot's first frame
             depth_range = conditioning.depth_range_of_frame(guides.depth, guides.coverage, camera.clip_start,
                                                             camera.clip_end)
-        units = diffusion_job.control_units(job, guides, depth_range)
-        diffusion_job.model_request(job)  # settings errors now, in the operator's report
-        return PreviewJob(worker_link.client(), job, units, width, height)
+        # The same request F12 sends for this frame (prompt_mix between prompt keys included); settings
+        # errors come now, in the operator's report.
+        request = diffusion_job.generate_request(job, guides, depth_range)
+        return PreviewJob(worker_link.client(), job, request, diffusion_job.usable_units(job)[1])
 
     def _started(self, context, job) -> None:
         self._image = preview_image(context.scene, job.width, job.height)
@@ -267,6 +266,8 @@ class SILK_OT_render_preview(WorkerJobOperator, bpy.types.Operator):
         image = preview_image(context.scene, job.width, job.height)
         show_picture(image, job.picture)
         result_history.show(image)
+        for warning in job.warnings:
+            self.report({"WARNING"}, f"Silk: {warning}")
         self.report({"INFO"}, f"Silk: preview painted ({job.width}x{job.height}, {job.steps} steps)")
         return {"FINISHED"}
 

@@ -11,14 +11,11 @@ import bpy
 from bpy.props import IntProperty
 
 from ..engine import job_settings, result_history, variants, walk_settings, worker_link
+from ..engine.settings import SEED_LIMIT  # seeds a keyframe holds exactly
 from .render import PREVIEW_TIMEOUT, PreviewJob, SILK_OT_render_preview, WorkerJobOperator, redraw_silk_panels
 from .units import AddItem, RemoveSelectedItem
 
 SEEDS_KEY = "silk_variant_seeds"  # the grid image's custom property: the seed of each tile
-# F-curves hold float32 values and Blender rounds them to an int property by adding 0.5: only
-# seeds below 2^23 survive being keyed exactly (measured on 4.2 and 5.0: a keyed 8388609 comes
-# back as 8388610, 1817957071 as 1817957120: other pictures), so variants use those.
-SEED_LIMIT = 2 ** 23
 
 
 def grid_image_name(scene) -> str:

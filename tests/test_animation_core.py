@@ -41,6 +41,7 @@ class FakeScene:
         self.is_animation = animation_render
         self.frame_step = frame_step
         self.output_is_movie = movie
+        self.loop_output_problem = "the output is a movie" if movie else ""
         self.folder, self.first, self.last, self.cuts = str(folder), first, last, list(cuts)
         self.temporal = temporal or TemporalSettings()
         self.job = job or JobSettings(model="tiny", seed=5, steps=4)

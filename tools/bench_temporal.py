@@ -134,7 +134,7 @@ def fusion_seconds_per_frame(size, steps, repeats=3):
 
     backend = diffusion.DiffusionBackend(cache_dir=os.environ.get("SILK_MODEL_CACHE"))
     spent = [0.0]
-    original = diffusion._Fusion.apply
+    original = diffusion.Fusion.apply
 
     def timed(self, latents, step, total):
         started = time.perf_counter()
@@ -149,12 +149,12 @@ def fusion_seconds_per_frame(size, steps, repeats=3):
     units = [{"image": rng.random((size, size, 3), dtype=np.float32)} for _ in range(2)]
     request = {"model": {"source": "tiny"}, "prompt": "a room", "steps": steps, "seed": 1, "width": size,
                "height": size, "strength": 1.0, "guidance": 7.0, "scheduler": "dpmpp_2m_karras", "fusion": 0.8}
-    diffusion._Fusion.apply = timed
+    diffusion.Fusion.apply = timed
     try:
         for _ in range(repeats):
             backend.generate(request, images, units, progress=lambda *a: None, cancel=threading.Event())
     finally:
-        diffusion._Fusion.apply = original
+        diffusion.Fusion.apply = original
     return spent[0] / repeats
 
 

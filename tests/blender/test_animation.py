@@ -196,6 +196,88 @@ def test_a_looping_shot_repaints_its_first_frames_from_its_last(silk, tmp_path):
         assert differs == replaced, frame
 
 
+@pytest.mark.parametrize("layout", ["multilayer-parts", "multilayer-interleaved", "single-layer"])
+def test_a_looping_take_into_exr_saves_its_repainted_frames_and_keeps_the_other_passes(silk, tmp_path,
+                                                                                       monkeypatch, layout):
+    import OpenEXR
+
+    multilayer = layout.startswith("multilayer")
+
+    scene = animated_scene(4)
+    scene.silk.steps = 2
+    scene.silk.use_loop, scene.silk.loop_frames = True, 2
+    set_multilayer_exr(scene)
+    settings = scene.render.image_settings
+    if hasattr(settings, "use_exr_interleave"):  # 5.0 writes one part per pass unless told (4.x: interleaved)
+        settings.use_exr_interleave = layout == "multilayer-interleaved"
+    if not multilayer:
+        if hasattr(settings, "media_type"):  # Blender 5.0
+            settings.media_type = "IMAGE"
+        settings.file_format = "OPEN_EXR"
+    repainted, before = {}, {}
+    keep_rewrite, keep_save = animation.RenderSession.rewrite, takes._save_frame
+
+    def remember_rewrite(session, scene_name, frame, picture):
+        repainted[frame] = picture.copy()
+        keep_rewrite(session, scene_name, frame, picture)
+
+    def remember_file(scene, frame, picture):
+        path = scene.render.frame_path(frame=frame)
+        with OpenEXR.File(path) as file:
+            before[frame] = (exr.read_passes(path), [sorted(part.channels) for part in file.parts])
+        keep_save(scene, frame, picture)
+
+    reports = []
+    keep_report = render_engine.SilkRenderEngine._report
+
+    def remember_report(engine, level, message):
+        reports.append((level, message))
+        keep_report(engine, level, message)
+
+    monkeypatch.setattr(animation.RenderSession, "rewrite", remember_rewrite)
+    monkeypatch.setattr(takes, "_save_frame", remember_file)
+    monkeypatch.setattr(render_engine.SilkRenderEngine, "_report", remember_report)
+    scene.render.filepath = str(tmp_path / "f_")
+    bpy.ops.render.render(animation=True)
+    assert not any(level == "ERROR" for level, _ in reports + render_engine.last_reports), reports
+    refused = [message for _, message in reports if "Loop is off" in message]
+    if multilayer and takes.image_io() is None:
+        # bpy 4.2 as a Python module ships no OpenImageIO (Blender itself does): the loop is
+        # refused up front, once, and the take is kept as painted.
+        assert len(refused) == 1 and "multilayer EXR" in refused[0], reports
+        assert not repainted and not before
+        for frame in range(1, 5):
+            path = str(tmp_path / f"f_{frame:04d}.exr")
+            first_painting = animation.load_sidecar(path, frame, 48, 64).picture
+            assert np.allclose(linear_to_srgb(exr.read_passes(path)["Combined"][..., :3]), first_painting, atol=1e-3)
+        return
+    assert not refused, reports
+    assert sorted(repainted) == sorted(before) == [1, 2]
+    for frame in range(1, 5):
+        path = str(tmp_path / f"f_{frame:04d}.exr")
+        after = exr.read_passes(path)
+        combined = after["Combined"] if multilayer else after.get("Combined", np.stack(
+            [OpenEXR.File(path, separate_channels=True).channels()[c].pixels for c in "RGBA"], axis=-1))
+        first_painting = animation.load_sidecar(path, frame, 48, 64).picture
+        if frame in repainted:
+            # The file holds the repainted picture, not the first painting...
+            assert np.allclose(linear_to_srgb(combined[..., :3]), repainted[frame], atol=1e-3), frame
+            assert not np.allclose(repainted[frame], first_painting, atol=2.5 / 255), frame
+            assert np.allclose(combined[..., 3], 1.0)
+            # ...and every other pass, part and channel as Blender wrote them.
+            passes, layout = before[frame]
+            with OpenEXR.File(path) as file:
+                assert [sorted(part.channels) for part in file.parts] == layout
+            assert sorted(after) == sorted(passes)
+            for name in passes:
+                if name != "Combined":
+                    assert np.array_equal(after[name], passes[name]), name
+        else:
+            assert np.allclose(linear_to_srgb(combined[..., :3]), first_painting, atol=1e-3), frame
+    if multilayer:
+        assert {"Depth", "Normal", "Vector"} <= set(exr.read_passes(str(tmp_path / "f_0001.exr")))
+
+
 def test_prompt_keys_travel_between_prompts_per_frame(silk):
     from silk.engine import job_settings
 

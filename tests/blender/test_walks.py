@@ -189,6 +189,23 @@ def test_a_looping_take_with_loop_noise_and_feedback_renders_and_repaints_its_st
     assert kinds[4:] == [(1, "loop"), (2, "loop")]
 
 
+def test_dice_seeds_are_ones_a_keyframe_holds_exactly(silk):
+    from silk.engine.settings import SEED_LIMIT
+
+    scene = still_scene()
+    drawn = []
+    for _ in range(64):  # uncapped (below 2^31), 64 draws all under 2^23 would happen once in 2^512
+        assert bpy.ops.silk.randomize_seed() == {"FINISHED"}
+        drawn.append(scene.silk.seed)
+    assert max(drawn) < SEED_LIMIT and len(set(drawn)) > 60
+    for seed in (drawn[-1], max(drawn)):
+        scene.silk.seed = seed
+        scene.silk.keyframe_insert("seed", frame=1)
+        scene.frame_set(2)
+        scene.frame_set(1)
+        assert scene.silk.seed == seed
+
+
 def test_variant_seeds_are_ones_a_keyframe_holds_exactly(silk):
     from silk.operators.variants import SEED_LIMIT, variant_seeds
 

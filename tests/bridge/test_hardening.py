@@ -526,10 +526,10 @@ class MisbehavingBackend:
     def status(self):
         raise UnprintableError()
 
-    def load(self, model):
-        if model.get("source") == "unprintable":
+    def load(self, model):  # the server hands over the typed request (bridge/schema.py)
+        if model.source == "unprintable":
             raise UnprintableError()
-        if model.get("source") == "unencodable":
+        if model.source == "unencodable":
             return {"values": {1, 2}}  # a set: not JSON
         return {"source": "x" * (protocol.MAX_JSON_BYTES + 10)}  # a reply over the limit
 

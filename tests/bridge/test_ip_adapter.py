@@ -197,14 +197,14 @@ def test_image_prompts_through_the_worker(make_client):
 def test_image_prompts_in_half_precision(model_cache, dtype):
     """A GPU runs fp16 or bf16: the image encoder, the adapter's layers and the embeddings
     follow the pipeline's dtype (run here on the CPU)."""
-    from silk.bridge.diffusion import ModelSpec
+    from silk.bridge.schema import ModelRequest
 
     backend = DiffusionBackend(cache_dir=model_cache)
-    entry = backend._pipeline(ModelSpec.from_request(TINY))
-    entry["text2image"].to(dtype)
+    entry = backend.loaded(ModelRequest.from_json(TINY))
+    entry.text2image.to(dtype)
     plain = generate(backend)
     red = generate(backend, [RED])
-    pipe = entry["text2image"]
+    pipe = entry.text2image
     assert pipe.image_encoder.dtype == dtype
     assert all(parameter.dtype == dtype for parameter in pipe.unet.encoder_hid_proj.parameters())
     prompt = ip_adapter.ImagePrompt("", "", 1.0, [RED], [1.0])
