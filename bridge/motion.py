@@ -271,6 +271,8 @@ def video_settings(request: dict, units: list, controlnet_count: int, images: di
         if not np.isfinite(masks).all():
             raise JobError("bad_request", "masks must be finite (no NaN or infinity)")
     negative = request.get("negative_prompt", "")
+    if not isinstance(negative, str) or not isinstance(request.get("prompt", ""), str):
+        raise JobError("bad_request", "prompt and negative_prompt must be texts")
     prompts = _frame_prompts(request.get("prompts"), request.get("prompt", ""), frames)
     seed = request.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):

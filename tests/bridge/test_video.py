@@ -41,9 +41,11 @@ def backend(model_cache):
 
 
 def run(backend, frames=2, images=None, control=None, model=None, motion_module=None, **extra):
-    request = dict({"model": model or TINY, "motion": motion_module or TINY_MOTION, "prompt": "a red cube",
-                    "frames": frames, "steps": 2, "seed": 3, "width": 64, "height": 64}, **extra)
-    return motion.generate_video(backend, request, images or {}, control or control_videos(frames),
+    request = dict({"model": model or TINY, "motion": TINY_MOTION if motion_module is None else motion_module,
+                    "prompt": "a red cube", "frames": frames, "steps": 2, "seed": 3, "width": 64, "height": 64},
+                   **extra)
+    count = frames if isinstance(frames, int) and not isinstance(frames, bool) else 2
+    return motion.generate_video(backend, request, images or {}, control or control_videos(count),
                                  progress=lambda *a: None, cancel=threading.Event()).frames
 
 
@@ -253,14 +255,20 @@ def test_out_of_memory_names_the_window_size_and_the_worker_survives(tmp_path, w
         worker.stop()
 
 
-def test_video_requests_are_typed_in_the_protocol():
+def test_wrongly_typed_video_fields_are_bad_requests(backend):
+    """The protocol passes generate_video's fields on (as it does generate's, which bridge/schema.py
+    checks); motion.py checks them: each wrong type is a bad_request (or bad_motion), never a crash."""
     from silk.bridge import protocol
 
     good = {"type": "generate_video", "id": 1, "model": {}, "motion": {}, "prompt": "x", "frames": 2}
     assert protocol.validate_request(dict(good))["type"] == "generate_video"
-    for field, value in (("frames", 2.5), ("motion", "tiny"), ("prompts", ["x"]), ("decode_chunk", True)):
-        with pytest.raises(protocol.ProtocolError):
-            protocol.validate_request(dict(good, **{field: value}))
-    with pytest.raises(protocol.ProtocolError):
-        protocol.validate_request({k: v for k, v in good.items() if k != "motion"})
     assert "generate_video" in protocol.FEATURES
+    for field, value, code in (("frames", 2.5, "bad_request"), ("frames", True, "bad_request"),
+                               ("motion", "tiny", "bad_motion"), ("prompts", ["x"], "bad_request"),
+                               ("decode_chunk", True, "bad_request"), ("steps", "4", "bad_request"),
+                               ("seed", 1.5, "bad_request"), ("width", None, "bad_request"),
+                               ("negative_prompt", 3, "bad_request"), ("prompt", ["x"], "bad_request")):
+        options = {"motion_module": value} if field == "motion" else {field: value}
+        with pytest.raises(JobError) as caught:
+            run(backend, **options)
+        assert caught.value.code == code, (field, value, caught.value.code, caught.value.message)
