@@ -74,9 +74,15 @@ def paint(engine, frames, session, worker, model: dict, result, combined) -> ani
                 raise JobCancelled("Cancelled")
             units = diffusion_job.control_units(first_job, frames.guides(number, None), depth_range)
             if videos is None:
-                videos = [dict(unit, image=np.empty((count,) + unit["image"].shape, np.float32)) for unit in units]
+                annotated = [unit.kind for unit in first_job.units if diffusion_job.ANNOTATORS.get(unit.kind)]
+                if annotated:
+                    raise diffusion_job.JobSettingsError(
+                        f"The {annotated[0].title()} unit cannot steer a motion module yet (annotators do not run "
+                        "on videos): use Depth, Normal and Image units, or clear the Motion Module")
+                videos = [{"image": np.empty((count,) + np.shape(unit.image), np.float32), "weight": unit.weight,
+                           "start": unit.start, "end": unit.end} for unit in units]
             for video, unit in zip(videos, units):
-                video["image"][position] = unit["image"]
+                video["image"][position] = unit.image
             prompt = frames.settings(number).job.prompt
             if prompt != previous_prompt:
                 prompts[position], previous_prompt = prompt, prompt
