@@ -430,7 +430,7 @@ class WorkerServer:
             if getattr(request, key) is not None:
                 images[key] = job.session.frames.open(getattr(request, key), job.attachments)
         images["image_prompts"] = [job.session.frames.open(entry["image"], job.attachments)
-                                   for entry in request.image_prompts]
+                                   for entry in request.image_prompts or ()]
         units = []
         annotating = None  # seconds spent in annotators, when any ran
         for unit in request.controlnets:
