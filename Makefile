@@ -9,7 +9,7 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation build clean
+.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-mini train-mini build clean
 
 all: test
 
@@ -26,8 +26,10 @@ $(VENV_LTS)/.ready: requirements/test.txt Makefile
 
 venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
-## Render the demo scene to out/: guides, passes, paintings, contact sheet.
-## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
+## Render the demo scene to out/: guides, then a short animation painted twice (independent
+## frames, and with feedback) side by side as out/demo.gif, and the contact sheet.
+## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini`.
+## MODEL=mini paints offline from the start; MODEL=tiny with the random-weight test model.
 MODEL ?=
 demo: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
@@ -48,12 +50,26 @@ bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_guides.py
 	$(VENV)/bin/python tools/bench_bridge.py
 
-## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
+## What the `mini` model does with Silk's guides (edges, seeds, image-to-image); see docs/benchmarks.md.
+bench-mini: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_mini.py
+
+## Train `mini` again from scratch (about an hour on 2 cores; see tools/mini/README.md).
+train-mini: $(VENV)/.ready
+	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 450
+	$(VENV)/bin/python tools/mini/train.py vae --data out/mini-data --work out/mini-work --minutes 9
+	$(VENV)/bin/python tools/mini/train.py vae --resume --data out/mini-data --work out/mini-work --minutes 8
+	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 45
+	$(VENV)/bin/python tools/mini/train.py export --work out/mini-work --out models/mini
+
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
 
+## dist/silk-<version>-<platform>.zip, one per platform (linux_x64, windows_x64, macos_arm64,
+## macos_x64), each with its own numba wheels,
+## built and validated with Blender's extension tooling.
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist
 

@@ -45,10 +45,22 @@ def ensure_tiny_xl(cache_dir: str | None = None) -> str:
     return _ensure(cache_dir, TINY_XL_VERSION, build_tiny_xl)
 
 
+# ``mini`` is trained, not built: tools/mini/train.py writes it into the repository.
+MINI_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "mini")
+
+
+def ensure_mini(cache_dir: str | None = None) -> str:
+    """The mini model's folder (shipped with Silk; ``cache_dir`` is not used)."""
+    if not os.path.exists(os.path.join(MINI_PATH, "model_index.json")):
+        raise FileNotFoundError(f"the 'mini' model is missing from {MINI_PATH}; train it with tools/mini/train.py")
+    return MINI_PATH
+
+
 # name -> (the folder, built on first use; the ControlNet folders inside it, by unit kind)
 TINY_MODELS = {
     "tiny": (ensure_tiny, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
     "tiny-xl": (ensure_tiny_xl, {"depth": "controlnet-depth"}),
+    "mini": (ensure_mini, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
 }
 
 

@@ -88,9 +88,9 @@ def controlnet_for(unit: UnitSettings, model: str, family: str) -> str:
     """The ControlNet a unit loads: its own, the tiny model's, or the family default."""
     if unit.controlnet.strip():
         return unit.controlnet.strip()
-    if model == "tiny":
-        # tiny has a depth and a normal ControlNet (random weights); other types share the depth one.
-        return "tiny:normal" if unit.kind == "NORMAL" else "tiny:depth"
+    if model in ("tiny", "mini"):
+        # Each has a depth and a normal ControlNet; other types share the depth one.
+        return f"{model}:normal" if unit.kind == "NORMAL" else f"{model}:depth"
     if model == "tiny-xl":
         return "tiny-xl:depth"  # tiny-xl has one (depth) ControlNet, like real SDXL has no normal one
     found = DEFAULT_CONTROLNETS[family].get(unit.kind)
