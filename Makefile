@@ -28,8 +28,8 @@ venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
 ## Render the demo scene to out/: guides, then a short animation painted twice (independent
 ## frames, and with feedback) side by side as out/demo.gif, and the contact sheet.
-## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini`.
-## MODEL=mini paints offline from the start; MODEL=tiny with the random-weight test model.
+## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini` where
+## its weights are in models/mini (make train-mini), else with `tiny` (random weights).
 MODEL ?=
 demo: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
@@ -54,12 +54,14 @@ bench: $(VENV)/.ready
 bench-mini: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_mini.py
 
-## Train `mini` again from scratch (about an hour on 2 cores; see tools/mini/README.md).
+## Train `mini` from scratch into out/ and models/mini (about 70 minutes on 2 shared cores;
+## see tools/mini/README.md and docs/benchmarks.md: not yet long enough to follow the guides).
 train-mini: $(VENV)/.ready
-	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 450
-	$(VENV)/bin/python tools/mini/train.py vae --data out/mini-data --work out/mini-work --minutes 9
-	$(VENV)/bin/python tools/mini/train.py vae --resume --data out/mini-data --work out/mini-work --minutes 8
-	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 45
+	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 350
+	$(VENV)/bin/python tools/mini/train.py vae --data out/mini-data --work out/mini-work --minutes 8
+	$(VENV)/bin/python tools/mini/train.py decoder --data out/mini-data --work out/mini-work --minutes 35 & \
+	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 47; \
+	wait
 	$(VENV)/bin/python tools/mini/train.py export --work out/mini-work --out models/mini
 
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;

@@ -13,8 +13,8 @@ Writes to ``out/``:
 The model is ``--model`` (``make demo MODEL=...``), by default Silk's default SD 1.5
 with its depth and normal ControlNets, downloaded on first use. Where it can be
 neither downloaded nor found in the cache, the demo says so in one line and paints with
-``mini``, the small model Silk trains itself (models/mini: it paints textured surfaces
-that follow the scene; a proxy, not an artist's model).
+``mini``, the small model Silk trains itself (tools/mini), where its weights are in
+models/mini, else with ``tiny`` (random weights: noise, but the whole pipeline runs).
 """
 import argparse
 import os
@@ -33,7 +33,6 @@ from tools.blender_env import ROOT, load_silk, set_multilayer_exr, set_png  # no
 from tools.mini import MINI_PROMPT, MINI_SETTINGS  # noqa: E402
 
 GUIDES = ("DEPTH", "NORMAL", "MOTION", "OCCLUSION")
-FALLBACK_MODEL = "mini"
 ANIMATION_MODES = (("independent frames", dict(use_feedback=False, noise_mode="FIXED")),
                    ("with feedback", dict(use_feedback=True)))
 COLUMNS = GUIDES + ("PAINTED",)
@@ -74,6 +73,13 @@ def use_model(scene, model: str, steps) -> None:
         silk.steps = steps or 20
 
 
+def fallback_model() -> str:
+    """mini where its weights are in the checkout (models/mini), else tiny."""
+    from silk.bridge import tiny_model
+
+    return "mini" if os.path.exists(os.path.join(tiny_model.MINI_PATH, "model_index.json")) else "tiny"
+
+
 def cannot_load(message: str) -> bool:
     return "hub could provide" in message or "Cannot load the ControlNet" in message
 
@@ -96,9 +102,10 @@ def render_paintings(scene, out: str, frames, model: str, steps) -> tuple[dict, 
         except RuntimeError:
             message = next((m for level, m in render_engine.last_reports if level == "ERROR"), "render failed")
             if model not in ("mini", "tiny") and not pictures and cannot_load(message):
-                print(f"The model '{model}' cannot be downloaded or found here: painting with '{FALLBACK_MODEL}', "
-                      "Silk's own small offline model, instead.")
-                return render_paintings(scene, out, frames, FALLBACK_MODEL, steps)
+                fallback = fallback_model()
+                what = "Silk's own small offline model" if fallback == "mini" else "random weights: noise"
+                print(f"The model '{model}' cannot be downloaded or found here: painting with '{fallback}' ({what}).")
+                return render_paintings(scene, out, frames, fallback, steps)
             raise SystemExit(f"Silk could not paint frame {frame}: {message}")
         print(f"Painted frame {frame} with {scene.silk.model} in {time.perf_counter() - started:.1f} s")
         pictures[(frame, "PAINTED")] = path

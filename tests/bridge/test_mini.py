@@ -1,23 +1,19 @@
-"""``mini`` end to end: loaded by name like ``tiny``, it paints pictures that follow the guides.
+"""``mini`` by name, and the measures ``tools/bench_mini.py`` reports.
 
-The guides are the engine's own (a sphere and a tilted card before a wall, through
-``compute_guides`` and the conditioning pictures), painted by the diffusion backend.
+``mini``'s weights are not in the repository yet (tools/mini trains them; see
+docs/benchmarks.md for why the weights trained so far are not shipped), so these tests
+check what holds without them: the name resolves like tiny's, its absence is a clear
+message, and the edge-alignment measure tells a picture that follows the guides from one
+that does not, on the engine's own guides of a small scene.
 """
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import threading  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from silk.bridge import tiny_model  # noqa: E402
-from silk.bridge.diffusion import DiffusionBackend  # noqa: E402
-from silk.engine import conditioning  # noqa: E402
-from silk.engine.guides import compute_guides  # noqa: E402
-from tests import synthetic  # noqa: E402
-from tools.mini import MINI_SETTINGS, metrics  # noqa: E402
+from silk.bridge import tiny_model
+from silk.engine import conditioning, diffusion_job
+from silk.engine.guides import compute_guides
+from tests import synthetic
+from tools.mini import metrics
 
 WIDTH, HEIGHT = 160, 128
 
@@ -45,37 +41,53 @@ def guides():
             conditioning.normal_condition(found.normal, camera.view))
 
 
-@pytest.fixture(scope="module")
-def backend(model_cache):
-    return DiffusionBackend(cache_dir=model_cache)
+def shaded(normal_picture, texture_seed=None):
+    """A picture that follows the geometry: Lambert shading from the normal picture, times a
+    coloured noise texture (as a painting that follows the scene would be)."""
+    normal = np.stack([1 - 2 * normal_picture[..., 0], 2 * normal_picture[..., 1] - 1, 2 * normal_picture[..., 2] - 1], -1)
+    light = np.array([0.4, 0.5, 0.77])
+    shade = np.clip(normal @ (light / np.linalg.norm(light)), 0.05, 1.0)[..., None]
+    colour = np.array([0.8, 0.6, 0.4])
+    if texture_seed is not None:
+        rng = np.random.default_rng(texture_seed)
+        colour = colour * (0.85 + 0.15 * rng.random(normal_picture.shape))
+    return (shade * colour).astype(np.float32)
 
 
-def paint(backend, guides, seed, **extra):
+def test_a_picture_that_follows_the_guides_scores_far_above_chance(guides):
     depth, normal = guides
-    request = dict(MINI_SETTINGS, model={"source": "mini"}, prompt="marble", seed=seed, width=WIDTH, height=HEIGHT,
-                   strength=1.0, **extra)
-    return backend.generate(request, {}, [{"image": depth}, {"image": normal}], progress=lambda *a: None,
-                            cancel=threading.Event())
+    assert metrics.guide_edges(depth, normal).mean() > 0.01  # the scene has edges to follow
+    following = metrics.edge_alignment(depth, normal, shaded(normal, texture_seed=1))
+    assert following["recall"] > 0.8, following
+    assert following["recall"] > following["chance"] + 0.3, following
 
 
-def test_mini_is_a_diffusers_folder_in_the_repository_loaded_by_name(backend):
-    folder = tiny_model.ensure_mini()
-    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "controlnet-depth", "controlnet-normal"):
-        assert os.path.isdir(os.path.join(folder, part)), part
-    info = backend.load({"source": "mini"})
-    assert (info["source"], info["controlnets"], info["family"]) == ("mini", 2, "sd15")
+def test_pictures_that_ignore_the_guides_score_at_chance(guides):
+    depth, normal = guides
+    flat = metrics.edge_alignment(depth, normal, np.full((HEIGHT, WIDTH, 3), 0.5, np.float32))
+    assert flat["recall"] == 0.0 and flat["painted_edge_fraction"] == 0.0
+    rng = np.random.default_rng(3)
+    noise = metrics.edge_alignment(depth, normal, rng.random((HEIGHT, WIDTH, 3), dtype=np.float32))
+    assert abs(noise["recall"] - noise["chance"]) < 0.1, noise  # as likely near the edges as anywhere
 
 
-def test_mini_paints_the_guides_edges(backend, guides):
-    result = paint(backend, guides, seed=1)
-    assert result.image.shape == (HEIGHT, WIDTH, 3)
-    alignment = metrics.edge_alignment(*guides, result.image)
-    # The painting has edges where the geometry does, well above the chance level.
-    assert alignment["recall"] > 0.5, alignment
-    assert alignment["recall"] > alignment["chance"] + 0.15, alignment
+def test_change_is_measured_where_the_guides_changed(guides):
+    depth, normal = guides
+    moved = (np.roll(depth, 6, axis=1), np.roll(normal, 6, axis=1))
+    painting, repainted = shaded(normal), shaded(moved[1])
+    change = metrics.change_where_scene_changes(guides, moved, painting, repainted)
+    assert 0.0 < change["changed_fraction"] < 0.5
+    assert change["change_where_changed"] > 0.05 > change["change_where_still"]
 
 
-def test_mini_seeds_choose_different_textures(backend, guides):
-    first, second = paint(backend, guides, seed=1).image, paint(backend, guides, seed=2).image
-    assert np.abs(first - second).mean() > 0.03
-    assert first.std() > 0.05 and second.std() > 0.05  # pictures, not flat colour
+def test_units_load_minis_own_controlnets():
+    depth, normal = diffusion_job.UnitSettings(kind="DEPTH"), diffusion_job.UnitSettings(kind="NORMAL")
+    assert diffusion_job.controlnet_for(depth, "mini", "sd15") == "mini:depth"
+    assert diffusion_job.controlnet_for(normal, "mini", "sd15") == "mini:normal"
+    assert set(tiny_model.TINY_MODELS["mini"][1]) == {"depth", "normal"}
+
+
+def test_missing_mini_weights_say_how_to_make_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiny_model, "MINI_PATH", str(tmp_path / "mini"))
+    with pytest.raises(FileNotFoundError, match="tools/mini/train.py"):
+        tiny_model.ensure_mini()

@@ -6,8 +6,9 @@
    steps an hour) to decode the posterior's mean (Silk encodes to the mean; the variance is
    set sharp at export, as tiny's is): L1 + L1 of the image gradients (sharp edges) + a tiny KL term.
 2. ``diffusion``: the UNet and the Depth and Normal ControlNets trained jointly from
-   scratch on the VAE's latents (epsilon prediction, SD 1.5's noise schedule, min-SNR
-   weighting, an EMA of the weights). Each sample keeps both ControlNets, one of them, or
+   scratch on the VAE's latents (SD 1.5's noise schedule, an EMA of the weights; the UNet
+   predicts the clean latents, or with ``--prediction epsilon`` the noise with min-SNR
+   weighting). ``decoder`` trains the VAE's decoder on beside it (encoder frozen). Each sample keeps both ControlNets, one of them, or
    none (so each works alone, and together), and its caption is its material family's
    word among random prompt words, or empty (so classifier-free guidance has an
    unconditional branch). The text encoder and tokenizer are tiny's, frozen.
@@ -265,8 +266,15 @@ def train_diffusion(args) -> None:
     encoder, tokenizer = text_parts()
     bank = text_bank(generator, encoder, tokenizer)
 
-    unet = unet_model()
-    controlnets = {"depth": controlnet_model(unet), "normal": controlnet_model(unet)}
+    if args.init_from:  # go on from earlier weights (e.g. trained for the other target)
+        from diffusers import ControlNetModel, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.init_from, "unet"))
+        controlnets = {kind: ControlNetModel.from_pretrained(os.path.join(args.init_from, folder))
+                       for kind, folder in UNIT_FOLDERS.items()}
+    else:
+        unet = unet_model()
+        controlnets = {"depth": controlnet_model(unet), "normal": controlnet_model(unet)}
     parts = [unet, *controlnets.values()]
     parameters = [parameter for part in parts for parameter in part.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2)
@@ -315,7 +323,10 @@ def train_diffusion(args) -> None:
             mid = middle if mid is None else mid + middle
         predicted = unet(noisy, timesteps, text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
-        loss = (weights[timesteps].view(-1, 1, 1, 1) * (predicted - noise) ** 2).mean()
+        if args.prediction == "sample":  # the clean latents: plain MSE (high noise, where layout is decided, counts)
+            loss = ((predicted - clean) ** 2).mean()
+        else:
+            loss = (weights[timesteps].view(-1, 1, 1, 1) * (predicted - noise) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -335,7 +346,7 @@ def train_diffusion(args) -> None:
         if step % 500 == 0:
             save_diffusion(args.work, ema)
     save_diffusion(args.work, ema)
-    record(args.work, "diffusion", steps=step, batch=batch, seconds=round(time.perf_counter() - started),
+    record(args.work, "diffusion", prediction=args.prediction, init_from=args.init_from, steps=step, batch=batch, seconds=round(time.perf_counter() - started),
            final_loss=float(np.mean(losses[-200:])), pictures=len(latents))
     print(f"diffusion: {step} steps of {batch} in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -362,7 +373,8 @@ def export(args) -> None:
         unet=UNet2DConditionModel.from_pretrained(os.path.join(args.work, "unet")),
         text_encoder=encoder, tokenizer=tokenizer,
         scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                         num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading"),
+                                         num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+                                         prediction_type=args.prediction),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
     for folder in UNIT_FOLDERS.values():
@@ -388,6 +400,10 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate (vae: 5e-4, diffusion: 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="vae: go on from the VAE in --work")
+    parser.add_argument("--prediction", choices=("sample", "epsilon"), default="sample",
+                        help="what the UNet predicts: the clean latents (sample; learns the picture from the guides "
+                             "in far fewer steps) or the noise (epsilon, with min-SNR weighting)")
+    parser.add_argument("--init-from", help="diffusion: start from the UNet and ControlNets in this folder")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a shared machine more threads wait on each other")
     args = parser.parse_args(argv)
