@@ -87,8 +87,8 @@ def build_fast(width: int = 512, height: int = 384):
     scene = _empty_scene("Silk Fast", width, height)
     bpy.ops.mesh.primitive_plane_add(size=40)
     for index in range(7):  # a busy background that the movers uncover
-        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(index * 1.6 - 4.8, 5.0, 0.5 + (index % 3) * 0.6),
-                                        scale=(0.7, 0.7, 1.0 + (index % 3) * 0.6))
+        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(index * 1.4 - 4.2, 3.0, 0.8 + (index % 3) * 0.5),
+                                        scale=(1.0, 0.8, 1.6 + (index % 3) * 1.0))
     bpy.ops.mesh.primitive_uv_sphere_add(radius=0.9, location=(0, 0, 0.9))
     ball = bpy.context.object
     bpy.ops.object.shade_smooth()
@@ -98,9 +98,9 @@ def build_fast(width: int = 512, height: int = 384):
     box = bpy.context.object
     _keyframes(box, "location", [(1, (7.0, -1.5, 0.7)), (30, (-7.0, -1.5, 0.7)), (48, (0.0, -1.5, 2.5))])
     _keyframes(box, "rotation_euler", [(1, (0, 0, 0)), (48, (1.5, 0.5, 6.0))])
-    camera = _camera(scene, lens=30)
-    camera.location = (0, -10, 2.5)
-    camera.rotation_euler = (math.radians(82), 0, 0)
+    camera = _camera(scene, lens=26)
+    camera.location = (0, -6.5, 1.8)
+    camera.rotation_euler = (math.radians(84), 0, 0)
     scene.frame_set(1)
     return scene
 
