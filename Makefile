@@ -9,11 +9,11 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv demo test test-latest test-lts bench bench-animation bench-mini train-mini build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-overhead bench-mini train-mini gpu-check build clean
 
 all: test
 
-$(VENV)/.ready: requirements/test.txt requirements/worker.txt Makefile
+$(VENV)/.ready: requirements/test.txt requirements/worker.txt bridge/worker-requirements.txt Makefile
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Blender 4.2-5.0 as a module needs Python 3.11; set PYTHON=/path/to/python3.11"'
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet bpy==$(BLENDER_VERSION) -r requirements/test.txt -r requirements/worker.txt
@@ -26,6 +26,13 @@ $(VENV_LTS)/.ready: requirements/test.txt Makefile
 
 venv: $(VENV)/.ready $(VENV_LTS)/.ready
 
+# The Flamenco job type's tests run it under Node.js: installed from Debian's packages when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+node:
+	@command -v node >/dev/null || command -v nodejs >/dev/null || { \
+		echo "Installing Node.js (nodejs) from Debian's packages for the farm job type tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
+
 ## Render the demo scene to out/: guides, then a short animation painted twice (independent
 ## frames, and with feedback) side by side as out/demo.gif, and the contact sheet.
 ## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini` where
@@ -37,11 +44,11 @@ demo: $(VENV)/.ready
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
 
-test-latest: $(VENV)/.ready
+test-latest: $(VENV)/.ready node
 	$(VENV)/bin/python -m pytest tests $(PYTEST_ARGS)
 
 # The bridge (no bpy) is tested once, above; its worker runs in $(VENV) in both runs.
-test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
+test-lts: $(VENV_LTS)/.ready $(VENV)/.ready node
 	$(VENV_LTS)/bin/python -m pytest tests --ignore=tests/bridge $(PYTEST_ARGS)
 
 ## Guides against Cycles on a 200k-triangle scene at 512x512, and the worker bridge
@@ -49,6 +56,16 @@ test-lts: $(VENV_LTS)/.ready $(VENV)/.ready
 bench: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_guides.py
 	$(VENV)/bin/python tools/bench_bridge.py
+
+## Silk's per-frame overhead against a plain diffusers call on the full-size sd15-random
+## (256x256, 4 steps, two ControlNets, peak memory of both); see docs/benchmarks.md.
+bench-overhead: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_overhead.py
+
+## On a machine with an NVIDIA GPU: fp16/bf16, CPU offload, attention slicing, VAE tiling,
+## out-of-memory recovery, time and VRAM per frame of sd15-random (offline); see docs/worker.md.
+gpu-check: $(VENV)/.ready
+	$(VENV)/bin/python tools/gpu_check.py
 
 ## What the `mini` model does with Silk's guides (edges, seeds, image-to-image); see docs/benchmarks.md.
 bench-mini: $(VENV)/.ready
@@ -69,9 +86,18 @@ train-mini: $(VENV)/.ready
 bench-animation: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/bench_temporal.py
 
+## Warped latent noise after 16 frames of a slow pan and a 1.3x zoom: Gaussian, white, travelling
+## with the surface (no Blender, no model); see docs/benchmarks.md.
+bench-noise: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_noise.py
+
+## DRIFT's frame-to-frame noise correlation against cos(angle) and LOOP's last-to-first step
+## against its median step (engine/latent_walk.py); see docs/benchmarks.md.
+bench-latent-walk: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_latent_walk.py
+
 ## dist/silk-<version>-<platform>.zip, one per platform (linux_x64, windows_x64, macos_arm64,
-## macos_x64), each with its own numba wheels,
-## built and validated with Blender's extension tooling.
+## macos_x64), each with its own numba wheels, built and validated with Blender's extension tooling.
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .server import JobError
+from .errors import JobError
 
 log = logging.getLogger("silk.worker")
 

@@ -15,15 +15,15 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import protocol
-from .frames import SharedFrames
+from . import protocol, schema, worker_log
+from .errors import JobError
+from .frames import FrameError, SharedFrames
 
 WORKER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -130,7 +130,10 @@ class WorkerClient:
         if not os.path.exists(python):
             raise WorkerUnavailable(f"The worker Python '{python}' does not exist. Set SILK_WORKER_PYTHON, "
                                     "choose one in Silk's preferences, or run 'Install worker environment'")
-        self.frames = SharedFrames()
+        try:
+            self.frames = SharedFrames()
+        except FrameError as error:
+            raise WorkerUnavailable(f"Cannot share frames with the worker: {error}") from None
         token = secrets.token_urlsafe(24)
         port_file = os.path.join(self.frames.directory, "port")
         env = dict(os.environ)
@@ -139,19 +142,22 @@ class WorkerClient:
         env.pop("PYTHONPATH", None)
         env.update(self.config.env, SILK_WORKER_TOKEN=token, PYTHONUNBUFFERED="1")
         # Not inside the frames folder: that is deleted on stop, and the log must outlive a crash.
-        log_path = self.config.log_path or os.path.join(tempfile.gettempdir(), f"silk-worker-{os.getpid()}.log")
+        # A private (0600) file in a per-user folder; the worker rotates it by size.
+        log_path = self.config.log_path or worker_log.default_log_path()
         self.config.log_path = log_path
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        self._log_handle = open(log_path, "ab")
+        self._log_handle = worker_log.open_private(log_path)
         self._log_handle.write(f"\n--- Silk worker starting {time.strftime('%Y-%m-%d %H:%M:%S')} ---\n".encode())
         self._log_handle.flush()
         command = [python, WORKER_SCRIPT, "--port-file", port_file, "--parent-pid", str(os.getpid()),
-                   "--exit-on-disconnect"]
+                   "--exit-on-disconnect", "--log-file", log_path]
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log_handle,
                                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
         except OSError as error:
             raise WorkerUnavailable(f"Cannot run the worker Python '{python}': {error.strerror}") from None
+        finally:  # the worker holds its own copy (and must be able to rotate the file)
+            self._log_handle.close()
+            self._log_handle = None
         deadline = time.monotonic() + self.config.start_timeout
         while not os.path.exists(port_file):
             if self.process.poll() is not None:
@@ -186,7 +192,11 @@ class WorkerClient:
         hello = {"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "token": token, "client": "silk"}
         if shared and self.frames is not None:
             hello.update(shared_dir=self.frames.directory, probe=self.frames.probe_secret)
-        reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        try:
+            reply, _ = self._call(hello, timeout=self.config.connect_timeout, heartbeat=False)
+        except JobFailed as error:  # refused: wrong token, another client connected, another protocol
+            raise WorkerUnavailable(f"The worker at {host}:{port} refused the connection ({error.code}): {error}") \
+                from None
         if reply.get("type") != "hello":
             raise WorkerUnavailable("The worker did not greet back")
         self.worker_pid = reply.get("pid")
@@ -398,8 +408,11 @@ class WorkerClient:
         reply, _ = self._call({"type": "status"}, timeout=timeout, heartbeat=False)
         return reply
 
-    def load_model(self, model: dict, timeout: float = 1800.0, should_cancel=None) -> dict:
+    def load_model(self, model, timeout: float = 1800.0, should_cancel=None) -> dict:
+        """Load a model (a schema.ModelRequest or its JSON). The reply says what the worker loaded:
+        source, family (detected from the model), device, dtype and every component's dtype and device."""
         self.ensure_started()
+        model = model.to_json() if isinstance(model, schema.ModelRequest) else model
         self.state = "busy"
         try:
             reply, _ = self._call({"type": "load_model", "model": model}, timeout=timeout, should_cancel=should_cancel)
@@ -408,12 +421,17 @@ class WorkerClient:
                 self.state = "ready"
         return reply["model"]
 
-    def _check_annotator(self, unit: dict) -> None:
-        """A worker from before annotators would ignore one and paint with the raw image: refuse instead."""
-        annotator = unit.get("annotator")
-        if annotator not in (None, "none") and self.worker_annotators is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run '{annotator}'. "
-                            "Update Silk (bridge/) on the worker's machine and restart the worker")
+    def _check_features(self, request: schema.GenerateRequest) -> None:
+        """An older worker would ignore fields it does not know and paint without them: refuse instead."""
+        annotators = [unit.annotator for unit in request.controlnets if unit.annotator not in (None, "none")]
+        if annotators and self.worker_annotators is None:
+            raise JobFailed("unsupported", f"This worker is older than Silk's annotators and cannot run "
+                            f"'{annotators[0]}'. Update Silk (bridge/) on the worker's machine and restart the worker")
+        used = request.features()
+        missing = [name for name in used if name not in (self.worker_features or ())]
+        if missing:
+            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
+                            f"{', '.join(missing)}. Update Silk (bridge/) on the worker's machine and restart the worker")
 
     def echo(self, frame: dict, attachments=(), output: dict | None = None, timeout: float = 30.0):
         self.ensure_started()
@@ -421,69 +439,31 @@ class WorkerClient:
                                               attachments, timeout=timeout)
         return self._result_array(reply, "frame", reply_attachments)
 
-    def generate(self, model: dict, prompt: str, controlnets: list, width: int, height: int, *,
-                 negative_prompt: str = "", seed: int = 0, steps: int = 20, guidance: float = 7.0,
-                 scheduler: str = "euler", init_image: np.ndarray | None = None, strength: float = 0.6,
-                 mask: np.ndarray | None = None, preview: bool = False, timeout: float = 3600.0,
-                 on_progress=None, should_cancel=None, fusion: float = 0.0, noise: np.ndarray | None = None,
-                 prompt_mix: list | None = None) -> tuple[np.ndarray, dict]:
-        """One picture. ``controlnets``: [{"image": array, "weight", "start", "end"}, ...], each unit
-        optionally with "annotator", "annotator_options" and "annotator_weights" (the worker runs the
-        annotator on the image first). Temporal feedback: ``fusion`` (0-1, with ``init_image``) pulls
-        the latents of pixels whose ``mask`` is below 1 toward the noised initial image every step;
-        ``noise`` (ceil(height/8), ceil(width/8), 4) replaces the seed's starting noise; ``prompt_mix``
-        [{"prompt", "negative_prompt", "weight"}, ...] paints with the weighted mean of the prompts'
-        embeddings instead of ``prompt``. Each is sent only when used. Returns the (height, width, 3)
-        float32 image in [0, 1] (display sRGB) and details."""
+    def generate(self, request, *fields, timeout: float = 3600.0, on_progress=None, should_cancel=None,
+                 **named) -> tuple[np.ndarray, dict]:
+        """One picture for a schema.GenerateRequest (or for the fields one is built from:
+        ``generate(model, prompt, controlnets, width, height, seed=..., ...)``, see
+        schema.build). Returns the (height, width, 3) float32 image in [0, 1] (display sRGB) and
+        details."""
+        try:
+            if not isinstance(request, schema.GenerateRequest):
+                request = schema.build(request, *fields, **named)
+            request.validated()
+        except JobError as error:
+            raise JobFailed(error.code, error.message) from None
         self.ensure_started()
-        used = [name for name, on in (("fusion", fusion > 0), ("noise", noise is not None),
-                                      ("prompt_mix", bool(prompt_mix))) if on]
-        if used and self.worker_features is None:
-            raise JobFailed("unsupported", f"This worker is older than Silk's temporal feedback and cannot use "
-                            f"{', '.join(used)}. Update Silk (bridge/) on the worker's machine and restart the worker")
-        if noise is not None:
-            noise = np.asarray(noise)
-            if noise.dtype.kind != "f":
-                raise JobFailed("bad_request", f"noise must be a float array, not {noise.dtype.name}")
+        self._check_features(request)
         attachments = []
-        units = []
-        for index, unit in enumerate(controlnets):
-            self._check_annotator(unit)
-            descriptor = self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=f"control{index}")
-            entry = {"image": descriptor, "weight": float(unit.get("weight", 1.0)),
-                     "start": float(unit.get("start", 0.0)), "end": float(unit.get("end", 1.0))}
-            for key in protocol.ANNOTATOR_FIELDS:
-                if unit.get(key) is not None:
-                    entry[key] = dict(unit[key]) if key == "annotator_options" else unit[key]
-            units.append(entry)
-        request = {"type": "generate", "model": model, "prompt": prompt, "negative_prompt": negative_prompt,
-                   "seed": int(seed), "steps": int(steps), "guidance": float(guidance), "scheduler": scheduler,
-                   "width": int(width), "height": int(height), "strength": float(strength), "controlnets": units,
-                   "preview": bool(preview)}
-        for key, array in (("init_image", init_image), ("mask", mask), ("noise", noise)):
-            if array is not None:
-                request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
-        if fusion > 0:
-            request["fusion"] = float(fusion)
-        if prompt_mix:
-            request["prompt_mix"] = [_mix_entry(entry) for entry in prompt_mix]
+        message = request.to_json(lambda array, name: self.frame(np.asarray(array, dtype=np.float32), attachments,
+                                                                 name=name))
         if self.shared_frames:
-            _, request["output"] = self.buffer((height, width, 3), np.float32, name="output")
+            _, message["output"] = self.buffer((request.height, request.width, 3), np.float32, name="output")
         self.state = "busy"
         try:
-            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
+            reply, reply_attachments = self._call(message, attachments, timeout=timeout, on_progress=on_progress,
                                                   should_cancel=should_cancel)
         finally:
             if self.state == "busy":
                 self.state = "ready"
         image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
         return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
-
-
-def _mix_entry(entry: dict) -> dict:
-    """A prompt_mix entry as JSON takes it (a numpy weight becomes a float; anything else goes as
-    it is, for the worker to refuse with a clear message)."""
-    entry = dict(entry)
-    if isinstance(entry.get("weight"), (np.floating, np.integer)):
-        entry["weight"] = float(entry["weight"])
-    return entry

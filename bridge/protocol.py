@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 
 PROTOCOL_VERSION = 1
 MAX_JSON_BYTES = 1 << 20  # 1 MiB of JSON is far more than any request needs
 MAX_ATTACHMENT_BYTES = 1 << 30  # one 8K RGBA float32 frame is 512 MiB
 MAX_ATTACHMENTS = 16
+# Before its token is checked a peer gets one small message (a hello is a few hundred bytes;
+# this leaves room for a long shared-folder path), no attachments, and a few seconds.
+MAX_HELLO_BYTES = 16 * 1024
+# Text an error reply echoes (a name the peer sent, an exception's message) is cut to this many
+# characters, so an error reply always encodes far below MAX_JSON_BYTES (at most 12 bytes each).
+MAX_ERROR_TEXT = 2000
 HEADER = struct.Struct(">I")
 
 # Requests the worker accepts, and the fields each must (and may) carry.
@@ -24,27 +31,17 @@ REQUESTS = {
                                                 "client": str}),
     "ping": ({}, {}),
     "status": ({}, {}),
-    "load_model": ({"model": dict}, {}),
-    "generate": ({"model": dict, "prompt": str}, {
-        "negative_prompt": str, "seed": int, "steps": int, "guidance": (int, float), "scheduler": str,
-        "width": int, "height": int, "strength": (int, float), "init_image": (dict, type(None)),
-        "mask": (dict, type(None)), "controlnets": list, "output": (dict, type(None)), "preview": bool,
-        "fusion": (int, float), "noise": (dict, type(None)), "prompt_mix": list,
-    }),
+    # The fields of 'load_model' and 'generate' are checked by bridge/schema.py (bad_request replies).
+    "load_model": ({}, {}),
+    "generate": ({}, {}),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
     "shutdown": ({}, {}),
 }
-# Optional fields of a ControlNet unit in 'generate.controlnets' (the worker runs the annotator on the
-# unit's image first); an annotator option is a number, a string or a boolean.
-ANNOTATOR_FIELDS = {"annotator": str, "annotator_options": dict, "annotator_weights": str}
-ANNOTATOR_OPTION_TYPES = (int, float, str, bool)
-# Fields of an entry of 'generate.prompt_mix' (required, optional).
-PROMPT_MIX_FIELDS = ({"prompt": str, "weight": (int, float)}, {"negative_prompt": str})
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix")
+FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 
@@ -61,12 +58,20 @@ class ProtocolError(Exception):
 
 def encode(message: dict, attachments: list[bytes] | tuple = ()) -> bytes:
     """One message on the wire: header, JSON, attachments."""
+    return b"".join(bytes(part) for part in encode_parts(message, attachments))
+
+
+def encode_parts(message: dict, attachments: list[bytes] | tuple = ()) -> list:
+    """The message as pieces to send one after the other (the header and JSON, then each attachment
+    as it is): a big frame is never copied into one buffer. Raises ProtocolError when the JSON is
+    over MAX_JSON_BYTES, TypeError/ValueError when the message is not JSON."""
     if attachments:
-        message = dict(message, attachments=[len(a) for a in attachments])
-    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        message = dict(message, attachments=[len(memoryview(a).cast("B")) for a in attachments])
+    # ensure_ascii (the default) writes any character, a lone surrogate too, as ASCII escapes.
+    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("ascii")
     if len(payload) > MAX_JSON_BYTES:
         raise ProtocolError("oversized", f"message of {len(payload)} bytes exceeds {MAX_JSON_BYTES}")
-    return b"".join([HEADER.pack(len(payload)), payload, *[bytes(a) for a in attachments]])
+    return [HEADER.pack(len(payload)) + payload, *attachments]
 
 
 def decode_json(payload: bytes) -> dict:
@@ -117,37 +122,7 @@ def validate_request(message: dict) -> dict:
     for name, expected in optional.items():
         if name in message:
             _check_type(kind, name, message[name], expected, message["id"])
-    if kind == "generate":
-        _check_controlnet_units(message.get("controlnets", []), message["id"])
-        _check_prompt_mix(message.get("prompt_mix", []), message["id"])
     return message
-
-
-def _check_prompt_mix(mix: list, reply_to) -> None:
-    required, optional = PROMPT_MIX_FIELDS
-    for index, entry in enumerate(mix):
-        where = f"prompt_mix[{index}]"
-        if not isinstance(entry, dict):
-            raise ProtocolError("malformed", f"'generate.{where}' must be an object", reply_to)
-        for name, expected in required.items():
-            if name not in entry:
-                raise ProtocolError("malformed", f"'generate.{where}' needs '{name}'", reply_to)
-            _check_type("generate", f"{where}.{name}", entry[name], expected, reply_to)
-        for name, expected in optional.items():
-            if name in entry:
-                _check_type("generate", f"{where}.{name}", entry[name], expected, reply_to)
-
-
-def _check_controlnet_units(units: list, reply_to) -> None:
-    for index, unit in enumerate(units):
-        where = f"controlnets[{index}]"
-        if not isinstance(unit, dict):
-            raise ProtocolError("malformed", f"'generate.{where}' must be an object", reply_to)
-        for name, expected in ANNOTATOR_FIELDS.items():
-            if name in unit:
-                _check_type("generate", f"{where}.{name}", unit[name], expected, reply_to)
-        for option, value in unit.get("annotator_options", {}).items():
-            _check_type("generate", f"{where}.annotator_options.{option}", value, ANNOTATOR_OPTION_TYPES, reply_to)
 
 
 def _check_type(kind, name, value, expected, reply_to):
@@ -173,7 +148,27 @@ def validate_reply(message: dict) -> dict:
 
 
 def error_reply(error: ProtocolError) -> dict:
-    return {"type": "error", "reply_to": error.reply_to, "code": error.code, "message": error.message}
+    return make_error(error.code, error.message, error.reply_to)
+
+
+def make_error(code: str, message, reply_to=None) -> dict:
+    """An error reply that always encodes within MAX_JSON_BYTES, whatever text it echoes: the
+    message is cut to MAX_ERROR_TEXT characters and a reply_to that is not a plausible request id
+    (a non-negative integer below 2**64) is dropped."""
+    return {"type": "error", "reply_to": reply_to if _is_int(reply_to) and 0 <= reply_to < 1 << 64 else None,
+            "code": shorten(code, 64), "message": shorten(message, MAX_ERROR_TEXT)}
+
+
+def shorten(text, limit: int) -> str:
+    """``text`` (anything; an object whose str() fails too) as at most about ``limit`` characters."""
+    if not isinstance(text, str):
+        try:
+            text = str(text)
+        except Exception:
+            text = f"<{type(text).__name__} that cannot be shown>"
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text) - limit} more characters)"
+    return text
 
 
 class StreamReader:
@@ -187,21 +182,31 @@ class StreamReader:
     def __init__(self, sock, patient: bool = False):
         self.sock = sock
         self.patient = patient
+        self.deadline: float | None = None  # a time.monotonic() by which reading must be done
+
+    def _wait_limit(self) -> None:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            self.sock.settimeout(left)
 
     def _recv(self, size: int) -> bytes:
         while True:
+            self._wait_limit()
             try:
                 return self.sock.recv(size)
             except TimeoutError:
-                if not self.patient:
+                if not self.patient or self.deadline is not None:
                     raise
 
     def _recv_into(self, view, size: int) -> int:
         while True:
+            self._wait_limit()
             try:
                 return self.sock.recv_into(view, size)
             except TimeoutError:
-                if not self.patient:
+                if not self.patient or self.deadline is not None:
                     raise
 
     def read_exact(self, count: int) -> bytes:
@@ -244,3 +249,20 @@ class StreamReader:
         message = decode_json(self.read_exact(length))
         attachments = [self.read_into(size) for size in message.get("attachments", [])]
         return message, attachments
+
+    def read_first(self, deadline: float, limit: int = MAX_HELLO_BYTES) -> dict:
+        """The first message of a peer not yet trusted: all of it by ``deadline`` (time.monotonic()),
+        at most ``limit`` bytes of JSON, and no attachments. Nothing is read beyond what that
+        allows (a declared size is never allocated): on ProtocolError answer it and close, on
+        ConnectionError or TimeoutError just close."""
+        self.deadline = deadline
+        try:
+            (length,) = HEADER.unpack(self.read_exact(HEADER.size))
+            if length > limit:
+                raise ProtocolError("oversized", f"a first message of {length} bytes exceeds {limit}")
+            message = decode_json(self.read_exact(length))
+        finally:
+            self.deadline = None
+        if message.get("attachments"):
+            raise ProtocolError("handshake", "the first message cannot carry attachments", _reply_id(message))
+        return message

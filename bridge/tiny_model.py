@@ -50,16 +50,25 @@ MINI_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 
 
 def ensure_mini(cache_dir: str | None = None) -> str:
-    """The mini model's folder (shipped with Silk; ``cache_dir`` is not used)."""
+    """The mini model's folder, models/mini, where tools/mini/train.py exported it (``cache_dir`` is not used)."""
     if not os.path.exists(os.path.join(MINI_PATH, "model_index.json")):
         raise FileNotFoundError(f"the 'mini' model is missing from {MINI_PATH}; train it with tools/mini/train.py")
     return MINI_PATH
 
 
-# name -> (the folder, built on first use; the ControlNet folders inside it, by unit kind)
+def ensure_sd15_random(cache_dir: str | None = None) -> str:
+    """sd15-random (bridge/full_size_model.py): SD 1.5 at full size with random weights."""
+    from .full_size_model import ensure_sd15_random as ensure
+
+    return ensure(cache_dir)
+
+
+# The models Silk builds itself. name -> (the folder, built on first use; the ControlNet folders
+# inside it, by unit kind). Their families and default ControlNets: bridge/families.py, LOCAL_MODELS.
 TINY_MODELS = {
     "tiny": (ensure_tiny, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
     "tiny-xl": (ensure_tiny_xl, {"depth": "controlnet-depth"}),
+    "sd15-random": (ensure_sd15_random, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
     "mini": (ensure_mini, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
 }
 
@@ -73,7 +82,13 @@ def _ensure(cache_dir: str | None, version: str, build) -> str:
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=version + "-", dir=os.path.dirname(path))
-    build(staging)
+    try:
+        build(staging)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)  # no half-built model left behind
+        raise
     with open(os.path.join(staging, "complete"), "w") as handle:
         handle.write(version)
     try:

@@ -1,53 +1,133 @@
-"""Painting a frame of an animation: feedback from the previous painted frame warped by the
-scene's exact motion, occlusion-aware fusion, noise per shot, colour coherence, cadence.
+"""Painting the frames of an animation. No ``bpy``.
 
-What a take remembers lives in ``TakeMemory`` (this Blender session) and in small
-sidecar files next to the saved frames (``<output folder>/.silk/<frame file>.npz``), so
-a render that was interrupted, or a farm machine that renders the second half of a
-shot, continues from the last finished frame without a seam. The maths is in
-``temporal.py`` and ``schedule.py``; this module decides what to paint from what.
+A render asks a ``RenderSession`` for one frame; the session decides what to paint from what:
+feedback from the previous painted frame warped by the scene's exact motion, occlusion-aware
+fusion, noise per shot (fixed, travelling with the motion, or random), colour coherence to the
+shot's first frame, cadence (keys painted, frames between warped from both keys) and loops. It
+reaches the scene through a ``FrameSource`` (guides and settings at any frame, exact motion
+between any two frames, the shot a frame belongs to; ``scene_frames.py`` is Blender's) and the
+model through a ``Painter`` (request in, picture out; the render engine's drives the worker).
+Both are small protocols, so every rule here is tested with fakes in milliseconds.
+
+What a take remembers lives in the session (this Blender session) and in small sidecar files
+next to the saved frames (``<output folder>/.silk/<frame file>.<frame>.npz``), so a render that
+was interrupted, or a farm machine that renders the second half of a shot, continues from the
+last finished frame without a seam. The maths is in ``temporal.py``, ``noise.py`` and
+``schedule.py``.
 """
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
-from . import diffusion_job, schedule, temporal
-from .guides import compute_guides
-from .scene_capture import capture_frame
+from ..bridge import schema
+from . import conditioning, latent_walk, noise, schedule, temporal
+from .diffusion_job import JobSettings
 
 log = logging.getLogger("silk")
 
 SIDECAR_FOLDER = ".silk"
-LATENT_FACTOR = 8  # the VAE's downsampling: latent noise is 8x smaller than the frame
+# Samplers that add fresh noise at every step: fusion's pull toward the run's own noised target
+# would leave their latents less noisy than they expect, so fusion is off for them (with a warning).
+FUSION_INCOMPATIBLE_SAMPLERS = ("euler_a", "lcm")
+# Native sizes (longer side, pixels) of the model families, for the "render far too large" warning.
+NATIVE_SIZES = {"sd15": 512, "sdxl": 1024}
+TOO_LARGE = 1.5
+
+
+# -- what a frame is painted with ------------------------------------------------------------
+@dataclass
+class TemporalSettings:
+    use_feedback: bool = True
+    strength: float = schema.default("strength")
+    fusion: float = 0.5
+    fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
+    noise_mode: str = "FIXED"
+    color_coherence: float = 0.5
+    cadence: int = 1
+    use_loop: bool = False
+    loop_frames: int = 6
+    noise_drift: float = 0.0  # DRIFT (latent_walk.py): radians at this frame
+    loop_turns: int = 1  # LOOP: circles over the shot
+    drift_angle_at: object = None  # DRIFT: frame -> radians as keyframed there (None: noise_drift everywhere)
+
+
+@dataclass
+class FrameSettings:
+    """A frame's settings as keyframed at that frame."""
+
+    job: JobSettings
+    temporal: TemporalSettings
+
+
+class FrameSourceError(Exception):
+    """A frame's geometry could not be read (worded for the render report)."""
+
+
+class FrameSource(Protocol):
+    """The scene, seen from the animation core."""
+
+    name: str  # the scene's name (takes and reports)
+    width: int
+    height: int
+    is_animation: bool  # a timeline animation render (frames saved to files), not F12
+    frame_step: int  # the animation's frame step (1 for F12): the frames rendered are this far apart
+    output_is_movie: bool  # the frames go into one movie file
+    loop_output_problem: str  # why a loop's repainted first frames can't be saved over their files ("": they can)
+
+    def guides(self, frame: int, relative_to: int | None):
+        """Frame ``frame``'s guides (depth, normal, coverage, camera) with ``vector`` and
+        ``occlusion`` relative to frame ``relative_to`` (any frame; None: no motion).
+        Raises FrameSourceError."""
+
+    def settings(self, frame: int) -> FrameSettings:
+        """The settings as keyframed at ``frame``."""
+
+    def shot(self, frame: int) -> schedule.Shot:
+        """The shot holding ``frame`` (camera cuts and shot markers)."""
+
+    def output_file(self, frame: int) -> str:
+        """The image file frame ``frame`` is saved to; "" when it is not saved to an image."""
+
+    @property
+    def take_key(self) -> tuple:
+        """What makes two renders the same take (scene, shot, camera, size)."""
+
+
+@dataclass
+class PaintRequest:
+    """One picture for the model to paint."""
+
+    frame: int
+    guides: object
+    job: JobSettings
+    seed: int
+    noise: np.ndarray  # (ceil(height / 8), ceil(width / 8), 4) float32: the latent noise it starts from
+    depth_range: conditioning.DepthRange
+    init_image: np.ndarray | None = None  # display sRGB (H, W, 3): the previous frame warped
+    strength_map: np.ndarray | None = None  # (H, W) denoising strength per pixel
+    fusion: float = 0.0
+    fusion_end: float = 1.0
+    is_current: bool = True  # the frame being rendered (not a key painted ahead or a loop repaint)
+
+
+class Painter(Protocol):
+    def paint(self, request: PaintRequest) -> np.ndarray:
+        """The painted picture, display sRGB (H, W, 3) float32."""
 
 
 @dataclass
 class Painted:
     picture: np.ndarray  # display sRGB (H, W, 3)
-    noise: np.ndarray | None = None  # the latent noise it grew from (WARPED mode)
-
-
-@dataclass
-class TakeMemory:
-    """What one shot's take has painted in this session."""
-
-    job: int
-    frames: dict = field(default_factory=dict)  # frame -> Painted
-    anchor: temporal.ColorAnchor | None = None
-    last_frame: int | None = None
-
-    def keep_recent(self, frame: int, window: int) -> None:
-        for old in [f for f in self.frames if abs(f - frame) > window]:
-            del self.frames[old]
-
-
-_takes: dict = {}
-_job = 0
+    noise: np.ndarray | None = None  # the latent noise it grew from (None: an in-between, not painted)
+    noise_field: noise.NoiseField | None = None  # WARPED mode's state, carried to the next key
+    noise_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -60,266 +140,468 @@ class FrameNote:
     strength: float | None = None
     feedback_seconds: float = 0.0  # warping, filling, noise and colour work here (not in the worker)
     seed: int | None = None
+    noise_mode: str | None = None
 
 
-# How the frames of the current job were made, in order.
-frame_notes: list = []
+@dataclass
+class TakeMemory:
+    """What one shot's take has painted in this Blender session."""
+
+    session: int
+    frames: dict = field(default_factory=dict)  # frame -> Painted
+    noise_fields: dict = field(default_factory=dict)  # (seed, frame) -> NoiseField (WARPED chain)
+    anchor: temporal.ColorAnchor | None = None
+    last_frame: int | None = None
+
+    def keep_recent(self, frame: int, window: int) -> None:
+        for old in [f for f in self.frames if abs(f - frame) > window]:
+            del self.frames[old]
+        for key in [k for k in self.noise_fields if abs(k[1] - frame) > window]:
+            del self.noise_fields[key]
 
 
-def new_job(*_args) -> None:
-    """A render job starts (render_init): frames remembered from earlier jobs are only used
-    for F12 stepping to the next frame; animations continue from their sidecar files."""
-    global _job
-    _job += 1
-    frame_notes.clear()
+@dataclass
+class TakeRecord:
+    """What an animation render painted, for the take the job's end adds to the sequencer."""
+
+    scene_name: str
+    frames: set = field(default_factory=set)
+    label: str = ""
+    rewrites: dict = field(default_factory=dict)  # frame -> display picture to save over the frame's file
 
 
-def forget_all() -> None:
-    _takes.clear()
+# -- sidecars ---------------------------------------------------------------------------------
+def sidecar_path(frame_file: str, frame: int, kind: str = "") -> str:
+    """Keyed by the frame's file and its number: two frames never share a sidecar. ``kind``
+    "noise": the WARPED noise state's file beside it."""
+    folder, name = os.path.split(frame_file)
+    return os.path.join(folder, SIDECAR_FOLDER, f"{name}.{int(frame)}{'.' + kind if kind else ''}.npz")
 
 
-# -- sidecars ----------------------------------------------------------------------
-def sidecar_path(frame_path: str) -> str:
-    folder, name = os.path.split(frame_path)
-    return os.path.join(folder, SIDECAR_FOLDER, name + ".npz")
-
-
-def save_sidecar(frame_path: str, painted: Painted) -> None:
-    path = sidecar_path(frame_path)
+def _write(path: str, arrays: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    arrays = {"picture": painted.picture.astype(np.float16)}
-    if painted.noise is not None:
-        arrays["noise"] = painted.noise.astype(np.float32)
     temporary = path + ".part.npz"
     np.savez(temporary, **arrays)
     os.replace(temporary, path)
 
 
-def load_sidecar(frame_path: str, height: int, width: int) -> Painted | None:
-    """A finished frame's painting, if its file and its sidecar both exist and fit."""
-    path = sidecar_path(frame_path)
-    if not (os.path.exists(frame_path) and os.path.exists(path)):
+def save_sidecar(frame_file: str, frame: int, painted: Painted) -> None:
+    """The painting (float16) and, in WARPED mode, the noise state in a file of its own (only the
+    latest key's is kept: see ``forget_noise_state``)."""
+    _write(sidecar_path(frame_file, frame), {"picture": painted.picture.astype(np.float16)})
+    state = painted.noise_field
+    if state is not None:
+        _write(sidecar_path(frame_file, frame, "noise"), {
+            "values": state.values, "offsets": state.offsets.astype(np.float16),  # float16 in memory too
+            "weights": state.weights.astype(np.float16), "seed": np.int64(painted.noise_seed or 0),
+            "subpixels": np.int64(state.subpixels)})
+
+
+def forget_noise_state(frame_file: str, frame: int) -> None:
+    """Drop a frame's noise state once the next key's is saved: a resume needs only the latest
+    (an older frame's noise is re-traced from the motion when needed)."""
+    path = sidecar_path(frame_file, frame, "noise")
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def load_sidecar(frame_file: str, frame: int, height: int, width: int) -> Painted | None:
+    """A finished frame's painting (and noise state, when kept), if its file and its sidecar both
+    exist and fit."""
+    path = sidecar_path(frame_file, frame)
+    if not (os.path.exists(frame_file) and os.path.exists(path)):
         return None
     try:
         with np.load(path, allow_pickle=False) as data:  # never unpickle
             picture = np.asarray(data["picture"], dtype=np.float32)
-            noise = np.asarray(data["noise"], dtype=np.float32) if "noise" in data.files else None
     except (OSError, ValueError, KeyError) as error:
         log.warning("Ignoring the unreadable take file %s: %s", path, error)
         return None
     if picture.shape != (height, width, 3):
         return None
-    return Painted(picture, noise)
+    state, seed = _load_noise_state(sidecar_path(frame_file, frame, "noise"), height, width)
+    return Painted(picture, None, state, seed)
 
 
-# -- the painter --------------------------------------------------------------------
-@dataclass
-class FrameContext:
-    """Everything about the frame being rendered that painting needs."""
+def _load_noise_state(path: str, height: int, width: int):
+    if not os.path.exists(path):
+        return None, None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            state = noise.NoiseField(np.asarray(data["values"], dtype=np.float32),
+                                     np.asarray(data["offsets"], dtype=np.float32),
+                                     np.asarray(data["weights"], dtype=np.float32), int(data["subpixels"]))
+            seed = int(data["seed"])
+    except (OSError, ValueError, KeyError) as error:
+        log.warning("Ignoring the unreadable noise state %s: %s", path, error)
+        return None, None
+    fits = (state.subpixels == noise.SUBPIXELS and state.values.ndim == 3 and state.values.shape[2] == noise.CHANNELS
+            and state.latent_shape == noise.latent_shape(height, width)
+            and state.values.shape[:2] == state.offsets.shape[:2] == state.weights.shape
+            and state.values.shape[:2] == tuple(n * state.subpixels for n in state.latent_shape)
+            and np.isfinite(state.values).all() and np.isfinite(state.offsets).all() and (state.weights > 0).all())
+    return (state, seed) if fits else (None, None)
 
-    frame: int
-    shot: schedule.Shot
-    take_key: tuple
-    width: int
-    height: int
-    is_animation: bool
-    frame_path: callable  # frame number -> the file Blender saves it to ("" when not saving)
+
+# -- warnings a render gives once -------------------------------------------------------------
+def render_warnings(view_transform: str, dither: float, frame_step: int, use_feedback: bool, width: int,
+                    height: int, family: str, scheduler: str, fusion: float) -> list[tuple[str, str]]:
+    """(key, message) for each silent trap this render walks into."""
+    warnings = []
+    if view_transform != "Standard" or dither != 0:
+        warnings.append(("view", f"The view transform is {view_transform} with dither {dither:g}: saved files and the "
+                                 "Render Result differ from the model's picture (colours shifted, noise added). "
+                                 "Use Standard view with dither 0 (Silk's Output panel: 'Use Standard View')"))
+    if frame_step > 1 and use_feedback:
+        warnings.append(("frame_step", f"Frame step is {frame_step}: each frame starts from the one {frame_step} "
+                                       "frames earlier, across larger motion (more is repainted). To paint every "
+                                       f"{frame_step}th frame and still get every frame, use Silk's cadence instead"))
+    native = NATIVE_SIZES.get(family)
+    if native and max(width, height) > TOO_LARGE * native:
+        warnings.append(("size", f"The render size {width}x{height} is far above the model's native size "
+                                 f"({native} px): expect repeated subjects and slow frames; render near {native} px "
+                                 "and upscale"))
+    if use_feedback and fusion > 0 and scheduler in FUSION_INCOMPATIBLE_SAMPLERS:
+        warnings.append(("fusion_sampler", f"Fusion is off with the {scheduler} sampler (it adds fresh noise every "
+                                           "step, which fusion would fight); choose Euler, DPM++ or UniPC to use it"))
+    return warnings
 
 
-class FramePainter:
-    """Paints the current frame (and, under cadence, the key frame after it when needed).
+# -- the session ------------------------------------------------------------------------------
+class RenderSession:
+    """Everything one render job (F12, an animation, a preview) keeps between its frames.
 
-    ``paint_fn(guides, job, init=None, strength_map=None, fusion=0, noise=None, seed=None)``
-    runs the worker and returns a display picture; ``motion_fn(frame)`` returns the guides
-    of the current frame relative to another frame; ``key_guides_fn(frame, other)``
-    returns ``(guides, job, temporal_settings)`` of ``frame``, its guides relative to
-    ``other`` and its settings as keyframed at ``frame`` (for painting a key ahead).
-    """
+    A new job starts a new session (``next``); the paintings of the last take carry over so F12
+    can step to the next frame with feedback; everything else starts empty."""
 
-    def __init__(self, context: FrameContext, job: diffusion_job.JobSettings, temporal_settings, paint_fn,
-                 motion_fn, key_guides_fn, rewrite_fn=None):
-        self.context = context
-        self.rewrite_fn = rewrite_fn  # (frame, picture): save over a finished frame (loops)
-        self.job = job
-        self.settings = temporal_settings
-        self.paint_fn = paint_fn
-        self.motion_fn = motion_fn
-        self.key_guides_fn = key_guides_fn
-        take = _takes.get(context.take_key)
-        if take is None or (take.job != _job and context.is_animation):
-            take = TakeMemory(job=_job)
-            _takes.clear()  # one take at a time keeps memory bounded
-            _takes[context.take_key] = take
-        self.take = take
+    def __init__(self, number: int = 1, takes: dict | None = None):
+        self.number = number
+        self.notes: list[FrameNote] = []
+        self.reported: set = set()  # keys of the warnings given in this job
+        self.messages: list = []  # (level, message) queued for the render report
+        self.depth_ranges: dict = {}  # (take key, shot start) -> DepthRange
+        self.takes: dict = takes if takes is not None else {}  # take key -> TakeMemory
+        self.records: dict = {}  # scene name -> TakeRecord
+        self.lock = threading.Lock()  # records are read from the main thread when the job ends
 
-    # -- public ---------------------------------------------------------------------
-    def paint(self, guides) -> np.ndarray:
-        settings, context = self.settings, self.context
-        frame = context.frame
-        if not settings.use_feedback:
-            painted = self._paint_key(frame, guides, previous_frame=None)
-            return painted.picture
-        step = schedule.cadence_step(frame, context.shot, settings.cadence)
-        if step.is_key:
-            # A key painted ahead by an in-between of this animation job is used as it is;
-            # F12 always paints anew (the user re-renders to see a change).
-            ahead = self.context.is_animation and self.take.job == _job
-            painted = self.take.frames.get(frame) if ahead else None
-            if painted is None:
-                painted = self._paint_key(frame, guides, previous_frame=self._previous_key(frame))
+    def next(self) -> "RenderSession":
+        return RenderSession(self.number + 1, self.takes)
+
+    def warn_once(self, key) -> bool:
+        """True the first time ``key`` is warned about in this job."""
+        if key in self.reported:
+            return False
+        self.reported.add(key)
+        return True
+
+    def report(self, level: str, key, message: str) -> None:
+        """Queue a report for the render (once per job per ``key``); ``take_reports`` hands them out."""
+        if self.warn_once(key):
+            self.messages.append((level, message))
+
+    def take_reports(self) -> list[tuple[str, str]]:
+        messages, self.messages = self.messages, []
+        return messages
+
+    # -- take records (the sequencer's take when the job ends) -----------------------------
+    def record(self, scene_name: str, frame: int, label: str) -> None:
+        with self.lock:
+            entry = self.records.setdefault(scene_name, TakeRecord(scene_name))
+            entry.frames.add(frame)
+            entry.label = label
+
+    def rewrite(self, scene_name: str, frame: int, picture: np.ndarray) -> None:
+        with self.lock:
+            entry = self.records.setdefault(scene_name, TakeRecord(scene_name))
+            entry.rewrites[frame] = np.array(picture, dtype=np.float32, copy=True)
+
+    def drain_records(self) -> list[TakeRecord]:
+        with self.lock:
+            records = list(self.records.values())
+            self.records.clear()
+        return records
+
+    # -- depth normalisation ----------------------------------------------------------------
+    def depth_range(self, source: FrameSource, frame: int, guides, normalization: str) -> conditioning.DepthRange:
+        """One depth normalisation per shot: the camera's clip range, or the depths the shot's
+        first frame shows."""
+        camera = guides.camera
+        if normalization == "CLIP":
+            return conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end)
+        start = source.shot(frame).start
+        key = (source.take_key, start)
+        found = self.depth_ranges.get(key)
+        if found is None:
+            first = guides
+            if frame != start:
+                try:
+                    first = source.guides(start, None)
+                except FrameSourceError:
+                    first = None
+            found = (conditioning.depth_range_of_frame(first.depth, first.coverage, camera.clip_start, camera.clip_end)
+                     if first is not None else conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end))
+            self.depth_ranges[key] = found
+        return found
+
+    # -- painting ---------------------------------------------------------------------------
+    def paint(self, source: FrameSource, painter: Painter, frame: int, normalization: str = "SHOT") -> Painted:
+        """Paint frame ``frame`` (and what it needs before its turn). Returns its picture and noise."""
+        return _Take(self, source, painter, normalization).paint(frame)
+
+    def frame_noise(self, source: FrameSource, frame: int) -> np.ndarray | None:
+        """The latent noise frame ``frame`` starts from, exactly as painting it would use (the
+        Noise pass in Guides mode); None for a cadence in-between (it is not painted)."""
+        take = _Take(self, source, None, "CLIP")
+        settings = source.settings(frame)
+        temporal_settings = settings.temporal
+        if temporal_settings.use_feedback:
+            step = schedule.cadence_step(frame, source.shot(frame), temporal_settings.cadence)
+            if not step.is_key:
+                return None
+        previous_key = take.previous_key(frame, settings)
+        latent, _field = take.noise(frame, settings, previous_key)
+        return latent
+
+
+class _Take:
+    """One frame's work within a session: the take it continues and the rules of painting."""
+
+    def __init__(self, session: RenderSession, source: FrameSource, painter: Painter | None, normalization: str):
+        self.session, self.source, self.painter, self.normalization = session, source, painter, normalization
+        take = session.takes.get(source.take_key)
+        if take is None or (take.session != session.number and source.is_animation):
+            take = TakeMemory(session=session.number)
+            session.takes.clear()  # one take at a time keeps memory bounded
+            session.takes[source.take_key] = take
+        self.memory = take
+
+    # -- public ---------------------------------------------------------------------------
+    def paint(self, frame: int) -> Painted:
+        source, memory = self.source, self.memory
+        settings = source.settings(frame)
+        temporal_settings = settings.temporal
+        shot = source.shot(frame)
+        if not temporal_settings.use_feedback:  # painted on its own; WARPED noise still follows the motion
+            painted = self._paint_key(frame, settings, self.previous_key(frame, settings), is_current=True)
         else:
-            painted = Painted(self._in_between(step))
-            frame_notes.append(FrameNote(frame, "in-between", step.before))
-        self._remember(frame, painted)
-        if (settings.use_loop and context.is_animation and frame == context.shot.end
-                and context.shot.end > context.shot.start and self.rewrite_fn is not None):
-            self._repaint_loop()
-        return painted.picture
+            step = schedule.cadence_step(frame, shot, temporal_settings.cadence)
+            if step.is_key:
+                # A key painted ahead by an in-between of this animation job is used as it is;
+                # F12 always paints anew (the user re-renders to see a change).
+                ahead = source.is_animation and memory.session == self.session.number
+                painted = memory.frames.get(frame) if ahead else None
+                if painted is None:
+                    painted = self._paint_key(frame, settings, self.previous_key(frame, settings), is_current=True)
+            else:
+                painted = Painted(self._in_between(frame, step))
+                self.session.notes.append(FrameNote(frame, "in-between", step.before))
+        self._remember(frame, painted, temporal_settings.cadence)
+        loops = temporal_settings.use_loop and source.is_animation and shot.end > shot.start
+        if loops and source.loop_output_problem:
+            # A loop saves its repainted first frames over their files when the job ends.
+            self.session.report("WARNING", "loop_output", "Loop is off for this render: a loop saves its repainted "
+                                f"first frames over their files, and {source.loop_output_problem}")
+        elif loops and frame == shot.end:
+            self._repaint_loop(shot, temporal_settings)
+        return painted
 
-    # -- keys -------------------------------------------------------------------------
-    def _previous_key(self, frame: int) -> int | None:
-        shot, cadence = self.context.shot, max(1, self.settings.cadence)
+    # -- keys -----------------------------------------------------------------------------
+    def previous_key(self, frame: int, settings: FrameSettings) -> int | None:
+        """The key painted before ``frame`` in its shot (every frame is a key without feedback)."""
+        shot = self.source.shot(frame)
+        cadence = max(1, settings.temporal.cadence) if settings.temporal.use_feedback else 1
+        if cadence == 1 and self.source.frame_step > 1:  # Blender renders every frame_step-th frame
+            previous = frame - self.source.frame_step
+            return previous if previous >= shot.start else None
         offset = (frame - shot.start) % cadence
         previous = frame - (offset or cadence)
         return previous if previous >= shot.start else None
 
     def _painted(self, frame: int) -> Painted | None:
         """A painted frame of this take: remembered, or finished earlier (its sidecar)."""
-        take = self.take
-        found = take.frames.get(frame)
-        if found is not None and (take.job == _job or take.last_frame == frame):
+        memory = self.memory
+        found = memory.frames.get(frame)
+        if found is not None and (memory.session == self.session.number or memory.last_frame == frame):
             return found
-        if self.context.is_animation:
-            path = self.context.frame_path(frame)
+        if self.source.is_animation:
+            path = self.source.output_file(frame)
             if path:
-                return load_sidecar(path, self.context.height, self.context.width)
+                return load_sidecar(path, frame, self.source.height, self.source.width)
         return None
 
-    def _paint_key(self, frame: int, guides, previous_frame: int | None, job=None, settings=None) -> Painted:
-        settings, job = settings or self.settings, job or self.job
-        previous = self._painted(previous_frame) if previous_frame is not None else None
-        seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
+    def _guides(self, frame: int, previous_key: int | None):
+        return self.source.guides(frame, previous_key if previous_key is not None else frame - 1)
+
+    def _paint_key(self, frame: int, settings: FrameSettings, previous_key: int | None, is_current: bool) -> Painted:
+        """Paint key ``frame`` from the previous painted key, warped by the exact motion between them."""
+        temporal_settings, job = settings.temporal, settings.job
+        guides = self._guides(frame, previous_key)
+        previous = self._painted(previous_key) if previous_key is not None and temporal_settings.use_feedback else None
         started = time.perf_counter()
-        noise = None
-        if settings.use_feedback and settings.noise_mode == "WARPED":
-            noise = self._noise_for(frame, guides, previous_frame, previous)
-        feedback = None
+        latent, field_ = self.noise(frame, settings, previous_key, guides)
+        request = PaintRequest(frame=frame, guides=guides, job=job, seed=self._seed(frame, settings), noise=latent,
+                               depth_range=self.session.depth_range(self.source, frame, guides, self.normalization),
+                               is_current=is_current)
         if previous is not None:
-            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
+            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion,
+                                              temporal_settings.strength)
             # Colour coherence on the start picture, as Deforum does: the model then paints from
             # colours anchored to the shot's first frame, and its own output is left untouched.
-            feedback.init_image = self._anchored(feedback.init_image)
+            request.init_image = self._anchored(feedback.init_image, frame, temporal_settings)
+            request.strength_map = feedback.strength
+            if job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
+                request.fusion, request.fusion_end = temporal_settings.fusion, temporal_settings.fusion_end
         spent = time.perf_counter() - started
-        frame_notes.append(FrameNote(frame, "fresh", seed=seed) if feedback is None else
-                           FrameNote(frame, "feedback", previous_frame, settings.strength, spent, seed))
-        if feedback is None:
-            picture = self.paint_fn(guides, job, seed=seed, noise=noise)
-            if self.take.anchor is None or frame == self.context.shot.start:
-                self.take.anchor = temporal.ColorAnchor.of(picture)
-        else:
-            picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
-                                    fusion=settings.fusion, seed=seed, noise=noise)
-        return Painted(picture, noise)
+        self.session.notes.append(
+            FrameNote(frame, "fresh", seed=request.seed, noise_mode=temporal_settings.noise_mode) if previous is None
+            else FrameNote(frame, "feedback", previous_key, temporal_settings.strength, spent, request.seed,
+                           temporal_settings.noise_mode))
+        picture = self.painter.paint(request)
+        if previous is None and (self.memory.anchor is None or frame == self.source.shot(frame).start):
+            self.memory.anchor = temporal.ColorAnchor.of(picture)
+        return Painted(picture, latent, field_, job.seed if field_ is not None else None)
 
-    def _noise_for(self, frame, guides, previous_frame, previous) -> np.ndarray:
-        height, width = self.context.height, self.context.width
-        shape = (-(-height // LATENT_FACTOR), -(-width // LATENT_FACTOR), 4)
-        rng = np.random.default_rng([self.job.seed & 0xFFFFFFFF, frame])
-        if previous is None or previous.noise is None or previous.noise.shape != shape:
-            return np.random.default_rng(self.job.seed & 0xFFFFFFFF).standard_normal(shape).astype(np.float32)
-        return temporal.warp_noise(previous.noise, guides.vector, guides.occlusion, rng)
+    @staticmethod
+    def _seed(frame: int, settings: FrameSettings) -> int:
+        return settings.job.seed + frame if settings.temporal.noise_mode == "RANDOM" else settings.job.seed
 
-    def _anchored(self, picture: np.ndarray) -> np.ndarray:
-        """``picture`` with its colours pulled toward the shot's first frame."""
-        take, strength = self.take, self.settings.color_coherence
-        if take.anchor is None:  # resumed mid-shot: the first frame's painting is on disk
-            start = self._painted(self.context.shot.start)
-            take.anchor = temporal.ColorAnchor.of(start.picture if start is not None else picture)
+    # -- noise ----------------------------------------------------------------------------
+    def noise(self, frame: int, settings: FrameSettings, previous_key: int | None, guides=None):
+        """(latent noise, WARPED state) frame ``frame`` starts from. A function of the seed, the
+        shot, the noise mode and the exact motion only: never of what was painted, so Guides mode,
+        a resumed render and a farm machine get the very same noise."""
+        height, width = self.source.height, self.source.width
+        mode, seed = settings.temporal.noise_mode, settings.job.seed
+        if mode == "RANDOM":
+            return noise.shot_noise(height, width, seed + frame).latent(), None
+        if mode in latent_walk.MODES:  # DRIFT and LOOP: latent walks over the shot
+            temporal_settings, shot = settings.temporal, self.source.shot(frame)
+            angle_at = temporal_settings.drift_angle_at or (lambda _frame: temporal_settings.noise_drift)
+            shape = noise.latent_shape(height, width) + (noise.CHANNELS,)
+            return latent_walk.noise_for(mode, seed, shot.start, shot.end, frame, shape, angle_at=angle_at,
+                                         turns=temporal_settings.loop_turns), None
+        if mode != "WARPED":
+            return noise.seed_latent(height, width, seed), None
+        field_ = self._noise_field(frame, seed, previous_key, settings, guides)
+        return field_.latent(), field_
+
+    def _noise_field(self, frame: int, seed: int, previous_key: int | None, settings: FrameSettings,
+                     guides=None) -> noise.NoiseField:
+        height, width = self.source.height, self.source.width
+        # Walk back over the keys to the latest one whose noise is known (or the shot's start)...
+        chain, key, known = [], frame, None
+        while True:
+            known = self._known_noise(seed, key)
+            if known is not None:
+                break
+            chain.append(key)
+            before = previous_key if key == frame else self.previous_key(key, settings)
+            if before is None:
+                known = noise.shot_noise(height, width, seed)
+                chain.pop()
+                self.memory.noise_fields[(seed, key)] = known
+                break
+            key = before
+        # ...then carry it forward, key by key, with the exact motion between consecutive keys.
+        field_ = known
+        for key in reversed(chain):
+            before = previous_key if key == frame else self.previous_key(key, settings)
+            motion = guides if key == frame and guides is not None else self.source.guides(key, before)
+            field_ = noise.warp_field(field_, motion.vector, motion.occlusion, noise.frame_rng(seed, key))
+            self.memory.noise_fields[(seed, key)] = field_
+        return field_
+
+    def _known_noise(self, seed: int, frame: int) -> noise.NoiseField | None:
+        found = self.memory.noise_fields.get((seed, frame))
+        if found is not None:
+            return found
+        painted = self.memory.frames.get(frame) or self._painted(frame)
+        if painted is not None and painted.noise_field is not None and painted.noise_seed == seed:
+            return painted.noise_field
+        return None
+
+    # -- colour ---------------------------------------------------------------------------
+    def _anchored(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:
+        """``picture`` (for frame ``frame``) with its colours pulled toward the shot's first frame."""
+        memory, strength = self.memory, settings.color_coherence
+        if memory.anchor is None:  # resumed mid-shot: the first frame's painting is on disk
+            start = self._painted(self.source.shot(frame).start)
+            memory.anchor = temporal.ColorAnchor.of(start.picture if start is not None else picture)
         if strength <= 0:
             return picture
-        return temporal.match_color(picture, take.anchor, strength)
+        return temporal.match_color(picture, memory.anchor, strength)
 
-    def _remember(self, frame: int, painted: Painted) -> None:
-        take = self.take
-        take.frames[frame] = painted
-        take.last_frame = frame
-        take.keep_recent(frame, 2 * max(1, self.settings.cadence) + 1)
-        path = self.context.frame_path(frame) if self.context.is_animation else ""
-        if path:
-            save_sidecar(path, painted)
+    def _remember(self, frame: int, painted: Painted, cadence: int) -> None:
+        memory = self.memory
+        memory.frames[frame] = painted
+        memory.last_frame = frame
+        memory.keep_recent(frame, 2 * max(1, cadence) + 1)
+        self._save(frame, painted)
 
-    # -- loops --------------------------------------------------------------------------
-    def _repaint_loop(self) -> None:
+    def _save(self, frame: int, painted: Painted) -> None:
+        path = self.source.output_file(frame) if self.source.is_animation else ""
+        if not path:
+            return
+        save_sidecar(path, frame, painted)
+        if painted.noise_field is not None:
+            before = self.previous_key(frame, self.source.settings(frame))
+            if before is not None and self.source.output_file(before):
+                forget_noise_state(self.source.output_file(before), before)
+
+    # -- loops ----------------------------------------------------------------------------
+    def _repaint_loop(self, shot: schedule.Shot, temporal_settings: TemporalSettings) -> None:
         """Repaint the shot's first frames with feedback running on from its last frame, and
         cross-fade them into the first take, so the last frame flows into the first."""
-        shot = self.context.shot
-        length = min(self.settings.loop_frames, shot.end - shot.start)
-        previous_frame, previous = shot.end, self.take.frames[shot.end]
+        length = min(temporal_settings.loop_frames, shot.end - shot.start)
+        previous_frame, previous = shot.end, self.memory.frames[shot.end]
         for frame in range(shot.start, shot.start + length):
-            guides, job, settings = self.key_guides_fn(frame, previous_frame)
-            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion, settings.strength)
-            feedback.init_image = self._anchored(feedback.init_image)
-            seed = job.seed + frame if settings.noise_mode == "RANDOM" else job.seed
-            picture = self.paint_fn(guides, job, init=feedback.init_image, strength_map=feedback.strength,
-                                    fusion=settings.fusion, seed=seed)
-            frame_notes.append(FrameNote(frame, "loop", previous_frame, settings.strength))
+            settings = self.source.settings(frame)
+            guides = self.source.guides(frame, previous_frame)
+            feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion,
+                                              settings.temporal.strength)
+            latent, field_ = self._loop_noise(frame, settings, previous, guides)
+            request = PaintRequest(frame=frame, guides=guides, job=settings.job, seed=self._seed(frame, settings),
+                                   noise=latent, depth_range=self.session.depth_range(self.source, frame, guides,
+                                                                                      self.normalization),
+                                   init_image=self._anchored(feedback.init_image, frame, settings.temporal),
+                                   strength_map=feedback.strength, is_current=False)
+            if settings.job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
+                request.fusion, request.fusion_end = settings.temporal.fusion, settings.temporal.fusion_end
+            picture = self.painter.paint(request)
+            self.session.notes.append(FrameNote(frame, "loop", previous_frame, settings.temporal.strength,
+                                                seed=request.seed, noise_mode=settings.temporal.noise_mode))
             original = self._painted(frame)
             weight = schedule.loop_blend(frame, shot, length)
             final = picture if original is None else weight * picture + (1.0 - weight) * original.picture
-            self.rewrite_fn(frame, final.astype(np.float32))
-            previous_frame, previous = frame, Painted(picture)
+            self.session.rewrite(self.source.name, frame, final.astype(np.float32))
+            previous_frame, previous = frame, Painted(picture, latent, field_, settings.job.seed)
 
-    # -- cadence ----------------------------------------------------------------------
-    def _in_between(self, step: schedule.CadenceStep) -> np.ndarray:
+    def _loop_noise(self, frame: int, settings: FrameSettings, previous: Painted, guides):
+        """A loop repaint's noise: WARPED carries the last frame's noise on over the seam."""
+        if settings.temporal.noise_mode == "WARPED" and previous.noise_field is not None:
+            field_ = noise.warp_field(previous.noise_field, guides.vector, guides.occlusion,
+                                      noise.frame_rng(settings.job.seed, frame))
+            return field_.latent(), field_
+        return self.noise(frame, settings, None)[0], None
+
+    # -- cadence ----------------------------------------------------------------------------
+    def _in_between(self, frame: int, step: schedule.CadenceStep) -> np.ndarray:
         before = self._painted(step.before)
         if before is None:  # the key before was never painted (a render started mid-way): paint it now
             before = self._paint_ahead(step.before)
-        after = self.take.frames.get(step.after) if self.take.job == _job else None
+        after = self.memory.frames.get(step.after) if self.memory.session == self.session.number else None
         if after is None:
-            after = self._paint_ahead(step.after, previous_frame=step.before, previous=before)
-        to_before = self.motion_fn(step.before)
-        to_after = self.motion_fn(step.after)
+            self.memory.frames[step.before] = before
+            after = self._paint_ahead(step.after)
+        to_before = self.source.guides(frame, step.before)
+        to_after = self.source.guides(frame, step.after)
         return temporal.in_between(before.picture, to_before.vector, to_before.occlusion,
                                    after.picture, to_after.vector, to_after.occlusion, step.position)
 
-    def _paint_ahead(self, frame: int, previous_frame: int | None = None, previous: Painted | None = None) -> Painted:
-        """Paint key ``frame`` now (it is needed by the frames before it)."""
-        if previous_frame is None:
-            previous_frame = self._previous_key(frame)
-        guides, job, settings = self.key_guides_fn(frame, previous_frame)
-        if previous is not None:
-            self.take.frames[previous_frame] = previous
-        painted = self._paint_key(frame, guides, previous_frame, job, settings)
-        self.take.frames[frame] = painted
-        if self.context.is_animation and self.context.frame_path(frame):
-            save_sidecar(self.context.frame_path(frame), painted)
+    def _paint_ahead(self, frame: int) -> Painted:
+        """Paint key ``frame`` now (the frames before it need it), from the key before it."""
+        settings = self.source.settings(frame)
+        painted = self._paint_key(frame, settings, self.previous_key(frame, settings), is_current=False)
+        self.memory.frames[frame] = painted
+        self._save(frame, painted)
         return painted
-
-
-# -- geometry at other frames (bpy through the engine) --------------------------------------
-def guides_between(engine, depsgraph, camera_object, width, height, frame: int, other: int | None, current=None,
-                   read_settings=None):
-    """The guides of ``frame`` with motion and occlusion relative to ``other`` (any frame).
-
-    ``current``: frame's geometry when already captured. ``read_settings(evaluated_scene)``
-    is called while the scene stands at ``frame`` (keyframed values of that frame); its
-    result is returned beside the guides. Returns to the frame being rendered."""
-    scene = depsgraph.scene
-    rendering, subframe = scene.frame_current, scene.frame_subframe
-    settings = None
-    try:
-        if current is None:
-            engine.frame_set(frame, 0.0)
-            current, _ = capture_frame(depsgraph, camera_object, width, height)
-            if read_settings is not None:
-                settings = read_settings(depsgraph.scene_eval)
-        other_geometry = None
-        if other is not None:
-            engine.frame_set(other, 0.0)
-            known = frozenset(instance.key for instance in current.instances)
-            other_geometry, _ = capture_frame(depsgraph, camera_object, width, height, known)
-    finally:
-        if scene.frame_current != rendering:
-            engine.frame_set(rendering, subframe)
-    guides = compute_guides(current, other_geometry)
-    return guides if read_settings is None else (guides, settings)

@@ -6,23 +6,22 @@ when the frame renders, so keyframes and drivers apply.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import bpy
 import numpy as np
 
-from . import diffusion_job, schedule, worker_link
+from . import diffusion_job, schedule, walk_settings, worker_link
 from .color import linear_to_srgb
+from .animation import TemporalSettings
 from .diffusion_job import JobSettings, JobSettingsError, UnitSettings
-from .settings import SCHEDULERS
+from ..bridge import families
 
-KNOWN_SCHEDULERS = {identifier for identifier, _label, _description in SCHEDULERS}
+KNOWN_SCHEDULERS = set(families.SAMPLER_IDS)
 
 
 def from_scene(scene) -> JobSettings:
     settings = scene.silk
     if not settings.units_initialized and not len(settings.units):
-        units = [UnitSettings(kind=kind, source=kind) for kind in diffusion_job.DEFAULT_UNIT_KINDS]
+        units = [UnitSettings(kind=kind, source=kind) for kind in families.DEFAULT_UNIT_KINDS]
     else:
         units = [_unit(unit) for unit in settings.units if unit.enabled]
     scheduler = settings.scheduler
@@ -37,13 +36,16 @@ def from_scene(scene) -> JobSettings:
         prompt, negative_prompt = mix[0][0], mix[0][1]
         if len(mix) > 1:
             prompt_mix = [{"prompt": p, "negative_prompt": n, "weight": w} for p, n, w in mix]
+    image_prompts, ip_adapter = walk_settings.image_prompts(scene)
+    model = _model_source(settings.model)
     return JobSettings(
-        model=_model_source(settings.model), family=settings.model_family, units=units,
+        model=model, family=settings.model_family, units=units,
+        reported_family=worker_link.loaded.get("family") if worker_link.loaded.get("source") == model else None,
         loras=[(bpy.path.abspath(lora.path), lora.weight) for lora in settings.loras if lora.enabled and lora.path],
         prompt=prompt, negative_prompt=negative_prompt, prompt_mix=prompt_mix, seed=settings.seed,
         steps=settings.steps, guidance=settings.guidance_scale, scheduler=scheduler, device=device, precision=precision,
         attention_slicing=settings.attention_slicing, vae_tiling=settings.vae_tiling,
-        cpu_offload=settings.cpu_offload)
+        cpu_offload=settings.cpu_offload, image_prompts=image_prompts, ip_adapter=ip_adapter)
 
 
 def _model_source(model: str) -> str:
@@ -77,24 +79,14 @@ def _image_pixels(image) -> np.ndarray:
     return linear_to_srgb(rgb) if image.is_float else np.ascontiguousarray(rgb)
 
 
-@dataclass
-class TemporalSettings:
-    use_feedback: bool = True
-    strength: float = 0.55
-    fusion: float = 0.5
-    noise_mode: str = "FIXED"
-    color_coherence: float = 0.5
-    cadence: int = 1
-    use_loop: bool = False
-    loop_frames: int = 6
-
-
 def temporal_from_scene(scene) -> TemporalSettings:
     settings = scene.silk
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
-        noise_mode=settings.noise_mode, color_coherence=settings.color_coherence, cadence=settings.cadence,
-        use_loop=settings.use_loop, loop_frames=settings.loop_frames)
+        fusion_end=settings.fusion_end, noise_mode=settings.noise_mode, color_coherence=settings.color_coherence,
+        cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames,
+        noise_drift=settings.noise_drift, loop_turns=settings.loop_turns,
+        drift_angle_at=walk_settings.drift_angle_reader(scene))
 
 
 SHOT_MARKER_PREFIX = "shot"

@@ -16,10 +16,13 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import animation, conditioning, diffusion_job, job_settings, result_history, takes, worker_link
+from . import (animation, conditioning, diffusion_job, job_settings, noise, result_history,
+               worker_link)
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
+from . import scene_capture
 from .scene_capture import CaptureError, capture_motion_frames, render_size
+from .scene_frames import SceneFrames
 
 log = logging.getLogger("silk")
 
@@ -30,14 +33,17 @@ PASSES = (
     ("Vector", 4, "XYZW", "VECTOR"),
     ("Occlusion", 1, "X", "VALUE"),
 )
+# With ``scene.silk.use_noise_pass``: the latent noise the frame starts from, each latent pixel
+# over its 8x8 block.
+NOISE_PASS = ("Noise", 4, "XYZW", "VECTOR")
 
 # Largest render Silk accepts; beyond this the guides need too much memory.
 MAX_PIXELS = 8192 * 8192
 # How long a render waits for a busy worker (a panel preview finishing).
 WORKER_WAIT_SECONDS = 600
 
-# Depth ranges of shots, computed once per render job (cleared by ``render_init``).
-_shot_depth_ranges: dict = {}
+# Everything the current render job keeps between its frames (a new one at each ``render_init``).
+session = animation.RenderSession()
 # The last render's reports, newest last, for the panel and for scripts.
 last_reports: list[tuple[str, str]] = []
 # The worker's picture of the last painted frame (display sRGB, rows top-down), for scripts.
@@ -56,9 +62,11 @@ def take_label(job, temporal_settings, model: str) -> str:
 
 
 @bpy.app.handlers.persistent  # opening a file must not drop it
-def clear_job_caches(*_args) -> None:
-    _shot_depth_ranges.clear()
-    animation.new_job()
+def start_session(*_args) -> None:
+    """A render job starts: a new session (the last take's paintings carry over for F12 stepping)."""
+    global session
+    session = session.next()
+    scene_capture.new_job()  # frames kept for reuse belong to one job
 
 
 class SilkRenderEngine(bpy.types.RenderEngine):
@@ -72,6 +80,8 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
         for name, channels, ids, kind in PASSES:
             self.register_pass(scene, renderlayer, name, channels, ids, kind)
+        if scene is not None and scene.silk.use_noise_pass:
+            self.register_pass(scene, renderlayer, *NOISE_PASS)
 
     # -- reporting ---------------------------------------------------------
     def _report(self, level: str, message: str) -> None:
@@ -88,7 +98,7 @@ class SilkRenderEngine(bpy.types.RenderEngine):
         painted = False
         try:
             painted = self._render(depsgraph)
-        except (CaptureError, diffusion_job.JobSettingsError) as error:
+        except (CaptureError, animation.FrameSourceError, diffusion_job.JobSettingsError) as error:
             self._report("ERROR", str(error))
         except MemoryError:
             self._report("ERROR", "Out of memory while computing the guides; lower the resolution")
@@ -129,6 +139,9 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             self._report("WARNING", "The camera seems to be inside an object: it sees mostly back faces")
         log.info("Silk guides for frame %d in %.3f s", scene.frame_current, time.perf_counter() - started)
 
+        frames = SceneFrames(self, depsgraph, camera_object, width, height, bool(self.is_animation),
+                             current_guides=guides, current_geometry=current)
+        self._warn_traps(scene, frames, width, height)
         combined = np.zeros((height, width, 4), dtype=np.float32)
         combined[..., 3] = 1.0
         result = self.begin_result(0, 0, width, height, layer=depsgraph.view_layer.name)
@@ -136,36 +149,59 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             self._write_passes(result, {"Depth": guides.depth, "Normal": guides.normal, "Vector": guides.vector,
                                         "Occlusion": guides.occlusion})
             if settings.mode == "GUIDES":
-                combined[..., :3] = srgb_to_linear(self._guide_picture(depsgraph, guides, settings))
+                combined[..., :3] = srgb_to_linear(self._guide_picture(frames, guides, settings))
                 self._write_passes(result, {"Combined": combined})
+                if settings.use_noise_pass:
+                    self._write_noise(result, session.frame_noise(frames, scene.frame_current), height, width)
                 return True
             self._write_passes(result, {"Combined": combined})
             self.update_result(result)  # the guides are visible while the worker paints
-            picture = self._diffuse(depsgraph, guides, current, result, combined)
+            painted = self._diffuse(frames, result, combined)
+            picture = None if painted is None else painted.picture
             global last_picture
             last_picture = picture
             # A cancelled or failed frame leaves Combined black, never a half-denoised preview.
             combined[..., :3] = 0.0 if picture is None else srgb_to_linear(picture)
             self._write_passes(result, {"Combined": combined})
+            if settings.use_noise_pass and painted is not None:
+                self._write_noise(result, painted.noise, height, width)
             if picture is not None and not self.is_animation:
                 result_history.queue(scene, combined)
             return picture is not None
         finally:
             self.end_result(result)
+            for level, message in session.take_reports():
+                self._report(level, message)
+
+    def _warn_traps(self, scene, frames: SceneFrames, width: int, height: int) -> None:
+        """Once per render: what silently changes the picture or wastes the render."""
+        silk = scene.silk
+        diffusing = silk.mode == "DIFFUSE"
+        warnings = animation.render_warnings(
+            scene.view_settings.view_transform, scene.render.dither_intensity,
+            scene.frame_step if self.is_animation else 1, silk.use_feedback, width, height,
+            diffusion_job.model_family(silk.model.strip(), silk.model_family) if diffusing else "",
+            silk.scheduler, silk.fusion if diffusing else 0.0)
+        for key, message in warnings:
+            session.report("WARNING", key, message)
+
+    def _write_noise(self, result, latent, height: int, width: int) -> None:
+        """The Noise pass: zeros for a frame painted from no noise (a cadence in-between)."""
+        shown = (noise.upscale_latent(latent, height, width) if latent is not None
+                 else np.zeros((height, width, 4), dtype=np.float32))
+        self._write_passes(result, {"Noise": shown})
 
     # -- diffusion -----------------------------------------------------------
     def _should_cancel(self) -> bool:
         return self.test_break() or worker_link.cancel_requested.is_set()
 
-    def _diffuse(self, depsgraph, guides, current, result, combined):
-        """Guides -> conditioning -> worker (with feedback in animation). Returns the picture
-        (display sRGB) or None."""
-        scene = depsgraph.scene
-        height, width = guides.depth.shape
-        job = job_settings.from_scene(scene)
-        model = diffusion_job.model_request(job)
-        shot = job_settings.shot_of(scene, scene.frame_current)
-        camera_object = scene.camera
+    def _diffuse(self, frames: SceneFrames, result, combined) -> animation.Painted | None:
+        """The frame painted by the worker (with feedback in animation); None when it was not."""
+        scene = frames.scene
+        settings = frames.settings(scene.frame_current)
+        model = diffusion_job.model_request(settings.job)
+        for warning in diffusion_job.usable_units(settings.job)[1]:
+            self._report("WARNING", warning)
         try:
             worker = worker_link.client()
         except WorkerError as error:
@@ -178,69 +214,18 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             if worker.state != "ready":
                 self.update_stats("Silk", "Starting the diffusion worker")
             worker.ensure_started()
-            if worker_link.loaded.get("source") != model["source"]:
-                self.update_stats("Silk", f"Loading {model['source']} (once; the first time may download it)")
-            worker_link.note_loaded(worker.load_model(model, should_cancel=self._should_cancel))
-            device = worker_link.loaded.get("device", "?").upper()
+            if worker_link.loaded.get("source") != model.source:
+                self.update_stats("Silk", f"Loading {model.source} (once; the first time may download it)")
+            worker_link.note_loaded(diffusion_job.load_model(worker, settings.job, should_cancel=self._should_cancel))
             started = time.perf_counter()
-
-            def paint(frame_guides, frame_job, init=None, strength_map=None, fusion=0.0, noise=None, seed=None):
-                seed = frame_job.seed if seed is None else seed
-                label = f"seed {seed} | {model['source']} | {device}"
-                preview_here = frame_guides is guides  # a key painted ahead is not this frame's preview
-
-                def on_progress(progress):
-                    self.update_progress(progress.step / max(1, progress.steps))
-                    self.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
-                    if progress.preview is not None and preview_here:
-                        combined[..., :3] = srgb_to_linear(
-                            diffusion_job.upscale_preview(progress.preview, height, width))
-                        self._write_passes(result, {"Combined": combined})
-                        self.update_result(result)
-
-                self.update_stats("Silk", f"Painting | {label}")
-                units = diffusion_job.control_units(frame_job, frame_guides, self._depth_range(depsgraph, guides))
-                extra = {}
-                if init is not None:
-                    extra.update(init_image=init, mask=strength_map, strength=float(strength_map.max()))
-                    if fusion > 0:
-                        extra["fusion"] = float(fusion)
-                if noise is not None:
-                    extra["noise"] = noise
-                if frame_job.prompt_mix:
-                    extra["prompt_mix"] = frame_job.prompt_mix
-                picture, _info = worker.generate(
-                    model, frame_job.prompt, units, width, height, negative_prompt=frame_job.negative_prompt,
-                    seed=seed, steps=frame_job.steps, guidance=frame_job.guidance, scheduler=frame_job.scheduler,
-                    preview=True, on_progress=on_progress, should_cancel=self._should_cancel, **extra)
-                return picture
-
-            def motion_to(other):
-                return animation.guides_between(self, depsgraph, camera_object, width, height,
-                                                scene.frame_current, other, current=current)
-
-            def key_guides(frame, other):
-                self.update_stats("Silk", f"Painting frame {frame} (needed before its turn)")
-                guides_there, (job_there, temporal_there) = animation.guides_between(
-                    self, depsgraph, camera_object, width, height, frame, other,
-                    read_settings=lambda evaluated: (job_settings.from_scene(evaluated),
-                                                     job_settings.temporal_from_scene(evaluated)))
-                return guides_there, job_there, temporal_there
-
-            context = animation.FrameContext(
-                frame=scene.frame_current, shot=shot,
-                take_key=(scene.name, shot.start, camera_object.name, width, height), width=width, height=height,
-                is_animation=bool(self.is_animation),
-                frame_path=lambda frame: scene.render.frame_path(frame=frame) if scene.render.filepath else "")
-            temporal_settings = job_settings.temporal_from_scene(scene)
-            painter = animation.FramePainter(context, job, temporal_settings, paint, motion_to, key_guides,
-                                             rewrite_fn=lambda frame, picture: takes.rewrite(scene, frame, picture))
-            picture = painter.paint(guides)
+            painter = WorkerPainter(self, worker, model, result, combined)
+            painted = session.paint(frames, painter, scene.frame_current, scene.silk.depth_normalization)
             if self.is_animation:
-                takes.record(scene, scene.frame_current, take_label(job, temporal_settings, model["source"]))
+                session.record(scene.name, scene.frame_current,
+                               take_label(settings.job, settings.temporal, model.source))
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
-                                      f"{model['source']} | {device}")
-            return picture
+                                      f"{model.source} | {painter.device}")
+            return painted
         except JobCancelled:
             self._report("INFO", "Cancelled; the worker is ready for the next render")
             return None
@@ -261,37 +246,16 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                 return False
         return True
 
-    def _guide_picture(self, depsgraph, guides, settings) -> np.ndarray:
+    def _guide_picture(self, frames: SceneFrames, guides, settings) -> np.ndarray:
         preview = settings.guide_preview
         if preview == "DEPTH":
-            return conditioning.depth_condition(guides.depth, self._depth_range(depsgraph, guides))
+            depth_range = session.depth_range(frames, frames.frame, guides, settings.depth_normalization)
+            return conditioning.depth_condition(guides.depth, depth_range)
         if preview == "NORMAL":
             return conditioning.normal_condition(guides.normal, guides.camera.view)
         if preview == "MOTION":
             return conditioning.motion_picture(guides.vector)
         return conditioning.occlusion_picture(guides.occlusion)
-
-    def _depth_range(self, depsgraph, guides) -> conditioning.DepthRange:
-        """One depth normalisation per shot: from the depths of the shot's first frame."""
-        scene = depsgraph.scene
-        camera = guides.camera
-        if scene.silk.depth_normalization == "CLIP":
-            return conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end)
-        shot_start = job_settings.shot_of(scene, scene.frame_current).start
-        key = (scene.name, shot_start, scene.camera.name, camera.width, camera.height)
-        found = _shot_depth_ranges.get(key)
-        if found is None:
-            first = guides
-            if scene.frame_current != shot_start:
-                try:
-                    first = animation.guides_between(self, depsgraph, scene.camera, camera.width, camera.height,
-                                                     shot_start, None)
-                except CaptureError:
-                    first = None
-            found = (conditioning.depth_range_of_frame(first.depth, first.coverage, camera.clip_start, camera.clip_end)
-                     if first is not None else conditioning.DepthRange.from_clip(camera.clip_start, camera.clip_end))
-            _shot_depth_ranges[key] = found
-        return found
 
     @staticmethod
     def _write_passes(result, values: dict) -> None:
@@ -303,13 +267,50 @@ class SilkRenderEngine(bpy.types.RenderEngine):
                 render_pass.rect.foreach_set(flat)
 
 
+class WorkerPainter:
+    """The animation core's painter: one request to the worker, with progress and step previews."""
+
+    def __init__(self, engine: SilkRenderEngine, worker, model, result, combined):
+        self.engine, self.worker, self.model, self.result, self.combined = engine, worker, model, result, combined
+        self.device = worker_link.loaded.get("device", "?").upper()
+
+    def paint(self, request: animation.PaintRequest) -> np.ndarray:
+        engine, combined = self.engine, self.combined
+        height, width = combined.shape[:2]
+        label = f"seed {request.seed} | {self.model.source} | {self.device}"
+        if not request.is_current:
+            engine.update_stats("Silk", f"Painting frame {request.frame} (needed before its turn)")
+
+        def on_progress(progress):
+            engine.update_progress(progress.step / max(1, progress.steps))
+            engine.update_stats("Silk", f"Step {progress.step}/{progress.steps} | {label}")
+            if progress.preview is not None and request.is_current:
+                combined[..., :3] = srgb_to_linear(diffusion_job.upscale_preview(progress.preview, height, width))
+                engine._write_passes(self.result, {"Combined": combined})
+                engine.update_result(self.result)
+
+        if request.is_current:
+            engine.update_stats("Silk", f"Painting | {label}")
+        job = request.job
+        if worker_link.loaded.get("source") == job.model.strip():  # the family the worker found on loading
+            job.reported_family = worker_link.loaded.get("family")
+        frame_request = diffusion_job.generate_request(
+            job, request.guides, request.depth_range, seed=request.seed, init_image=request.init_image,
+            mask=request.strength_map, fusion=request.fusion, fusion_end=request.fusion_end, noise=request.noise)
+        picture, _info = self.worker.generate(frame_request, on_progress=on_progress,
+                                              should_cancel=engine._should_cancel)
+        return picture
+
+
 def register():
     bpy.utils.register_class(SilkRenderEngine)
-    if clear_job_caches not in bpy.app.handlers.render_init:
-        bpy.app.handlers.render_init.append(clear_job_caches)
+    if start_session not in bpy.app.handlers.render_init:
+        bpy.app.handlers.render_init.append(start_session)
+    scene_capture.register()
 
 
 def unregister():
-    if clear_job_caches in bpy.app.handlers.render_init:
-        bpy.app.handlers.render_init.remove(clear_job_caches)
+    scene_capture.unregister()
+    if start_session in bpy.app.handlers.render_init:
+        bpy.app.handlers.render_init.remove(start_session)
     bpy.utils.unregister_class(SilkRenderEngine)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .guides import Camera, FrameGeometry, Instance, Mesh
+from .guides.camera import inverse4
 
 # Object types whose evaluated geometry can be turned into a mesh.
 GEOMETRY_TYPES = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -36,7 +37,7 @@ def capture_camera(depsgraph, camera_object, width: int, height: int) -> Camera:
     # Blender renders with the camera's scale removed.
     world = np.array(camera_eval.matrix_world.normalized(), dtype=np.float64)
     try:
-        view = np.linalg.inv(world)
+        view = inverse4(world)
     except np.linalg.LinAlgError as error:
         raise CaptureError(f"The camera '{camera_object.name}' has a degenerate transform") from error
     projection = np.array(
@@ -78,6 +79,12 @@ def _corner_vertices(mesh) -> np.ndarray:
     return corner_vertices
 
 
+def _face_of_triangle(mesh) -> np.ndarray:
+    face_of_triangle = np.empty(len(mesh.loop_triangle_polygons), dtype=np.int32)
+    mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
+    return face_of_triangle
+
+
 def _bool_attribute(mesh, name: str, size: int):
     attribute = mesh.attributes.get(name)
     if attribute is None or attribute.data_type != "BOOLEAN":
@@ -87,37 +94,105 @@ def _bool_attribute(mesh, name: str, size: int):
     return values
 
 
-class TopologyCache:
-    """Triangles and normals of meshes seen in the last render, for reuse.
+# How Cycles shades a mesh (Blender's ``Mesh::normals_domain(true)``, which Cycles' sync
+# calls): POINT = vertex normals on smooth faces, each triangle's own geometric normal on
+# flat ones; FACE = every triangle flat; CORNER = Blender's corner normals everywhere.
+POINT, FACE, CORNER = "POINT", "FACE", "CORNER"
 
-    Reading triangle corners from Blender is the slowest part of capturing a frame.
-    A mesh whose object-space positions, corner vertices and triangle-to-face map are
-    exactly those of last time has exactly the same triangulation and normals (even
-    a quad's split depends only on its positions), which is the common case in an
-    animation of rigid objects. Anything else is read afresh.
+
+def normals_domain(has_custom_normals: bool, sharp_edges, sharp_faces) -> str:
+    """The normals domain Cycles uses, from the mesh's sharp flags (None: attribute absent)."""
+    if has_custom_normals:
+        return CORNER
+    if sharp_faces is not None and sharp_faces.size and sharp_faces.all():
+        return FACE
+    if sharp_edges is not None and sharp_edges.size and sharp_edges.all():
+        return FACE
+    if sharp_edges is None or not sharp_edges.any():
+        return POINT
+    return CORNER
+
+
+def quads_flipped(positions: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """Which quads Blender splits along the 1-3 diagonal instead of 0-2.
+
+    Blender's ``is_quad_flip_v3_first_third_fast`` in float32: the quad is flipped when
+    corners 1 and 3 lie on the same side of the 0-2 diagonal."""
+    p = positions.reshape(-1, 3)
+    v1, v2, v3, v4 = (p[quads[:, k]] for k in range(4))
+    d13 = v3 - v1
+    return np.einsum("ij,ij->i", np.cross(v2 - v1, d13), np.cross(v4 - v1, d13)) > 0.0
+
+
+class _Topology:
+    """What stays fixed while a mesh only deforms: triangles, their corners and faces,
+    and how each triangle is shaded."""
+
+    def __init__(self, mesh, counts, corner_vertices, shading_key, sharp_edges, sharp_faces, positions):
+        self.counts = counts
+        self.corner_vertices = corner_vertices
+        self.shading_key = shading_key
+        triangle_count = len(mesh.loop_triangles)
+        self.corners = np.empty(triangle_count * 3, dtype=np.int32)
+        mesh.loop_triangles.foreach_get("loops", self.corners)
+        self.triangles = corner_vertices[self.corners].reshape(-1, 3)
+        self.face_of_triangle = _face_of_triangle(mesh)
+        self.domain = normals_domain(mesh.has_custom_normals, sharp_edges, sharp_faces)
+        if self.domain == FACE:
+            self.flat = np.ones(triangle_count, dtype=bool)
+        elif self.domain == POINT and sharp_faces is not None:
+            self.flat = sharp_faces[self.face_of_triangle]
+        else:
+            self.flat = np.zeros(triangle_count, dtype=bool)
+        # A quad's split, and an n-gon's triangulation, depend on the vertex positions.
+        per_face = np.bincount(self.face_of_triangle, minlength=counts[2])
+        self.has_ngons = bool((per_face > 2).any())
+        quad_faces = np.flatnonzero(per_face == 2)
+        starts = np.empty(counts[2], dtype=np.int32)
+        mesh.polygons.foreach_get("loop_start", starts)
+        self.quads = corner_vertices[starts[quad_faces][:, None] + np.arange(4)]
+        self.flipped = quads_flipped(positions, self.quads)
+        self.positions = positions
+        self.last_mesh = None  # (positions, Mesh) last read
+
+    def still_valid(self, positions) -> bool:
+        """Blender would triangulate the mesh at ``positions`` the same way."""
+        if np.array_equal(positions, self.positions):
+            return True
+        if self.has_ngons:
+            return False
+        return np.array_equal(quads_flipped(positions, self.quads), self.flipped)
+
+
+class TopologyCache:
+    """Mesh topology kept from one evaluated frame to the next.
+
+    Reading triangle corners from Blender is the slowest part of reading a mesh. A
+    mesh whose element counts, corner vertices, triangle-to-face map and sharp flags
+    are those of last time has the same triangles, unless a quad's split or an n-gon's
+    triangulation moved with its vertices, which is checked; so a deforming mesh only
+    has its positions (and normals) read each frame. Anything else is read afresh.
     """
 
     def __init__(self):
         self._entries: dict = {}
         self._used: dict = {}
 
-    def lookup(self, key, positions, corner_vertices, face_of_triangle, shading_key):
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        if not (entry["shading"] == shading_key
-                and np.array_equal(entry["positions"], positions)
-                and np.array_equal(entry["corner_vertices"], corner_vertices)
-                and np.array_equal(entry["face_of_triangle"], face_of_triangle)):
-            return None
-        self._used[key] = entry
-        return entry["mesh"]
-
-    def store(self, key, positions, corner_vertices, face_of_triangle, shading_key, mesh):
-        self._used[key] = {
-            "positions": positions, "corner_vertices": corner_vertices,
-            "face_of_triangle": face_of_triangle, "shading": shading_key, "mesh": mesh,
-        }
+    def topology(self, key, mesh, positions) -> _Topology:
+        counts = (len(mesh.vertices), len(mesh.loops), len(mesh.polygons), len(mesh.edges))
+        corner_vertices = _corner_vertices(mesh)
+        sharp_edges = _bool_attribute(mesh, "sharp_edge", counts[3])
+        sharp_faces = _bool_attribute(mesh, "sharp_face", counts[2])
+        shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
+        entry = self._entries.get(key) if key is not None else None
+        if entry is None or entry.counts != counts or entry.shading_key != shading_key \
+                or not np.array_equal(entry.corner_vertices, corner_vertices) \
+                or not np.array_equal(entry.face_of_triangle, _face_of_triangle(mesh)) \
+                or not entry.still_valid(positions):
+            entry = _Topology(mesh, counts, corner_vertices, shading_key, sharp_edges, sharp_faces, positions)
+        if key is not None:
+            self._entries[key] = self._used[key] = entry
+        return entry
 
     def finish_render(self):
         """Keep only what the render used, so the cache never outgrows one scene."""
@@ -131,27 +206,15 @@ def _mesh_arrays(mesh, positions_only: bool = False, cache_key=None) -> Mesh:
     positions = _positions(mesh)
     if positions_only:
         return Mesh(positions)
-    loop_triangles = mesh.loop_triangles
-    triangle_count = len(loop_triangles)
-    corner_vertices = _corner_vertices(mesh)
-    face_of_triangle = np.empty(triangle_count, dtype=np.int32)
-    mesh.loop_triangle_polygons.foreach_get("value", face_of_triangle)
-    sharp_edges = _bool_attribute(mesh, "sharp_edge", len(mesh.edges))
-    sharp_faces = _bool_attribute(mesh, "sharp_face", len(mesh.polygons))
-    shading_key = (mesh.has_custom_normals, _packed(sharp_edges), _packed(sharp_faces))
-    if mesh.has_custom_normals:
-        cache_key = None  # custom normals can change while positions stay the same
+    topology = topology_cache.topology(cache_key, mesh, positions)
+    # Same vertices, same topology and sharp flags: the same normals (custom normals can
+    # be edited alone, so they are always read).
+    last = topology.last_mesh
+    if last is not None and not mesh.has_custom_normals and np.array_equal(last[0], positions):
+        return last[1]
+    result = Mesh(positions, topology.triangles, _shading_normals(mesh, topology), topology.flat)
     if cache_key is not None:
-        found = topology_cache.lookup(cache_key, positions, corner_vertices, face_of_triangle, shading_key)
-        if found is not None:
-            return found
-    corners = np.empty(triangle_count * 3, dtype=np.int32)
-    loop_triangles.foreach_get("loops", corners)
-    triangles = corner_vertices[corners]
-    normals = _shading_normals(mesh, corners, triangles, face_of_triangle, sharp_edges, sharp_faces)
-    result = Mesh(positions, triangles, normals)
-    if cache_key is not None:
-        topology_cache.store(cache_key, positions, corner_vertices, face_of_triangle, shading_key, result)
+        topology.last_mesh = (positions, result)
     return result
 
 
@@ -159,27 +222,18 @@ def _packed(values) -> bytes:
     return b"" if values is None else np.packbits(values).tobytes()
 
 
-def _shading_normals(mesh, corners: np.ndarray, triangles: np.ndarray, face_of_triangle: np.ndarray,
-                     sharp_edges, sharp_faces) -> np.ndarray:
-    """Per-corner shading normals exactly as Cycles shades the mesh.
-
-    Custom normals or sharp edges need Blender's corner normals. Otherwise Cycles
-    shades smooth triangles with vertex normals (to which flat faces contribute as
-    well) and flat triangles with their face normal, and so do we.
-    """
-    if mesh.has_custom_normals or (sharp_edges is not None and sharp_edges.any()):
+def _shading_normals(mesh, topology: _Topology) -> np.ndarray:
+    """Per-corner shading normals (T, 3, 3) of the smooth triangles, exactly as Cycles
+    shades them (flat ones get their geometric normal later, see ``Mesh.flat``)."""
+    if topology.domain == CORNER:
         normals = np.empty(len(mesh.loops) * 3, dtype=np.float32)
         mesh.corner_normals.foreach_get("vector", normals)
-        return normals.reshape(-1, 3)[corners].reshape(-1, 3, 3)
-    vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-    mesh.vertex_normals.foreach_get("vector", vertex_normals)
-    shading = vertex_normals.reshape(-1, 3)[triangles.reshape(-1, 3)]
-    if sharp_faces is not None and sharp_faces.any():
-        face_normals = np.empty(len(mesh.polygons) * 3, dtype=np.float32)
-        mesh.polygon_normals.foreach_get("vector", face_normals)
-        flat = sharp_faces[face_of_triangle]
-        shading[flat] = face_normals.reshape(-1, 3)[face_of_triangle[flat]][:, None, :]
-    return shading
+        return normals.reshape(-1, 3)[topology.corners].reshape(-1, 3, 3)
+    if topology.domain == POINT:
+        vertex_normals = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertex_normals.foreach_get("vector", vertex_normals)
+        return vertex_normals.reshape(-1, 3)[topology.triangles]
+    return np.zeros((topology.triangles.shape[0], 3, 3), dtype=np.float32)
 
 
 def _instance_key(instance):
@@ -199,6 +253,8 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
     instances: list[Instance] = []
     warnings: list[str] = []
     meshes: dict[tuple, Mesh | None] = {}  # evaluated data read once, however many instances use it
+    users: dict[int, int] = {}  # placements of each evaluated geometry, as Cycles counts them
+    data_of: list[int] = []
     skipped_invalid: list[str] = []
     for instance in depsgraph.object_instances:
         obj = instance.object
@@ -206,6 +262,8 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
             continue
         if not instance.show_self:
             continue
+        data = obj.data.as_pointer() if obj.type == "MESH" else obj.as_pointer()
+        users[data] = users.get(data, 0) + 1
         if not getattr(obj, "visible_camera", True):
             continue
         matrix = np.array(instance.matrix_world, dtype=np.float64)
@@ -214,10 +272,7 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
             continue
         key = _instance_key(instance)
         positions_only = key in positions_only_for
-        if obj.type == "MESH":
-            cache_key = (obj.data.as_pointer(), positions_only)
-        else:
-            cache_key = (obj.as_pointer(), positions_only)
+        cache_key = (data, positions_only)
         if cache_key not in meshes:
             mesh = _read_mesh(obj, positions_only)
             if mesh is not None and not np.all(np.isfinite(mesh.positions)):
@@ -228,6 +283,9 @@ def capture_frame(depsgraph, camera_object, width: int, height: int, positions_o
         if mesh is None or mesh.vertex_count == 0 or (not positions_only and mesh.triangle_count == 0):
             continue
         instances.append(Instance(key=key, mesh=mesh, matrix=matrix, name=obj.name))
+        data_of.append(data)
+    for instance, data in zip(instances, data_of):
+        instance.shared_mesh = users[data] > 1
     if skipped_invalid:
         names = ", ".join(sorted(set(skipped_invalid))[:5])
         warnings.append(f"Skipped objects with invalid transforms or vertices (NaN or infinity): {names}")
@@ -249,30 +307,125 @@ def _read_mesh(obj, positions_only: bool) -> Mesh | None:
         obj.to_mesh_clear()
 
 
+def _same_geometry(a: FrameGeometry, b: FrameGeometry) -> bool:
+    """Both captures hold the same camera and the same placed vertices, exactly."""
+    if not (np.array_equal(a.camera.view, b.camera.view) and np.array_equal(a.camera.projection, b.camera.projection)
+            and (a.camera.width, a.camera.height) == (b.camera.width, b.camera.height)
+            and len(a.instances) == len(b.instances)):
+        return False
+    return all(x.key == y.key and np.array_equal(x.matrix, y.matrix)
+               and np.array_equal(x.mesh.positions, y.mesh.positions)
+               for x, y in zip(a.instances, b.instances))
+
+
+class MotionCache:
+    """The frames the last render evaluated, reused by the next frame of an animation.
+
+    Rendering frame t needs the scene at t-1, t and t+1; the render of t-1 has already
+    evaluated t-1 and t. They are reused when the render is the next frame of the same
+    render job (cleared when a job starts), nothing was edited since (any depsgraph
+    update clears it), the scene, view layer, camera and size are the same, and the
+    freshly captured frame t is exactly what the last render captured as its t+1 (same
+    camera, same objects, same placements, same vertices). Otherwise every frame is
+    evaluated, as without the cache.
+    """
+
+    def __init__(self):
+        self.generation = 0  # bumped by every edit and every new render job
+        self._stored = None
+        self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
+
+    def invalidate(self, *_args) -> None:
+        self.generation += 1
+        self._stored = None
+
+    def store(self, context, generation, frame, current, following) -> None:
+        self._stored = (context, generation, frame, current, following) if following is not None else None
+
+    def previous_for(self, context, frame, current: FrameGeometry) -> FrameGeometry | None:
+        """Last render's frame t as this one's t-1, if everything above holds."""
+        stored = self._stored
+        if stored is None:
+            return None
+        stored_context, generation, stored_frame, stored_current, stored_following = stored
+        if stored_context != context or generation != self.generation or stored_frame != frame - 1:
+            return None
+        if not _same_geometry(stored_following, current):
+            return None
+        self.reused += 1
+        return stored_current
+
+
+motion_cache = MotionCache()
+
+
 def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
     """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
 
-    Always returns to the current frame, even when capturing fails.
+    The previous frame comes from :data:`motion_cache` where it can. Always returns to
+    the current frame, even when capturing fails.
     """
     scene = depsgraph.scene
     frame, subframe = scene.frame_current, scene.frame_subframe
+    generation = motion_cache.generation
+    context = (scene.name, depsgraph.view_layer.name, camera_object.name, width, height, subframe)
     warnings: list[str] = []
     current, found = capture_frame(depsgraph, camera_object, width, height)
     warnings += found
     known = frozenset(instance.key for instance in current.instances)
-    previous = following = None
+    previous = motion_cache.previous_for(context, frame, current)
+    following = None
+    moved = False
     try:
-        engine.frame_set(frame - 1, subframe)
-        try:
-            previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
-        except CaptureError as error:
-            warnings.append(f"No motion from the previous frame: {error}")
+        if previous is None:
+            moved = True
+            engine.frame_set(frame - 1, subframe)
+            try:
+                previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
+            except CaptureError as error:
+                warnings.append(f"No motion from the previous frame: {error}")
+        moved = True
         engine.frame_set(frame + 1, subframe)
         try:
             following, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
     finally:
-        engine.frame_set(frame, subframe)
+        if moved:
+            engine.frame_set(frame, subframe)
         topology_cache.finish_render()
+    motion_cache.store(context, generation, frame, current, following)
     return current, previous, following, warnings
+
+
+def register():
+    import bpy
+
+    bpy.app.handlers.persistent(_invalidate_motion)  # a file load must not drop it
+    for handlers in _invalidating_handlers(bpy):
+        if _invalidate_motion not in handlers:
+            handlers.append(_invalidate_motion)
+
+
+def unregister():
+    import bpy
+
+    for handlers in _invalidating_handlers(bpy):
+        if _invalidate_motion in handlers:
+            handlers.remove(_invalidate_motion)
+    motion_cache.invalidate()
+
+
+def _invalidating_handlers(bpy):
+    """Edits, file loads, and the end of a render job (which frees the kept frames)."""
+    handlers = bpy.app.handlers
+    return (handlers.depsgraph_update_post, handlers.load_post, handlers.render_complete, handlers.render_cancel)
+
+
+def new_job() -> None:
+    """A render job starts: frames of earlier jobs are not reused."""
+    motion_cache.invalidate()
+
+
+def _invalidate_motion(*_args) -> None:
+    motion_cache.invalidate()

@@ -60,27 +60,31 @@ class PromptKey:
     negative_prompt: str = ""
 
 
-def prompt_mix(keys, frame: int, easing: float = 1.0) -> list[tuple[str, str, float]]:
-    """The prompts frame ``frame`` blends, with weights summing to 1.
-
-    Before the first key and after the last one a single prompt holds; between two keys the
-    weight travels from one to the other, evenly (``easing`` 0) or slow in and out
-    (``easing`` 1, smoothstep), or in between."""
-    keys = sorted(keys, key=lambda key: key.frame)
-    if not keys:
+def travel(frames, frame: int, easing: float = 1.0) -> list[tuple[int, float]]:
+    """How frame ``frame`` blends keys at ``frames`` (sorted): [(index, weight)], weights summing
+    to 1. Before the first key and after the last one a single key holds; between two keys the
+    weight travels from one to the other, evenly (``easing`` 0) or slow in and out (``easing``
+    1, smoothstep), or in between. Prompts and image prompts travel alike."""
+    if not frames:
         return []
-    if frame <= keys[0].frame:
-        return [(keys[0].prompt, keys[0].negative_prompt, 1.0)]
-    if frame >= keys[-1].frame:
-        return [(keys[-1].prompt, keys[-1].negative_prompt, 1.0)]
-    index = bisect.bisect_right([key.frame for key in keys], frame)
-    before, after = keys[index - 1], keys[index]
-    linear = (frame - before.frame) / (after.frame - before.frame)
+    if frame <= frames[0]:
+        return [(0, 1.0)]
+    if frame >= frames[-1]:
+        return [(len(frames) - 1, 1.0)]
+    index = bisect.bisect_right(frames, frame)
+    linear = (frame - frames[index - 1]) / (frames[index] - frames[index - 1])
     smooth = linear * linear * (3 - 2 * linear)
     weight = (1 - easing) * linear + easing * smooth
     if weight <= 0:
-        return [(before.prompt, before.negative_prompt, 1.0)]
-    return [(before.prompt, before.negative_prompt, 1.0 - weight), (after.prompt, after.negative_prompt, weight)]
+        return [(index - 1, 1.0)]
+    return [(index - 1, 1.0 - weight), (index, weight)]
+
+
+def prompt_mix(keys, frame: int, easing: float = 1.0) -> list[tuple[str, str, float]]:
+    """The prompts frame ``frame`` blends, with weights summing to 1 (see ``travel``)."""
+    keys = sorted(keys, key=lambda key: key.frame)
+    return [(keys[index].prompt, keys[index].negative_prompt, weight)
+            for index, weight in travel([key.frame for key in keys], frame, easing)]
 
 
 def loop_blend(frame: int, shot: Shot, loop_frames: int) -> float:

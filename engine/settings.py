@@ -4,10 +4,13 @@ Everything a frame needs is read from here at render time, so keyframes and
 drivers on any numeric setting (seed, steps, guidance, unit weights...) schedule
 it over an animation.
 """
+import math
+
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
+from ..bridge import families, schema
 from . import diffusion_job
 
 MODES = [
@@ -22,36 +25,24 @@ GUIDE_PREVIEWS = [
     ("OCCLUSION", "Occlusion", "White where the surface was not visible in the previous frame"),
 ]
 
+# F-curves hold float32 values and Blender rounds them to an int property by adding 0.5: only
+# seeds below 2^23 survive being keyed exactly (measured on 4.2 and 5.0: a keyed 8388609 comes
+# back as 8388610, 1817957071 as 1817957120: other pictures). Seeds Silk picks (the dice, the
+# variant picker) stay below it.
+SEED_LIMIT = 2 ** 23
+
 DEPTH_NORMALIZATIONS = [
     ("SHOT", "Shot", "From the depths the shot's first frame shows (1st to 99th percentile)"),
     ("CLIP", "Camera Clip", "From the camera's clip start and end"),
 ]
 
-SCHEDULERS = [
-    ("euler", "Euler", "Euler, deterministic"),
-    ("euler_a", "Euler a", "Euler ancestral: adds fresh noise each step"),
-    ("dpmpp_2m", "DPM++ 2M", "DPM-Solver++ 2M: good pictures in 20-30 steps"),
-    ("dpmpp_2m_karras", "DPM++ 2M Karras", "DPM-Solver++ 2M with Karras sigmas"),
-    ("ddim", "DDIM", "DDIM, deterministic"),
-    ("unipc", "UniPC", "UniPC: good pictures in few steps"),
-    ("lcm", "LCM", "For LCM models and LoRAs (4-8 steps, guidance 1-2)"),
-]
+# Menus from the registries (bridge/families.py, bridge/schema.py): one definition each.
+SCHEDULERS = [(sampler.id, sampler.label, sampler.description) for sampler in families.SAMPLERS]
 
-FAMILIES = [
-    ("AUTO", "Automatic", "SDXL when the model's name says XL, else SD 1.5"),
-    ("SD15", "SD 1.5", "Stable Diffusion 1.x and its fine-tunes"),
-    ("SDXL", "SDXL", "Stable Diffusion XL and its fine-tunes"),
-]
+FAMILIES = [("AUTO", "Automatic", "What the model says it is (its model_index.json or its checkpoint's keys)")] + [
+    (family.id.upper(), family.label, f"{family.label} and its fine-tunes") for family in families.FAMILIES.values()]
 
-UNIT_KINDS = [
-    ("DEPTH", "Depth", "The scene's exact depth (inverse, near white)"),
-    ("NORMAL", "Normal", "The scene's exact camera-space normals (BAE)"),
-    ("CANNY", "Canny", "Canny edges of a guide or an image (no annotator weights needed)"),
-    ("LINEART", "Line Art", "Line art of a guide or an image (annotator weights needed)"),
-    ("SOFTEDGE", "Soft Edge", "HED soft edges of a guide or an image (annotator weights needed)"),
-    ("OPENPOSE", "OpenPose", "Human poses found in an image (annotator weights needed)"),
-    ("IMAGE", "Image", "An image used as it is (give the ControlNet that reads it)"),
-]
+UNIT_KINDS = [(kind.id, kind.label, kind.description) for kind in families.UNIT_KINDS]
 
 UNIT_SOURCES = [
     ("DEPTH", "Depth Guide", "Run the annotator on the depth guide"),
@@ -69,7 +60,7 @@ class SilkControlUnit(bpy.types.PropertyGroup):
     controlnet: StringProperty(
         name="ControlNet", description="A hub repo id or a local folder (empty: the default for this type and the "
                                        "model's family)")
-    weight: FloatProperty(name="Weight", default=1.0, min=0.0, max=5.0, soft_max=2.0,
+    weight: FloatProperty(name="Weight", default=schema.ControlUnit.weight, min=0.0, max=5.0, soft_max=2.0,
                           description="How strongly this unit steers the picture")
     start: FloatProperty(name="Start", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
                          description="Fraction of the denoising steps after which this unit starts steering")
@@ -90,6 +81,9 @@ NOISE_MODES = [
     ("FIXED", "Fixed", "The same noise for every frame of a shot (the seed)"),
     ("WARPED", "Warped", "The noise travels with the scene's motion; fresh where surfaces appear"),
     ("RANDOM", "Random", "New noise every frame (seed + frame): for comparison, it flickers"),
+    ("DRIFT", "Drift", "Each frame's noise is the previous frame's turned by the Drift angle toward fresh noise: "
+                       "0 = fixed, 90 degrees = random; smooth change for independent frames"),
+    ("LOOP", "Loop", "The noise walks a closed circle over the shot: the last frame flows into the first"),
 ]
 
 
@@ -97,6 +91,13 @@ class SilkPromptKey(bpy.types.PropertyGroup):
     frame: IntProperty(name="Frame", default=1, description="From this frame on, this prompt is reached")
     prompt: StringProperty(name="Prompt")
     negative_prompt: StringProperty(name="Negative Prompt")
+
+
+class SilkImagePromptKey(bpy.types.PropertyGroup):
+    frame: IntProperty(name="Frame", default=1, description="From this frame on, this image prompt is reached")
+    image: PointerProperty(name="Image", type=bpy.types.Image, description="The reference picture (IP-Adapter)")
+    weight: FloatProperty(name="Weight", default=1.0, min=0.0, max=4.0, soft_max=2.0,
+                          description="How strongly this picture steers, relative to the IP-Adapter scale")
 
 
 class SilkSceneSettings(bpy.types.PropertyGroup):
@@ -118,7 +119,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     # -- model --------------------------------------------------------------
     model: StringProperty(
         name="Model", default=diffusion_job.DEFAULT_MODEL,
-        description="'mini' (Silk's small offline model), 'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
+        description="'mini' (Silk's own small model, once trained: tools/mini), 'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
                     ".safetensors/.ckpt checkpoint file")
     model_family: EnumProperty(name="Family", items=FAMILIES, default="AUTO",
                                description="Which ControlNets fit the model")
@@ -131,10 +132,10 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
 
     # -- sampling -----------------------------------------------------------
     seed: IntProperty(name="Seed", default=42, min=0, description="The noise the picture grows from")
-    steps: IntProperty(name="Steps", default=20, min=1, max=150, description="Denoising steps")
-    guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0, max=30.0,
+    steps: IntProperty(name="Steps", default=schema.default("steps"), min=1, max=150, description="Denoising steps")
+    guidance_scale: FloatProperty(name="Guidance", default=schema.default("guidance"), min=0.0, max=30.0,
                                   description="How strictly to follow the prompt (classifier-free guidance)")
-    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default="dpmpp_2m_karras")
+    scheduler: EnumProperty(name="Sampler", items=SCHEDULERS, default=schema.default("scheduler"))
 
     # -- animation ----------------------------------------------------------
     use_feedback: BoolProperty(
@@ -142,14 +143,22 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         description="Start each frame from the previous painted frame, warped by the scene's exact motion "
                     "(off: every frame is painted on its own)")
     strength: FloatProperty(
-        name="Strength", default=0.55, min=0.05, max=1.0, subtype="FACTOR",
+        name="Strength", default=schema.default("strength"), min=0.05, max=1.0, subtype="FACTOR",
         description="How much of each frame is re-painted where the previous frame saw the surface "
                     "(1 = paint anew; pixels the previous frame did not see are always painted anew)")
     fusion: FloatProperty(
         name="Fusion", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="At every denoising step, pull pixels seen in the previous frame toward its warped "
                     "picture by this much (0 = off)")
+    fusion_end: FloatProperty(
+        name="Fusion End", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Fraction of the denoising steps after which fusion stops, so the last steps refine the "
+                    "frame freely instead of pulling it toward the resampled previous frame")
     noise_mode: EnumProperty(name="Noise", items=NOISE_MODES, default="FIXED")
+    use_noise_pass: BoolProperty(
+        name="Noise Pass", default=False,
+        description="Write the latent noise each frame starts from as a 4-channel render pass 'Noise' (each "
+                    "latent pixel over its 8x8 block); Guides mode computes it exactly as painting would")
     color_coherence: FloatProperty(
         name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
@@ -168,6 +177,30 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     prompt_easing: FloatProperty(
         name="Prompt Easing", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
         description="How prompts travel between keys: 0 = evenly, 1 = slow in and out (smoothstep)")
+    # -- latent walks and image prompts (docs/animation.md) ------------------------------
+    noise_drift: FloatProperty(
+        name="Drift", default=math.radians(10.0), min=0.0, max=math.pi / 2, subtype="ANGLE",
+        description="Drift noise: how far each frame's noise turns toward fresh noise (0 = fixed, 90 degrees = "
+                    "random); keyframe it to speed up or slow down the walk")
+    loop_turns: IntProperty(name="Loop Turns", default=1, min=1, max=16,
+                            description="Loop noise: how many times the noise circles over the shot")
+    image_prompt_keys: CollectionProperty(type=SilkImagePromptKey)
+    active_image_prompt_key: IntProperty(name="Active Image Prompt Key", default=0, min=0)
+    ip_adapter: StringProperty(
+        name="IP-Adapter",
+        description="The IP-Adapter for image prompts: a hub repo id, a folder or a .safetensors/.bin file (its "
+                    "image encoder beside it in image_encoder/); empty: the default for the model's family")
+    ip_adapter_image_encoder: StringProperty(
+        name="Image Encoder", description="The CLIP image encoder folder or hub repo id, when it is not in the "
+                                          "IP-Adapter's image_encoder/ folder")
+    ip_adapter_scale: FloatProperty(
+        name="Image Prompt Scale", default=0.6, min=0.0, max=2.0, soft_max=1.0,
+        description="How strongly the image prompts steer the picture (keyframable)")
+    variant_count: IntProperty(name="Variants", default=6, min=2, max=16,
+                               description="How many seeds Paint Variants paints side by side")
+    variant_key_seed: BoolProperty(
+        name="Key at Shot Start", default=True,
+        description="Choosing a variant keys its seed at the shot's first frame, so the shot animates from it")
 
     # -- worker -------------------------------------------------------------
     attention_slicing: BoolProperty(name="Attention Slicing", default=False,
@@ -183,7 +216,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
                                 description="How many F12 results the Image Editor keeps to step back through")
 
 
-CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkSceneSettings)
+CLASSES = (SilkControlUnit, SilkLora, SilkPromptKey, SilkImagePromptKey, SilkSceneSettings)
 
 
 def ensure_default_units(scene) -> None:
@@ -191,7 +224,7 @@ def ensure_default_units(scene) -> None:
     settings = scene.silk
     if settings.units_initialized or len(settings.units):
         return
-    for kind in diffusion_job.DEFAULT_UNIT_KINDS:
+    for kind in families.DEFAULT_UNIT_KINDS:
         unit = settings.units.add()
         unit.kind = kind
         unit.source = kind

@@ -20,7 +20,8 @@ job_lock = threading.Lock()
 cancel_requested = threading.Event()
 _client: WorkerClient | None = None
 _client_key = None
-# What the worker last said it runs, for the status line: {"device", "source"}.
+# What the worker last said it runs: {"device", "source", "family"} (the status line; the family it
+# detected steers the ControlNet defaults of a hub model, see diffusion_job.model_family).
 loaded: dict = {}
 _starting = False
 _start_error: str | None = None
@@ -31,9 +32,12 @@ def worker_config() -> WorkerConfig:
     prefs = preferences.preferences()
     env = {}
     model_folder = getattr(prefs, "model_folder", "") if prefs else ""
-    if model_folder:
+    if model_folder and not os.environ.get("SILK_MODEL_CACHE"):  # a farm node's environment wins (shared storage)
         folder = bpy.path.abspath(model_folder)
         env.update(SILK_MODEL_CACHE=folder, HF_HUB_CACHE=os.path.join(folder, "hub"))
+    _kind, gpu = environment_device()
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     remote = (getattr(prefs, "remote_address", "") or "").strip() if prefs else ""
     if remote:
         host, _, port = remote.rpartition(":")
@@ -65,15 +69,33 @@ def client() -> WorkerClient:
     return _client
 
 
+DEVICE_VAR = "SILK_WORKER_DEVICE"  # a farm node's GPU for the worker: auto, cpu, mps, cuda or cuda:<index>
+
+
+def environment_device() -> tuple[str | None, str | None]:
+    """(device kind, CUDA index) from SILK_WORKER_DEVICE; (None, None) when unset. ``cuda:1`` runs
+    the worker with CUDA_VISIBLE_DEVICES=1, so it sees that GPU alone."""
+    value = os.environ.get(DEVICE_VAR, "").strip().lower()
+    if not value:
+        return None, None
+    kind, _, index = value.partition(":")
+    if kind not in ("auto", "cpu", "mps", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise WorkerUnavailable(f"{DEVICE_VAR}={value!r} is not auto, cpu, mps, cuda or cuda:<index>")
+    return kind, index or None
+
+
 def device_setting() -> tuple[str, str]:
     prefs = preferences.preferences()
-    if prefs is None:
-        return "auto", "auto"
-    return prefs.device.lower(), prefs.precision.lower()
+    device, precision = (prefs.device.lower(), prefs.precision.lower()) if prefs else ("auto", "auto")
+    try:
+        device = environment_device()[0] or device
+    except WorkerUnavailable:
+        pass  # reported when the worker is configured (worker_config)
+    return device, precision
 
 
 def note_loaded(info: dict) -> None:
-    loaded.update({key: info[key] for key in ("device", "source") if info.get(key)})
+    loaded.update({key: info[key] for key in ("device", "source", "family") if info.get(key)})
 
 
 def status() -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Silk's operators."""
-from . import render, units, worker
+from . import animation, farm, render, units, variants, worker
 
-MODULES = (worker, render, units)
+MODULES = (worker, render, units, animation, farm, variants)
 
 
 def register():

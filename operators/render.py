@@ -13,6 +13,7 @@ from ..bridge.client import JobCancelled, WorkerError
 from ..engine import conditioning, diffusion_job, job_settings, result_history, worker_link
 from ..engine.guides import compute_guides
 from ..engine.scene_capture import CaptureError, capture_frame, render_size
+from ..engine.settings import SEED_LIMIT
 
 PREVIEW_TIMEOUT = 1800.0  # seconds a preview may take, model loading included
 
@@ -33,11 +34,11 @@ def _watch_worker_state():
 class SILK_OT_randomize_seed(bpy.types.Operator):
     bl_idname = "silk.randomize_seed"
     bl_label = "Random Seed"
-    bl_description = "Pick a new random seed"
+    bl_description = "Pick a new random seed (one a keyframe holds exactly)"
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        context.scene.silk.seed = random.randrange(0, 2 ** 31 - 1)
+        context.scene.silk.seed = random.randrange(0, SEED_LIMIT)
         return {"FINISHED"}
 
 
@@ -85,9 +86,10 @@ class SILK_OT_cancel(bpy.types.Operator):
 class PreviewJob:
     """One preview painted on a thread; the operator polls it from the main thread."""
 
-    def __init__(self, worker, job, units, width, height):
+    def __init__(self, worker, job, request, warnings=()):
         self.worker = worker  # made on the main thread: the thread must not read bpy.context
-        self.job, self.units, self.width, self.height = job, units, width, height
+        self.job, self.request, self.warnings = job, request, list(warnings)
+        self.width, self.height = request.width, request.height
         self.step = 0
         self.steps = job.steps
         self.preview = None
@@ -109,14 +111,11 @@ class PreviewJob:
                 worker_link.cancel_requested.clear()
                 worker = self.worker
                 worker.ensure_started()
-                model = diffusion_job.model_request(self.job)
-                worker_link.note_loaded(worker.load_model(model, should_cancel=worker_link.cancel_requested.is_set))
-                self.picture, _ = worker.generate(
-                    model, self.job.prompt, self.units, self.width, self.height,
-                    negative_prompt=self.job.negative_prompt, seed=self.job.seed, steps=self.job.steps,
-                    guidance=self.job.guidance, scheduler=self.job.scheduler, preview=True,
-                    timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
-                    should_cancel=worker_link.cancel_requested.is_set)
+                worker_link.note_loaded(diffusion_job.load_model(worker, self.job,
+                                                                 should_cancel=worker_link.cancel_requested.is_set))
+                self.request.model = diffusion_job.model_request(self.job)  # the family the worker found
+                self.picture, _ = worker.generate(self.request, timeout=PREVIEW_TIMEOUT, on_progress=self._on_progress,
+                                                  should_cancel=worker_link.cancel_requested.is_set)
             finally:
                 worker_link.job_lock.release()
         except JobCancelled:
@@ -150,14 +149,78 @@ def show_picture(image, picture: np.ndarray) -> None:
     image.update()
 
 
-class SILK_OT_render_preview(bpy.types.Operator):
+class WorkerJobOperator:
+    """An operator that paints on a thread without blocking Blender, as F12 does: progress in
+    the status bar, Esc stops within a step; from scripts and in background mode it waits
+    (with a deadline). Subclasses make the job (``_prepare``: an object with ``start()`` and a
+    ``done`` event), show it while it runs and when it ends."""
+
+    _timer = None
+    _job = None
+
+    def _prepare(self, context):
+        raise NotImplementedError
+
+    def _started(self, context, job) -> None:
+        """Show the job's image once it has started (the modal path)."""
+
+    def _progress(self, context, job) -> str:
+        """Update what the user sees while the job runs; return the status bar's text."""
+        raise NotImplementedError
+
+    def _finish(self, context, job):
+        raise NotImplementedError
+
+    def _wait_seconds(self, job) -> float:
+        return PREVIEW_TIMEOUT + 60
+
+    def _start(self, context):
+        try:
+            return self._prepare(context).start()
+        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
+            self.report({"ERROR"}, f"Silk: {error}")
+            return None
+
+    def invoke(self, context, event):
+        self._job = self._start(context)
+        if self._job is None:
+            return {"CANCELLED"}
+        self._started(context, self._job)
+        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        redraw_silk_panels()
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        """Scripts and background mode: paint, wait (with a deadline), then show."""
+        job = self._start(context)
+        if job is None:
+            return {"CANCELLED"}
+        if not job.done.wait(self._wait_seconds(job)):
+            worker_link.cancel_requested.set()
+            self.report({"ERROR"}, f"Silk: {self.bl_label} did not finish in time")
+            return {"CANCELLED"}
+        return self._finish(context, job)
+
+    def modal(self, context, event):
+        job = self._job
+        if event.type == "ESC":
+            worker_link.cancel_requested.set()
+        if event.type != "TIMER":
+            return {"PASS_THROUGH"}
+        context.workspace.status_text_set(self._progress(context, job))
+        if not job.done.is_set():
+            return {"RUNNING_MODAL"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.workspace.status_text_set(None)
+        return self._finish(context, job)
+
+
+class SILK_OT_render_preview(WorkerJobOperator, bpy.types.Operator):
     bl_idname = "silk.render_preview"
     bl_label = "Render Preview"
     bl_description = ("Paint the current frame at reduced size and steps into the Image Editor, without "
                       "blocking Blender (Esc stops it)")
-
-    _timer = None
-    _job: PreviewJob | None = None
 
     def _prepare(self, context):
         scene = context.scene
@@ -178,51 +241,19 @@ class SILK_OT_render_preview(bpy.types.Operator):
         else:  # a preview sees one frame: its own depths stand in for the shot's first frame
             depth_range = conditioning.depth_range_of_frame(guides.depth, guides.coverage, camera.clip_start,
                                                             camera.clip_end)
-        units = diffusion_job.control_units(job, guides, depth_range)
-        diffusion_job.model_request(job)  # settings errors now, in the operator's report
-        return PreviewJob(worker_link.client(), job, units, width, height)
+        # The same request F12 sends for this frame (prompt_mix between prompt keys included); settings
+        # errors come now, in the operator's report.
+        request = diffusion_job.generate_request(job, guides, depth_range)
+        return PreviewJob(worker_link.client(), job, request, diffusion_job.usable_units(job)[1])
 
-    def invoke(self, context, event):
-        try:
-            self._job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        self._image = preview_image(context.scene, self._job.width, self._job.height)
-        self._scene_name = context.scene.name
+    def _started(self, context, job) -> None:
+        self._image = preview_image(context.scene, job.width, job.height)
         result_history.show(self._image)
-        self._timer = context.window_manager.event_timer_add(0.2, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        redraw_silk_panels()
-        return {"RUNNING_MODAL"}
 
-    def execute(self, context):
-        """Scripts and background mode: paint, wait (with a deadline), then show."""
-        try:
-            job = self._prepare(context).start()
-        except (CaptureError, diffusion_job.JobSettingsError, WorkerError) as error:
-            self.report({"ERROR"}, f"Silk: {error}")
-            return {"CANCELLED"}
-        if not job.done.wait(PREVIEW_TIMEOUT + 60):
-            worker_link.cancel_requested.set()
-            self.report({"ERROR"}, "Silk: the preview did not finish in time")
-            return {"CANCELLED"}
-        return self._finish(context, job)
-
-    def modal(self, context, event):
-        job = self._job
-        if event.type == "ESC":
-            worker_link.cancel_requested.set()
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
+    def _progress(self, context, job) -> str:
         if job.preview is not None and not job.done.is_set():
             show_picture(self._image, diffusion_job.upscale_preview(job.preview, job.height, job.width))
-        context.workspace.status_text_set(f"Silk preview: step {job.step}/{job.steps} (Esc to stop)")
-        if not job.done.is_set():
-            return {"RUNNING_MODAL"}
-        context.window_manager.event_timer_remove(self._timer)
-        context.workspace.status_text_set(None)
-        return self._finish(context, job)
+        return f"Silk preview: step {job.step}/{job.steps} (Esc to stop)"
 
     def _finish(self, context, job):
         redraw_silk_panels()
@@ -235,6 +266,8 @@ class SILK_OT_render_preview(bpy.types.Operator):
         image = preview_image(context.scene, job.width, job.height)
         show_picture(image, job.picture)
         result_history.show(image)
+        for warning in job.warnings:
+            self.report({"WARNING"}, f"Silk: {warning}")
         self.report({"INFO"}, f"Silk: preview painted ({job.width}x{job.height}, {job.steps} steps)")
         return {"FINISHED"}
 

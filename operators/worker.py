@@ -42,12 +42,17 @@ class SILK_OT_install_worker_environment(bpy.types.Operator):
         env_dir = preferences.worker_environment_dir()
         plan = install_plan(env_dir, _base_python())
         _installer = Installer(plan, preferences.install_log_path()).start()
+        torch_step = next((step for step in plan if step.label.startswith("Installing torch")), None)
+        if torch_step is not None and "CPU" in torch_step.label and "(" in torch_step.hint:
+            # e.g. a GPU older than any CUDA build, or an Intel Mac: say so before the long install
+            self.report({"WARNING"}, "Silk: " + torch_step.hint.split("(", 1)[1].rstrip(")"))
         if bpy.app.background:  # no UI to poll from: wait, with a deadline
             if not _installer.wait(timeout=4 * 3600):
                 _installer.cancel()
             return self._finish()
         bpy.app.timers.register(_poll_install, first_interval=0.5)
-        self.report({"INFO"}, f"Installing the worker environment; log: {_installer.progress.log_path}")
+        self.report({"INFO"}, f"Installing the worker environment ({torch_step.label if torch_step else 'libraries'}); "
+                              f"log: {_installer.progress.log_path}")
         return {"FINISHED"}
 
     def _finish(self):

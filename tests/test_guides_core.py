@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from silk.engine.guides import BACKGROUND_DEPTH, Camera, compute_guides
+from silk.engine.guides import BACKGROUND_DEPTH, Camera, Instance, Mesh, compute_guides
 from tests.synthetic import camera, frame, placed, quad, translation, uv_sphere
 
 
@@ -180,3 +180,57 @@ def test_camera_rejects_bad_input():
         Camera(view=np.full((4, 4), np.nan), projection=np.eye(4), width=4, height=4, clip_start=0.1, clip_end=10)
     with pytest.raises(ValueError, match="empty"):
         Camera(view=np.eye(4), projection=np.eye(4), width=0, height=4, clip_start=0.1, clip_end=10)
+
+
+def test_each_flat_triangle_of_a_bent_quad_keeps_its_own_normal():
+    cam = camera(width=48, height=48)
+    positions = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0.6], [-1, 1, 0]], dtype=float)
+    triangles = np.array([[0, 1, 2], [0, 2, 3]])
+    # Corner normals say "the quad's normal"; flat shading must ignore them.
+    bent = Mesh(positions, triangles, np.tile([0.0, 0.0, 1.0], (2, 3, 1)), flat=np.array([True, True]))
+    guides = compute_guides(frame(cam, placed("bent", bent, translation(z=-4))))
+    expected = [np.cross(positions[b] - positions[a], positions[c] - positions[a]) for a, b, c in triangles]
+    expected = [n / np.linalg.norm(n) for n in expected]
+    seen = guides.normal[guides.coverage]
+    for normal in expected:
+        assert np.mean(np.abs(seen - normal).max(axis=1) < 1e-6) > 0.3
+
+
+def test_mirrored_flat_triangles_face_the_camera():
+    cam = camera(width=32, height=32)
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flat_quad = quad(4)
+    flat_quad.flat[:] = True
+    guides = compute_guides(frame(cam, placed("m", flat_quad, translation(z=-4) @ mirror)))
+    assert np.allclose(guides.normal[guides.coverage], [0, 0, 1], atol=1e-6)
+
+
+@pytest.mark.parametrize("scale, differs", [((3.0, 1.0, 1.0), True), ((2.0, 2.0, 2.0), False)])
+def test_corner_normals_are_renormalised_in_world_space_unless_the_mesh_is_shared(scale, differs):
+    """Cycles applies a once-placed mesh's transform, renormalising each vertex normal,
+    then interpolates; a shared mesh is interpolated in object space. Non-uniform scale
+    tells the two apart."""
+    cam = camera(width=48, height=48)
+    positions = np.array([[-1.5, -1.5, 0], [1.5, -1.5, 0], [0, 1.5, 0]], dtype=float)
+    tilted = np.array([[0.8, 0.0, 0.6], [0.0, 0.0, 1.0], [-0.6, 0.0, 0.8]])
+    mesh = Mesh(positions, np.array([[0, 1, 2]]), tilted[None])
+    matrix = translation(z=-6) @ np.diag(list(scale) + [1.0])
+    once = compute_guides(frame(cam, Instance("t", mesh, matrix)))
+    shared = compute_guides(frame(cam, Instance("t", mesh, matrix, shared_mesh=True)))
+    covered = once.coverage & shared.coverage
+    assert covered.sum() > 100
+    angle = np.degrees(np.arccos(np.clip(np.sum(once.normal * shared.normal, axis=-1), -1, 1)))[covered]
+    assert (angle.max() > 1.0) == differs
+
+
+def test_closed_form_inverse_matches_numpy_and_refuses_singular_matrices():
+    from silk.engine.guides.camera import inverse4
+
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        m = rng.normal(size=(4, 4))
+        assert np.allclose(inverse4(m), np.linalg.inv(m), rtol=1e-9, atol=1e-9)
+    cam = camera(ortho=True)
+    assert np.allclose(inverse4(cam.view_projection) @ cam.view_projection, np.eye(4), atol=1e-12)
+    with pytest.raises(np.linalg.LinAlgError):
+        inverse4(np.diag([1.0, 1.0, 0.0, 1.0]))

@@ -1,10 +1,22 @@
 """Benchmark: Silk's guides against Cycles' 1-sample Depth/Normal/Vector render.
 
-Builds a scene of more than 200k triangles with moving objects and a moving camera,
-renders it at 512x512 with both engines in the same process, and prints the median
-wall time of several renders (after one warm-up each).
+Two scenes of more than 250k triangles, each rendered at 512x512 as an animation (one
+render job of consecutive frames, as an artist or a farm renders a shot) by both engines
+in the same process:
 
-    .venv/bin/python tools/bench_guides.py [--size 512] [--repeats 5]
+- ``rigid``: four Suzannes (Subdivision level 3 applied, smooth), a UV sphere and a
+  ground plane; every object and the camera move, no mesh deforms.
+- ``deforming``: a ground grid with live Subdivision (level 2) and Wave modifiers, two
+  Suzannes with live Subdivision (level 3), one of them under a Wave before it, and a
+  moving sphere and camera: two meshes change shape every frame.
+
+Each engine renders the shot once to warm up, then both render it ``--rounds`` times in
+turns (so that the load of a shared machine falls on both alike); the time of a frame is
+the time between the starts of consecutive frames (its render and a tiny BMP write), and
+the figure is the median over all shots' frames after their first (the first frame of a
+job has no previous render to reuse, in either engine).
+
+    .venv/bin/python tools/bench_guides.py [--size 512] [--frames 6] [--rounds 2] [--scenes rigid deforming]
 """
 import argparse
 import json
@@ -13,6 +25,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,35 +34,10 @@ import bpy  # noqa: E402
 
 from tools.blender_env import load_silk, use_cycles_reference  # noqa: E402
 
+FIRST_FRAME = 20
 
-def build_scene(size: int, keep_modifiers: bool = False):
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    scene = bpy.context.scene
-    scene.render.resolution_x = scene.render.resolution_y = size
-    scene.render.resolution_percentage = 100
-    scene.frame_start, scene.frame_end = 1, 48
 
-    bpy.ops.mesh.primitive_plane_add(size=40)
-    for index in range(4):
-        bpy.ops.mesh.primitive_monkey_add(location=(index * 2.5 - 3.75, 0, 1))
-        monkey = bpy.context.object
-        modifier = monkey.modifiers.new("Subdivision", "SUBSURF")
-        modifier.levels = modifier.render_levels = 3
-        for poly in monkey.data.polygons:
-            poly.use_smooth = True
-        if not keep_modifiers:
-            bpy.ops.object.modifier_apply(modifier="Subdivision")
-        for frame, z in ((1, 0.0), (48, math.radians(90 * (index + 1)))):
-            monkey.rotation_euler = (0, 0, z)
-            monkey.location.y = 0 if frame == 1 else index - 1.5
-            monkey.keyframe_insert("rotation_euler", frame=frame)
-            monkey.keyframe_insert("location", frame=frame)
-    bpy.ops.mesh.primitive_uv_sphere_add(segments=128, ring_count=64, location=(0, 3, 1.5))
-    sphere = bpy.context.object
-    for frame, x in ((1, -4.0), (48, 4.0)):
-        sphere.location.x = x
-        sphere.keyframe_insert("location", frame=frame)
-
+def _camera(scene):
     camera = bpy.data.objects.new("Camera", bpy.data.cameras.new("Camera"))
     scene.collection.objects.link(camera)
     scene.camera = camera
@@ -58,7 +46,67 @@ def build_scene(size: int, keep_modifiers: bool = False):
         camera.rotation_euler = (math.radians(75), 0, math.radians(x * 3))
         camera.keyframe_insert("location", frame=frame)
         camera.keyframe_insert("rotation_euler", frame=frame)
-    scene.frame_set(24)
+
+
+def _monkey(index, levels, apply):
+    bpy.ops.mesh.primitive_monkey_add(location=(index * 2.5 - 3.75, 0, 1))
+    monkey = bpy.context.object
+    modifier = monkey.modifiers.new("Subdivision", "SUBSURF")
+    modifier.levels = modifier.render_levels = levels
+    for poly in monkey.data.polygons:
+        poly.use_smooth = True
+    if apply:
+        bpy.ops.object.modifier_apply(modifier="Subdivision")
+    for frame, z in ((1, 0.0), (48, math.radians(90 * (index + 1)))):
+        monkey.rotation_euler = (0, 0, z)
+        monkey.location.y = 0 if frame == 1 else index - 1.5
+        monkey.keyframe_insert("rotation_euler", frame=frame)
+        monkey.keyframe_insert("location", frame=frame)
+    return monkey
+
+
+def _sphere():
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=128, ring_count=64, location=(0, 3, 1.5))
+    sphere = bpy.context.object
+    for frame, x in ((1, -4.0), (48, 4.0)):
+        sphere.location.x = x
+        sphere.keyframe_insert("location", frame=frame)
+
+
+def _wave(obj, height, width, speed):
+    wave = obj.modifiers.new("Wave", "WAVE")
+    wave.height, wave.width, wave.speed = height, width, speed
+    return wave
+
+
+def build_scene(size: int, kind: str = "rigid"):
+    """The benchmark scene (``rigid`` or ``deforming``) and its triangle count at the first frame."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    scene.render.resolution_x = scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.frame_start, scene.frame_end = 1, 48
+    if kind == "rigid":
+        bpy.ops.mesh.primitive_plane_add(size=40)
+        for index in range(4):
+            _monkey(index, 3, apply=True)
+    elif kind == "deforming":
+        bpy.ops.mesh.primitive_grid_add(x_subdivisions=64, y_subdivisions=64, size=40)
+        ground = bpy.context.object
+        ground.modifiers.new("Subdivision", "SUBSURF").levels = 2
+        ground.modifiers["Subdivision"].render_levels = 2
+        _wave(ground, 0.5, 3.0, 0.1)
+        for index in (1, 2):
+            monkey = _monkey(index, 3, apply=False)
+            if index == 1:  # deform before subdividing: the whole stack runs every frame
+                wave = _wave(monkey, 0.15, 0.6, 0.05)
+                bpy.context.view_layer.objects.active = monkey
+                bpy.ops.object.modifier_move_to_index(modifier=wave.name, index=0)
+    else:
+        raise ValueError(f"unknown scene {kind!r}")
+    _sphere()
+    _camera(scene)
+    scene.frame_set(FIRST_FRAME)
     depsgraph = bpy.context.evaluated_depsgraph_get()
     triangles = sum(
         len(inst.object.data.loop_triangles)
@@ -67,78 +115,91 @@ def build_scene(size: int, keep_modifiers: bool = False):
     return scene, triangles
 
 
-def time_renders(repeats: int, before_each=None) -> tuple:
-    """The first render (first-use costs: kernels, caches) and ``repeats`` more."""
-    started = time.perf_counter()
-    bpy.ops.render.render()
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(repeats):
-        if before_each is not None:
-            before_each()
-        started = time.perf_counter()
-        bpy.ops.render.render()
-        times.append(time.perf_counter() - started)
-    return first, times
+def time_shot(scene, frames: int) -> list:
+    """Seconds per frame of one animation render of ``frames`` frames (all of them)."""
+    starts = []
+
+    def started(*_args):
+        starts.append(time.perf_counter())
+
+    bpy.app.handlers.render_pre.append(started)
+    try:
+        bpy.ops.render.render(animation=True)
+        starts.append(time.perf_counter())
+    finally:
+        bpy.app.handlers.render_pre.remove(started)
+    return [b - a for a, b in zip(starts, starts[1:])]
+
+
+def _use(scene, engine: str) -> None:
+    if engine == "CYCLES":
+        use_cycles_reference(scene)
+    else:
+        scene.render.engine = "SILK"
+        scene.silk.mode = "GUIDES"
+
+
+def measure(scene, frames: int, rounds: int) -> dict:
+    """Both engines' seconds per frame, rendering the shot in turns (Cycles, Silk, Cycles,
+    ...) so that a change in the machine's load falls on both alike."""
+    scene.frame_start, scene.frame_end = FIRST_FRAME, FIRST_FRAME + frames - 1
+    times = {"CYCLES": [], "SILK": []}
+    for engine in times:  # warm up: kernels, caches, memory
+        _use(scene, engine)
+        time_shot(scene, frames)
+    for _ in range(rounds):
+        for engine, collected in times.items():
+            _use(scene, engine)
+            collected.append(time_shot(scene, frames))
+    result = {}
+    for engine, shots in times.items():
+        later = [t for shot in shots for t in shot[1:]]  # a job's first frame has nothing to reuse
+        result[engine.lower()] = {"first_frames": [round(shot[0], 4) for shot in shots],
+                                  "frames": [[round(t, 4) for t in shot] for shot in shots],
+                                  "median": round(statistics.median(later), 4)}
+    return result
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--keep-modifiers", action="store_true",
-                        help="keep the Subdivision modifiers live, so both engines also pay for evaluating them")
+    parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2, help="shots per engine, in turns, after a warm-up each")
+    parser.add_argument("--scenes", nargs="+", default=["rigid", "deforming"], choices=["rigid", "deforming"])
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
 
     load_silk()
+    from silk.engine import scene_capture
     from silk.engine.guides import kernels
 
-    scene, triangles = build_scene(args.size, args.keep_modifiers)
-
-    use_cycles_reference(scene)
-    cycles_first, cycles = time_renders(args.repeats)
-
-    scene.render.engine = "SILK"
-    scene.silk.mode = "GUIDES"
-    silk_first, silk = time_renders(args.repeats)
-    # The same with the mesh topology cache emptied before each render (as if every
-    # mesh had changed shape since the last render).
-    from silk.engine.scene_capture import topology_cache
-
-    def forget_topology():
-        topology_cache.finish_render()
-        topology_cache.finish_render()
-
-    _, silk_uncached = time_renders(args.repeats, forget_topology)
-
-    cycles_median, silk_median = statistics.median(cycles), statistics.median(silk)
-    result = {
+    results = {
         "blender": bpy.app.version_string,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}",
-        "triangles": triangles,
         "size": args.size,
-        "live_modifiers": args.keep_modifiers,
+        "frames": args.frames,
         "compiled_kernels": kernels.AVAILABLE,
-        "cycles_first_render": round(cycles_first, 4),
-        "silk_first_render": round(silk_first, 4),
-        "cycles_seconds": [round(t, 4) for t in cycles],
-        "silk_seconds": [round(t, 4) for t in silk],
-        "cycles_median": round(cycles_median, 4),
-        "silk_median": round(silk_median, 4),
-        "ratio": round(silk_median / cycles_median, 3),
-        "silk_uncached_seconds": [round(t, 4) for t in silk_uncached],
-        "silk_uncached_median": round(statistics.median(silk_uncached), 4),
-        "uncached_ratio": round(statistics.median(silk_uncached) / cycles_median, 3),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
-    print(json.dumps(result, indent=2))
-    print(f"First render: Silk {silk_first:.3f} s, Cycles {cycles_first:.3f} s")
-    print(f"Silk without the topology cache: {result['silk_uncached_median']:.3f} s ({result['uncached_ratio']:.2f}x)")
-    print(f"Silk guides {silk_median:.3f} s vs Cycles {cycles_median:.3f} s: "
-          f"{result['ratio']:.2f}x (goal <= 0.5x) for {triangles} triangles at {args.size}x{args.size}")
+    goals = {"rigid": 0.3, "deforming": 0.5}
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in args.scenes:
+            scene, triangles = build_scene(args.size, kind)
+            scene.render.image_settings.file_format = "BMP"  # writing costs both engines next to nothing
+            scene.render.filepath = os.path.join(folder, f"{kind}_")
+            reused_before = scene_capture.motion_cache.reused
+            measured = measure(scene, args.frames, args.rounds)
+            cycles, silk = measured["cycles"], measured["silk"]
+            ratio = silk["median"] / cycles["median"]
+            results[kind] = {"triangles": triangles, "cycles": cycles, "silk": silk, "ratio": round(ratio, 3),
+                             "silk_frames_reused": scene_capture.motion_cache.reused - reused_before}
+            print(f"{kind}: {triangles} triangles at {args.size}x{args.size}: Silk {silk['median']:.3f} s vs "
+                  f"Cycles {cycles['median']:.3f} s per frame: {ratio:.2f}x (goal <= {goals[kind]}x)", flush=True)
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(results, indent=2))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump(results, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ the Silk engine through Blender's own animation render, once per mode:
 - independent frames, fixed seed                       - the usual baseline
 - warp feedback (exact motion, holes filled, no fusion)
 - warp feedback + fusion
-- warp feedback + fusion + warped noise
+- warp feedback + fusion + warped noise (engine/noise.py), with fusion stopping at the end of
+  the steps, after 75% of them, and after 50% (``fusion_end``)
 - warp feedback + fusion, cadence 4
 
 and measures from the saved multilayer EXRs (Combined, Vector, Occlusion):
@@ -46,6 +47,8 @@ MODES = [
     ("warp feedback", dict(use_feedback=True, fusion=0.0, noise_mode="FIXED")),
     ("warp feedback + fusion", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED")),
     ("+ warped noise", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED")),
+    ("+ warped noise, fusion end 0.75", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED", fusion_end=0.75)),
+    ("+ warped noise, fusion end 0.5", dict(use_feedback=True, fusion=0.8, noise_mode="WARPED", fusion_end=0.5)),
     ("feedback + fusion, cadence 4", dict(use_feedback=True, fusion=0.8, noise_mode="FIXED", cadence=4)),
 ]
 LONG_RANGE = 16
@@ -75,7 +78,7 @@ def exact_motion(scene, frame, other, width, height):
 
 def render_mode(scene, folder, settings):
     silk = scene.silk
-    for name, value in dict(use_feedback=True, fusion=0.0, noise_mode="FIXED", cadence=1).items():
+    for name, value in dict(use_feedback=True, fusion=0.0, fusion_end=1.0, noise_mode="FIXED", cadence=1).items():
         setattr(silk, name, value)
     for name, value in settings.items():
         setattr(silk, name, value)
@@ -106,7 +109,7 @@ def feedback_overhead(scene, size, steps, frames=4):
     """Per-frame cost of feedback at ``size``: Silk's warp, fill and colour work (timed in
     the engine), and the worker's fusion (every fusion step timed in the same backend code,
     run in this process: the difference of two whole renders is lost in their noise)."""
-    from silk.engine import animation
+    from silk.engine import render_engine
 
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.frame_start, scene.frame_end = 1, frames
@@ -114,7 +117,7 @@ def feedback_overhead(scene, size, steps, frames=4):
     with tempfile.TemporaryDirectory() as folder:
         render_mode(scene, folder, dict(use_feedback=True, fusion=0.8))  # warm: model loaded at this size
         seconds = render_mode(scene, folder, dict(use_feedback=True, fusion=0.8))
-        notes = [note for note in animation.frame_notes if note.kind == "feedback"]
+        notes = [note for note in render_engine.session.notes if note.kind == "feedback"]
     per_frame = seconds / frames
     engine_cost = float(np.mean([note.feedback_seconds for note in notes]))
     fusion_cost = fusion_seconds_per_frame(size, steps)
@@ -131,7 +134,7 @@ def fusion_seconds_per_frame(size, steps, repeats=3):
 
     backend = diffusion.DiffusionBackend(cache_dir=os.environ.get("SILK_MODEL_CACHE"))
     spent = [0.0]
-    original = diffusion._Fusion.apply
+    original = diffusion.Fusion.apply
 
     def timed(self, latents, step, total):
         started = time.perf_counter()
@@ -146,12 +149,12 @@ def fusion_seconds_per_frame(size, steps, repeats=3):
     units = [{"image": rng.random((size, size, 3), dtype=np.float32)} for _ in range(2)]
     request = {"model": {"source": "tiny"}, "prompt": "a room", "steps": steps, "seed": 1, "width": size,
                "height": size, "strength": 1.0, "guidance": 7.0, "scheduler": "dpmpp_2m_karras", "fusion": 0.8}
-    diffusion._Fusion.apply = timed
+    diffusion.Fusion.apply = timed
     try:
         for _ in range(repeats):
             backend.generate(request, images, units, progress=lambda *a: None, cancel=threading.Event())
     finally:
-        diffusion._Fusion.apply = original
+        diffusion.Fusion.apply = original
     return spent[0] / repeats
 
 
@@ -167,6 +170,7 @@ def main(argv=None):
     parser.add_argument("--skip-overhead", action="store_true")
     parser.add_argument("--only-overhead", action="store_true", help="measure only the feedback overhead")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--modes", help="only these modes: numbers in the list above, from 1, comma-separated")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
@@ -209,7 +213,8 @@ def main(argv=None):
 def measure_modes(scene, frames, args, results):
     long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
                          for f in frames if f - LONG_RANGE >= 1}
-    for label, settings in MODES:
+    chosen = {int(number) for number in args.modes.split(",")} if args.modes else set(range(1, len(MODES) + 1))
+    for label, settings in [mode for number, mode in enumerate(MODES, 1) if number in chosen]:
         with tempfile.TemporaryDirectory() as folder:
             seconds = render_mode(scene, folder, settings)
             metrics = measure(scene, folder, frames, args.size, args.size, long_range_motion)
@@ -218,6 +223,8 @@ def measure_modes(scene, frames, args, results):
         print(f"{label:32s} warp {metrics['warp_error']:.5f}  long {metrics['long_range_warp_error'] or float('nan'):.5f}"
               f"  drift {metrics['color_drift']:.2f}  {metrics['seconds_per_frame']:.2f} s/frame", flush=True)
     modes = results["modes"]
+    if not {"independent, fixed seed", "warp feedback + fusion", "feedback + fusion, cadence 4"} <= set(modes):
+        return
     fixed = modes["independent, fixed seed"]["warp_error"]
     results["fusion_vs_fixed_seed"] = modes["warp feedback + fusion"]["warp_error"] / fixed
     results["cadence4_vs_cadence1_time"] = (modes["feedback + fusion, cadence 4"]["seconds_per_frame"]

@@ -2,7 +2,7 @@
 the Image Editor's result history."""
 import bpy
 
-from ..engine import render_engine, worker_link
+from ..engine import animation, diffusion_job, render_engine, worker_link
 
 # Blender's own panels that apply to Silk renders as they are.
 SHARED_PANELS = (
@@ -58,6 +58,30 @@ def color_management_note(scene) -> str | None:
         ": colours differ from the model's picture. Use Standard to get it exactly"
 
 
+def render_traps(scene) -> list[tuple[str, str]]:
+    """(key, message) for each trap the next render would warn about (the render's own rules)."""
+    silk = scene.silk
+    scale = scene.render.resolution_percentage / 100
+    width, height = int(scene.render.resolution_x * scale), int(scene.render.resolution_y * scale)
+    diffusing = silk.mode == "DIFFUSE"
+    return animation.render_warnings(
+        scene.view_settings.view_transform, scene.render.dither_intensity, scene.frame_step, silk.use_feedback,
+        width, height, diffusion_job.model_family(silk.model.strip(), silk.model_family) if diffusing else "",
+        silk.scheduler, silk.fusion if diffusing else 0.0)
+
+
+def draw_traps(layout, scene) -> None:
+    """The render's warnings before rendering, with the one-click fix for colours."""
+    traps = render_traps(scene)
+    if not traps:
+        return
+    box = layout.box()
+    for key, message in traps:
+        _label_lines(box, message, icon="ERROR")
+        if key == "view":
+            box.operator("silk.use_standard_view", icon="COLOR")
+
+
 def _wrap(text: str, width: int) -> list:
     lines, line = [], ""
     for word in text.split():
@@ -94,6 +118,7 @@ class SILK_PT_render(SilkPanel, bpy.types.Panel):
         layout = self.layout
         layout.use_property_split = True
         layout.prop(context.scene.silk, "mode")
+        draw_traps(layout, context.scene)
         for level, message in render_engine.last_reports[-3:]:
             _label_lines(layout, message, icon="ERROR" if level == "ERROR" else "INFO")
 
@@ -143,8 +168,8 @@ class SILK_PT_model(SilkPanel, bpy.types.Panel):
         if settings.model.strip() == "tiny":
             _label_lines(layout, "'tiny' is a random-weight test model: it paints noise, offline and fast")
         elif settings.model.strip() == "mini":
-            _label_lines(layout, "'mini' is Silk's small offline model: textured surfaces on your geometry, "
-                                 "a preview of how Silk behaves, not art (12 steps, guidance 4, no negative prompt)")
+            _label_lines(layout, "'mini' is Silk's own small offline model (tools/mini): its weights are not "
+                                 "shipped yet; 'make train-mini' in a checkout makes them")
         layout.label(text="LoRAs")
         _list_with_buttons(layout, "SILK_UL_loras", settings, "loras", "active_lora", "silk.lora_add",
                            "silk.lora_remove")
@@ -222,7 +247,12 @@ class SILK_PT_animation(SilkPanel, bpy.types.Panel):
         column.active = settings.use_feedback
         column.prop(settings, "strength")
         column.prop(settings, "fusion")
+        sub = column.column()
+        sub.active = settings.fusion > 0
+        sub.prop(settings, "fusion_end")
         column.prop(settings, "noise_mode")
+        if settings.noise_mode in ("DRIFT", "LOOP"):  # latent walks (engine/latent_walk.py)
+            column.prop(settings, "noise_drift" if settings.noise_mode == "DRIFT" else "loop_turns")
         column.prop(settings, "color_coherence")
         column.prop(settings, "cadence")
         row = column.row(heading="Loop")
@@ -264,12 +294,11 @@ class SILK_PT_guides(SilkPanel, bpy.types.Panel):
         settings = context.scene.silk
         layout.prop(settings, "guide_preview")
         layout.prop(settings, "depth_normalization")
+        layout.prop(settings, "use_noise_pass")
         note = color_management_note(context.scene)
         if note:
             _label_lines(layout, note)
-        if context.scene.render.dither_intensity > 0:
-            _label_lines(layout, "Dither (Output > Post Processing) adds about 1/255 of noise to 8-bit files; "
-                                 "set it to 0 for the model's exact colours")
+            layout.operator("silk.use_standard_view", icon="COLOR")
 
 
 class SILK_PT_worker(SilkPanel, bpy.types.Panel):
@@ -313,6 +342,7 @@ class SILK_PT_sidebar(bpy.types.Panel):
         if settings.use_feedback:
             column.prop(settings, "strength")
             column.prop(settings, "fusion")
+        draw_traps(layout, scene)
         if settings.units_initialized or len(settings.units):
             for unit in settings.units:
                 if unit.enabled:

@@ -55,6 +55,10 @@ class SilkPreferences(bpy.types.AddonPreferences):
     precision: EnumProperty(name="Precision", default="AUTO", items=[
         ("AUTO", "Automatic", "fp16 on CUDA, fp32 elsewhere"), ("FP16", "fp16", "Half precision"),
         ("BF16", "bf16", "bfloat16 (for cards that show black images in fp16)"), ("FP32", "fp32", "Full")])
+    flamenco_scripts_folder: StringProperty(
+        name="Flamenco Scripts Folder", subtype="DIR_PATH",
+        description="The Flamenco Manager's scripts folder (beside its executable), where 'Save Flamenco Job Type' "
+                    "puts Silk's job type")
 
     def draw(self, context):
         from ..operators import worker
@@ -76,6 +80,10 @@ class SilkPreferences(bpy.types.AddonPreferences):
         box.label(text="Remote worker (a GPU machine elsewhere)", icon="URL")
         box.prop(self, "remote_address")
         box.prop(self, "remote_token")
+        box = layout.box()
+        box.label(text="Render farm (Flamenco)", icon="NETWORK_DRIVE")
+        box.prop(self, "flamenco_scripts_folder")
+        box.operator("silk.farm_save_job_type", icon="FILE_SCRIPT")
 
 
 CLASSES = (SilkPreferences,)

@@ -10,6 +10,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def inverse4(m: np.ndarray) -> np.ndarray:
+    """Inverse of a 4x4 matrix in closed form (cross products of its columns).
+
+    ``np.linalg.inv`` goes through LAPACK, whose thread pool costs milliseconds a call on
+    a busy machine; this is a few dozen multiply-adds. Raises ``LinAlgError`` if singular."""
+    m = np.asarray(m, dtype=np.float64)
+    a, b, c, d = m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3]
+    x, y, z, w = m[3]
+    s, t = np.cross(a, b), np.cross(c, d)
+    u, v = a * y - b * x, c * w - d * z
+    determinant = float(s @ v + t @ u)
+    if not np.isfinite(determinant) or abs(determinant) <= 1e-300:
+        raise np.linalg.LinAlgError("singular matrix")
+    rows = [np.append(np.cross(b, v) + t * y, -(b @ t)), np.append(np.cross(v, a) - t * x, a @ t),
+            np.append(np.cross(d, u) + s * w, -(d @ s)), np.append(np.cross(u, c) - s * z, c @ s)]
+    return np.stack(rows) / determinant
+
+
 @dataclass(frozen=True)
 class Camera:
     """World-to-camera ``view`` (camera looks down -Z) and OpenGL-style ``projection``.
@@ -40,7 +58,7 @@ class Camera:
         vp = projection @ view
         object.__setattr__(self, "view_projection", vp)
         try:
-            inverse = np.linalg.inv(vp)
+            inverse = inverse4(vp)
         except np.linalg.LinAlgError as error:
             raise ValueError("the camera projection is singular (zero scale or size)") from error
         object.__setattr__(self, "inverse_view_projection", inverse)
@@ -52,7 +70,7 @@ class Camera:
 
     @property
     def position(self) -> np.ndarray:
-        return np.linalg.inv(self.view)[:3, 3]
+        return inverse4(self.view)[:3, 3]
 
     def to_clip(self, points: np.ndarray) -> np.ndarray:
         """World points (..., 3) to homogeneous clip coordinates (..., 4)."""

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .background import fill_background
 from .camera import Camera
 from .geometry import FrameGeometry, Instance, transform_points
 from . import kernels
@@ -69,9 +70,10 @@ class _Scene:
     following: np.ndarray  # (V, 3) the same vertices a frame later
     triangles: np.ndarray  # (T, 3) indices into the vertex arrays
     triangle_instance: np.ndarray  # (T,) which instance each triangle belongs to
-    corner_normals: np.ndarray  # (T, 3, 3) object-space shading normals
+    normal_blocks: list  # per instance: (first triangle, its mesh): shading normals, read for visible triangles only
     normal_matrices: np.ndarray  # (I, 3, 3) object-to-world for normals
     winding: np.ndarray  # (I,) +1 or -1: sign of the instance's determinant
+    renormalise: np.ndarray  # (I,) corner normals are renormalised in world space (see Instance.shared_mesh)
     in_previous: np.ndarray  # (I,) the instance existed a frame ago
     previous_only_vertices: np.ndarray  # (P, 3) occluders that exist only a frame ago
     previous_only_triangles: np.ndarray  # (Q, 3) indices into previous_only_vertices
@@ -81,9 +83,9 @@ def _other_frame_positions(instance: Instance, other: Instance | None, notes: li
     """World positions of ``instance``'s vertices at another frame, and whether it existed."""
     mesh = instance.mesh
     if other is None:
-        return transform_points(instance.matrix, mesh.positions), False
+        return instance.world_positions(), False
     if other.mesh.vertex_count == mesh.vertex_count:
-        return transform_points(other.matrix, other.mesh.positions), True
+        return other.world_positions(), True
     notes.append(
         f"'{instance.name or instance.key}': topology changes between frames "
         f"({mesh.vertex_count} vs {other.mesh.vertex_count} vertices); motion is "
@@ -96,25 +98,31 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
                  notes: list[str]) -> _Scene:
     prev_by_key = previous.by_key() if previous is not None else {}
     next_by_key = following.by_key() if following is not None else {}
-    now, before, after, triangles, owner, normals = [], [], [], [], [], []
-    normal_matrices, winding, existed_list = [], [], []
-    base = 0
+    now, before, after, triangles, owner, normal_blocks = [], [], [], [], [], []
+    normal_matrices, winding, existed_list, renormalise = [], [], [], []
+    base = first_triangle = 0
     for instance in current.instances:
         mesh = instance.mesh
         if mesh.triangle_count == 0:
             continue
         index = len(normal_matrices)
-        now.append(transform_points(instance.matrix, mesh.positions))
+        now.append(instance.world_positions())
         world_prev, existed = _other_frame_positions(instance, prev_by_key.get(instance.key), notes)
         before.append(world_prev)
         after.append(_other_frame_positions(instance, next_by_key.get(instance.key), notes)[0])
         triangles.append(mesh.triangles + base)
         owner.append(np.full(mesh.triangle_count, index, dtype=np.int32))
-        normals.append(mesh.corner_normals)
+        normal_blocks.append((first_triangle, mesh))
+        first_triangle += mesh.triangle_count
         linear = instance.matrix[:3, :3]
-        determinant = np.linalg.det(linear)
-        normal_matrices.append(np.linalg.inv(linear).T if abs(determinant) > 1e-300 else np.zeros((3, 3)))
+        # The inverse transpose is the cofactor matrix over the determinant (no LAPACK
+        # call for a 3x3, which costs more than the arithmetic).
+        cofactors = np.stack([np.cross(linear[:, 1], linear[:, 2]), np.cross(linear[:, 2], linear[:, 0]),
+                              np.cross(linear[:, 0], linear[:, 1])], axis=1)
+        determinant = float(linear[:, 0] @ cofactors[:, 0])
+        normal_matrices.append(cofactors / determinant if abs(determinant) > 1e-300 else np.zeros((3, 3)))
         winding.append(1.0 if determinant >= 0 else -1.0)
+        renormalise.append(not instance.shared_mesh)
         existed_list.append(existed and previous is not None)
         base += mesh.vertex_count
 
@@ -125,7 +133,7 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         for instance in previous.instances:
             if instance.key in current_keys or instance.mesh.triangle_count == 0:
                 continue
-            only_vertices.append(transform_points(instance.matrix, instance.mesh.positions))
+            only_vertices.append(instance.world_positions())
             only_triangles.append(instance.mesh.triangles + only_base)
             only_base += instance.mesh.vertex_count
 
@@ -138,9 +146,10 @@ def _build_scene(current: FrameGeometry, previous: FrameGeometry | None, followi
         following=stack(after, (0, 3)),
         triangles=stack(triangles, (0, 3), np.int64),
         triangle_instance=stack(owner, (0,), np.int32),
-        corner_normals=stack(normals, (0, 3, 3), np.float32),
+        normal_blocks=normal_blocks,
         normal_matrices=np.array(normal_matrices).reshape(-1, 3, 3),
         winding=np.array(winding, dtype=np.float64),
+        renormalise=np.array(renormalise, dtype=bool),
         in_previous=np.array(existed_list, dtype=bool),
         previous_only_vertices=stack(only_vertices, (0, 3)),
         previous_only_triangles=stack(only_triangles, (0, 3), np.int64),
@@ -159,11 +168,15 @@ class _TriangleTables:
     """
 
     def __init__(self, scene: _Scene, visible: np.ndarray, camera: Camera,
-                 previous: FrameGeometry | None, following: FrameGeometry | None):
+                 previous: FrameGeometry | None, following: FrameGeometry | None, use_kernels: bool = False):
         count = scene.triangles.shape[0]
         used = np.flatnonzero(np.bincount(visible, minlength=count)) if visible.size else np.zeros(0, int)
         self.local = np.full(count, -1, dtype=np.int64)
         self.local[used] = np.arange(used.size)
+        self.following_camera = following.camera if following is not None else None
+        if kernels.AVAILABLE and use_kernels:
+            self._compiled(scene, used, camera, previous, following)
+            return
         corners = scene.triangles[used]
         v0 = scene.vertices[corners[:, 0]]
         e1 = scene.vertices[corners[:, 1]] - v0
@@ -196,15 +209,72 @@ class _TriangleTables:
         self.winding = scene.winding[scene.triangle_instance[used]]
 
         owner = scene.triangle_instance[used]
-        local_normals = scene.corner_normals[used].astype(np.float64)
+        used_normals, flat = _normals_of(scene, used, owner)
+        local_normals = used_normals.astype(np.float64)
+        # Normals transform by the inverse transpose. Cycles renormalises each corner's
+        # world normal before interpolating when it applies the object's transform (a
+        # mesh placed once); otherwise it interpolates in object space, which is the
+        # same as interpolating the unnormalised world normals.
         world_normals = np.matmul(local_normals, scene.normal_matrices[owner].transpose(0, 2, 1))
+        applied = scene.renormalise[owner]
+        if applied.any():
+            lengths = np.linalg.norm(world_normals[applied], axis=2, keepdims=True)
+            world_normals[applied] /= np.where(lengths > 0, lengths, 1.0)
+        # Flat: the world triangle's own normal, oriented as the transformed object-space
+        # one (a mirroring transform reverses the winding; Cycles flips it back too).
+        if flat.any():
+            geometric = n[flat] * self.winding[flat, None]
+            length = np.linalg.norm(geometric, axis=1, keepdims=True)
+            world_normals[flat] = (geometric / np.where(length > 0, length, 1.0))[:, None, :]
         self.normal = np.concatenate(
             [world_normals[:, 0], world_normals[:, 1] - world_normals[:, 0], world_normals[:, 2] - world_normals[:, 0]],
             axis=1,
         )
         self.previous = _affine_projection(scene.previous, corners, previous) if previous is not None else None
         self.following = _affine_projection(scene.following, corners, following) if following is not None else None
-        self.following_camera = following.camera if following is not None else None
+
+    def _compiled(self, scene: _Scene, used: np.ndarray, camera: Camera, previous, following) -> None:
+        """The same tables from kernels.triangle_tables."""
+        count = used.size
+        origin, direction = camera.affine_rays()
+        self.hit = np.empty((count, 12))
+        self.normal = np.empty((count, 9))
+        self.winding = np.empty(count)
+        self.previous = np.empty((count, 12)) if previous is not None else None
+        self.following = np.empty((count, 12)) if following is not None else None
+        none = np.zeros((0, 12))
+        kernels.triangle_tables(
+            used, scene.vertices, scene.triangles, scene.triangle_instance, *_normals_of(scene, used),
+            scene.normal_matrices, scene.renormalise, scene.winding, origin, direction, camera.forward,
+            camera.is_ortho, scene.previous, _projection_rows(previous), scene.following, _projection_rows(following),
+            self.hit, self.normal, self.winding,
+            none if self.previous is None else self.previous, none if self.following is None else self.following)
+
+
+def _normals_of(scene: _Scene, used: np.ndarray, owner: np.ndarray | None = None):
+    """Object-space corner normals (U, 3, 3) and flat flags (U,) of the triangles ``used``
+    (sorted), gathered from each instance's mesh: only visible triangles are copied."""
+    if owner is None:
+        owner = scene.triangle_instance[used]
+    normals = np.empty((used.size, 3, 3), dtype=np.float32)
+    flat = np.empty(used.size, dtype=bool)
+    bounds = np.searchsorted(owner, np.arange(len(scene.normal_blocks) + 1))
+    for index, (first, mesh) in enumerate(scene.normal_blocks):
+        start, stop = bounds[index], bounds[index + 1]
+        if start == stop:
+            continue
+        local = used[start:stop] - first
+        normals[start:stop] = mesh.corner_normals[local]
+        flat[start:stop] = mesh.flat[local]
+    return normals, flat
+
+
+def _projection_rows(frame: FrameGeometry | None) -> np.ndarray:
+    """Rows giving clip x, y, w and view depth of a world point at ``frame``."""
+    if frame is None:
+        return np.zeros((4, 4))
+    vp, view = frame.camera.view_projection, frame.camera.view
+    return np.ascontiguousarray(np.stack([vp[0], vp[1], vp[3], -view[2]]), dtype=np.float64)
 
 
 def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGeometry) -> np.ndarray:
@@ -212,9 +282,7 @@ def _affine_projection(vertices: np.ndarray, corners: np.ndarray, frame: FrameGe
     q0 = vertices[corners[:, 0]]
     q1 = vertices[corners[:, 1]] - q0
     q2 = vertices[corners[:, 2]] - q0
-    vp = frame.camera.view_projection
-    view = frame.camera.view
-    rows = [vp[0], vp[1], vp[3], -view[2]]
+    rows = _projection_rows(frame)
     columns = []
     for row in rows:
         columns += [q0 @ row[:3] + row[3], q1 @ row[:3], q2 @ row[:3]]
@@ -279,16 +347,34 @@ class _EmptyPreviousRaster:
     camera_view_row = np.zeros(4)
 
 
+def _layout(current: FrameGeometry, use_kernels: bool) -> tuple:
+    """What decides the triangle ids of a rasterised frame: its meshes, in order."""
+    return use_kernels, tuple((instance.key, instance.mesh.vertex_count, instance.mesh.triangle_count)
+                              for instance in current.instances if instance.mesh.triangle_count)
+
+
 def _rasterize_previous(scene: _Scene, previous: FrameGeometry, width: int, height: int,
-                        use_kernels: bool) -> _PreviousRaster:
-    """Frame t-1 rasterised with frame t's triangle ids, plus what was only there then."""
-    all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
-    existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
-    only = scene.previous_only_triangles + scene.previous.shape[0]
-    all_triangles = np.concatenate([scene.triangles, only], axis=0)
-    ids = np.concatenate([existing, scene.triangles.shape[0] + np.arange(only.shape[0])])
-    winner, z = rasterize(previous.camera.to_clip(all_previous), all_triangles[ids], width, height, ids,
-                          use_kernels)
+                        use_kernels: bool, layout: tuple) -> _PreviousRaster:
+    """Frame t-1 rasterised with frame t's triangle ids, plus what was only there then.
+
+    When frame t-1 was rendered as the current frame with the same meshes in the same
+    order (so the same ids), and all of them existed then and nothing else did, its
+    raster is reused: it is exactly what drawing it again would give."""
+    kept = previous.visibility
+    if (kept is not None and kept[0] == layout and scene.in_previous.all()
+            and scene.previous_only_triangles.shape[0] == 0):
+        return _PreviousRaster(kept[1], kept[2], scene.previous, scene.triangles, previous.camera)
+    if scene.in_previous.all() and scene.previous_only_triangles.shape[0] == 0:  # the usual case: no copies
+        all_previous, all_triangles, ids = scene.previous, scene.triangles, None
+        drawn = all_triangles
+    else:
+        all_previous = np.concatenate([scene.previous, scene.previous_only_vertices], axis=0)
+        existing = np.nonzero(scene.in_previous[scene.triangle_instance])[0]
+        only = scene.previous_only_triangles + scene.previous.shape[0]
+        all_triangles = np.concatenate([scene.triangles, only], axis=0)
+        ids = np.concatenate([existing, scene.triangles.shape[0] + np.arange(only.shape[0])])
+        drawn = all_triangles[ids]
+    winner, z = rasterize(previous.camera.to_clip(all_previous), drawn, width, height, ids, use_kernels)
     depth = np.where(np.isfinite(z), previous.camera.depth_from_ndc(z), np.inf)
     return _PreviousRaster(winner.reshape(-1), depth.reshape(-1), all_previous, all_triangles, previous.camera)
 
@@ -363,8 +449,10 @@ def compute_guides(
             raise ValueError("all frames must share the render size")
     notes: list[str] = []
     scene = _build_scene(current, previous, following, notes)
-    winner, _ = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
+    winner, z = rasterize(camera.to_clip(scene.vertices), scene.triangles, width, height, use_kernels=use_kernels)
     winner = winner.reshape(-1)
+    layout = _layout(current, use_kernels)
+    current.visibility = (layout, winner, np.where(np.isfinite(z), camera.depth_from_ndc(z), np.inf).reshape(-1))
     covered = np.nonzero(winner >= 0)[0]
 
     depth = np.full(width * height, BACKGROUND_DEPTH, dtype=np.float32)
@@ -374,11 +462,11 @@ def compute_guides(
 
     previous_raster = None
     if previous is not None:
-        previous_raster = _rasterize_previous(scene, previous, width, height, use_kernels)
+        previous_raster = _rasterize_previous(scene, previous, width, height, use_kernels, layout)
     else:
         occlusion[:] = 1.0
 
-    tables = _TriangleTables(scene, winner[covered], camera, previous, following)
+    tables = _TriangleTables(scene, winner[covered], camera, previous, following, use_kernels)
     own = winner[covered]
     existed = scene.in_previous[scene.triangle_instance[own]]
     if kernels.AVAILABLE and use_kernels:
@@ -396,10 +484,11 @@ def compute_guides(
         backfacing = _guide_pixels_numpy(covered, own, existed, width, tables, previous_raster,
                                          depth, normal, vector, occlusion)
 
-    if previous is not None:
-        # Background: a fresh pixel unless it was background a frame ago as well.
-        background = winner < 0
-        occlusion[background] = (previous_raster.winner[background] >= 0).astype(np.float32)
+    # Background: directions at infinity move with the camera's rotation, lens and shift; a fresh
+    # pixel unless its direction showed background a frame ago as well (background.py).
+    fill_background(vector, occlusion, winner < 0, camera, previous.camera if previous is not None else None,
+                    following.camera if following is not None else None,
+                    previous_raster.winner if previous_raster is not None else None, use_kernels)
 
     coverage = winner >= 0
     backfacing_fraction = backfacing / max(covered.size, 1)

@@ -298,3 +298,151 @@ def guide_pixels(pixels, local, width, height, hit, normal_table, winding, previ
             vector[pixel, 2] = px - (x / w + 1.0) * (0.5 * width)
             vector[pixel, 3] = py - (y / w + 1.0) * (0.5 * height)
     return backfacing
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _affine_rows(vertices, a, b, c, rows, out, k):
+    """Clip x, y, w and view depth of triangle (a, b, c) at another frame, affine in (u, v)
+    (see compute._affine_projection, which this mirrors)."""
+    for r in range(4):
+        q00 = vertices[a, 0]
+        q01 = vertices[a, 1]
+        q02 = vertices[a, 2]
+        out[k, 3 * r] = q00 * rows[r, 0] + q01 * rows[r, 1] + q02 * rows[r, 2] + rows[r, 3]
+        out[k, 3 * r + 1] = ((vertices[b, 0] - q00) * rows[r, 0] + (vertices[b, 1] - q01) * rows[r, 1]
+                             + (vertices[b, 2] - q02) * rows[r, 2])
+        out[k, 3 * r + 2] = ((vertices[c, 0] - q00) * rows[r, 0] + (vertices[c, 1] - q01) * rows[r, 1]
+                             + (vertices[c, 2] - q02) * rows[r, 2])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _cross(ax, ay, az, bx, by, bz):
+    return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def triangle_tables(used, vertices, triangles, owner_of, used_normals, used_flat, normal_matrices, renormalise,
+                    instance_winding, origin, direction, forward, is_ortho, previous_vertices, previous_rows,
+                    following_vertices, following_rows, hit, normal, winding, previous, following):
+    """The per-triangle tables of compute._TriangleTables, one visible triangle at a time
+    (the numpy code there is the reference; the tests hold both to the same guides).
+    ``used_normals`` and ``used_flat`` hold the k-th visible triangle's at row k."""
+    has_previous = previous.shape[0] > 0
+    has_following = following.shape[0] > 0
+    fx, fy, fz = forward[0], forward[1], forward[2]
+    for k in prange(used.shape[0]):
+        t = used[k]
+        a, b, c = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        v0x, v0y, v0z = vertices[a, 0], vertices[a, 1], vertices[a, 2]
+        e1x, e1y, e1z = vertices[b, 0] - v0x, vertices[b, 1] - v0y, vertices[b, 2] - v0z
+        e2x, e2y, e2z = vertices[c, 0] - v0x, vertices[c, 1] - v0y, vertices[c, 2] - v0z
+        nx, ny, nz = _cross(e1x, e1y, e1z, e2x, e2y, e2z)
+        sx, sy, sz = origin[0, 0] - v0x, origin[0, 1] - v0y, origin[0, 2] - v0z
+        if is_ortho:
+            ux, uy, uz = _cross(e2x, e2y, e2z, fx, fy, fz)
+            wx, wy, wz = _cross(fx, fy, fz, e1x, e1y, e1z)
+            hit[k, 0] = sx * ux + sy * uy + sz * uz
+            hit[k, 3] = sx * wx + sy * wy + sz * wz
+            hit[k, 6] = nx * fx + ny * fy + nz * fz
+            hit[k, 7] = 0.0
+            hit[k, 8] = 0.0
+            hit[k, 9] = -(sx * nx + sy * ny + sz * nz)
+            for j in (1, 2):
+                ox, oy, oz = origin[j, 0], origin[j, 1], origin[j, 2]
+                hit[k, j] = ux * ox + uy * oy + uz * oz
+                hit[k, 3 + j] = wx * ox + wy * oy + wz * oz
+                hit[k, 9 + j] = -(nx * ox + ny * oy + nz * oz)
+        else:
+            ux, uy, uz = _cross(sx, sy, sz, e2x, e2y, e2z)
+            wx, wy, wz = _cross(e1x, e1y, e1z, sx, sy, sz)
+            plane = -(sx * nx + sy * ny + sz * nz)
+            for j in range(3):
+                dx, dy, dz = direction[j, 0], direction[j, 1], direction[j, 2]
+                hit[k, j] = ux * dx + uy * dy + uz * dz
+                hit[k, 3 + j] = wx * dx + wy * dy + wz * dz
+                hit[k, 6 + j] = nx * dx + ny * dy + nz * dz
+                hit[k, 9 + j] = plane * (fx * dx + fy * dy + fz * dz)
+        owner = owner_of[t]
+        sign = instance_winding[owner]
+        winding[k] = sign
+        world = np.empty((3, 3))
+        if used_flat[k]:
+            length = np.sqrt(nx * nx + ny * ny + nz * nz)
+            scale = sign / length if length > 0.0 else sign
+            for corner in range(3):
+                world[corner, 0] = nx * scale
+                world[corner, 1] = ny * scale
+                world[corner, 2] = nz * scale
+        else:
+            m = normal_matrices[owner]
+            for corner in range(3):
+                x = np.float64(used_normals[k, corner, 0])
+                y = np.float64(used_normals[k, corner, 1])
+                z = np.float64(used_normals[k, corner, 2])
+                for i in range(3):
+                    world[corner, i] = m[i, 0] * x + m[i, 1] * y + m[i, 2] * z
+                if renormalise[owner]:
+                    length = np.sqrt(world[corner, 0] ** 2 + world[corner, 1] ** 2 + world[corner, 2] ** 2)
+                    if length > 0.0:
+                        for i in range(3):
+                            world[corner, i] /= length
+        for i in range(3):
+            normal[k, i] = world[0, i]
+            normal[k, 3 + i] = world[1, i] - world[0, i]
+            normal[k, 6 + i] = world[2, i] - world[0, i]
+        if has_previous:
+            _affine_rows(previous_vertices, a, b, c, previous_rows, previous, k)
+        if has_following:
+            _affine_rows(following_vertices, a, b, c, following_rows, following, k)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _direction_in(vp, dx, dy, dz, width, height):
+    """Raster position of a direction at infinity in a camera (see background.project_directions)."""
+    w = vp[3, 0] * dx + vp[3, 1] * dy + vp[3, 2] * dz
+    valid = w > 1e-12
+    if not valid:
+        w = 1.0
+    x = ((vp[0, 0] * dx + vp[0, 1] * dy + vp[0, 2] * dz) / w + 1.0) * 0.5 * width
+    y = ((vp[1, 0] * dx + vp[1, 1] * dy + vp[1, 2] * dz) / w + 1.0) * 0.5 * height
+    return x, y, valid
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _unmoved_as_zero(moved):
+    return 0.0 if abs(moved) < 1e-6 else moved
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def background_motion(index, width, direction, perspective, previous_vp, previous_size, previous_perspective,
+                      previous_winner, following_vp, following_size, following_perspective, vector, occlusion):
+    """background.fill_background one pixel at a time (the numpy code there is the reference).
+
+    A camera that is absent has a zero-sized ``*_size``; ``previous_winner`` is empty when
+    the previous frame's visibility is unknown."""
+    has_previous = previous_size[0] > 0
+    has_following = following_size[0] > 0
+    for n in prange(index.shape[0]):
+        pixel = index[n]
+        px = (pixel % width) + 0.5
+        py = (pixel // width) + 0.5
+        dx = direction[0, 0] + px * direction[1, 0] + py * direction[2, 0]
+        dy = direction[0, 1] + px * direction[1, 1] + py * direction[2, 1]
+        dz = direction[0, 2] + px * direction[1, 2] + py * direction[2, 2]
+        if has_previous:
+            x, y, valid = px, py, True
+            if perspective and previous_perspective:
+                x, y, valid = _direction_in(previous_vp, dx, dy, dz, previous_size[0], previous_size[1])
+                vector[pixel, 0] = _unmoved_as_zero(x - px) if valid else 0.0
+                vector[pixel, 1] = _unmoved_as_zero(y - py) if valid else 0.0
+            if previous_winner.shape[0] > 0:
+                column = np.floor(x)
+                row = np.floor(y)
+                seen = False
+                if valid and 0 <= column < previous_size[0] and 0 <= row < previous_size[1]:
+                    seen = previous_winner[int(row) * previous_size[0] + int(column)] < 0
+                occlusion[pixel] = 0.0 if seen else 1.0
+        if has_following and perspective and following_perspective:
+            x, y, valid = _direction_in(following_vp, dx, dy, dz, following_size[0], following_size[1])
+            vector[pixel, 2] = _unmoved_as_zero(px - x) if valid else 0.0
+            vector[pixel, 3] = _unmoved_as_zero(py - y) if valid else 0.0

@@ -8,7 +8,7 @@ import bpy
 import numpy as np
 import pytest
 
-from silk.engine import job_settings, render_engine, result_history, worker_link
+from silk.engine import job_settings, render_engine, result_history, settings, worker_link
 from tests.blender.test_engine import simple_scene
 from tests.support import exr, scenes
 from tests.support.scenes import read_png
@@ -177,7 +177,7 @@ def test_missing_controlnet_is_one_clear_error(silk, tmp_path):
     bpy.ops.silk.unit_add(kind="DEPTH")
     scene.silk.units.remove(2)
     scene.silk.units[1].controlnet = str(tmp_path / "no-such-controlnet")
-    render_expecting_error("Cannot load the ControlNet .*no-such-controlnet")
+    render_expecting_error("The ControlNet folder '.*no-such-controlnet' does not exist")
 
 
 def test_worker_crash_mid_render_is_one_clear_error_and_the_next_render_recovers(silk):
@@ -292,13 +292,65 @@ def test_a_lora_with_weight_changes_the_painting(silk, tmp_path):
     assert not np.allclose(render_engine.last_picture, base, atol=1e-3)
 
 
-def test_sdxl_family_paints_through_the_engine(silk):
+def warnings():
+    return [message for level, message in render_engine.last_reports if level == "WARNING"]
+
+
+SKIPPED_NORMAL = "The Normal unit was skipped: there is no SDXL ControlNet for it"
+
+
+def test_sdxl_family_paints_a_fresh_scene_and_warns_about_the_normal_unit(silk):
     scene = diffuse_scene(64, 64, steps=2)
+    assert not scene.silk.units_initialized  # a new scene: the default Depth and Normal units
     scene.silk.model = "tiny-xl"
     bpy.ops.render.render()
     assert not errors(), render_engine.last_reports
+    assert [w for w in warnings() if w.startswith(SKIPPED_NORMAL)], render_engine.last_reports
     assert render_engine.last_picture.shape == (64, 64, 3) and render_engine.last_picture.std() > 0.01
-    assert worker_link.loaded.get("source") == "tiny-xl"
+    assert worker_link.loaded.get("source") == "tiny-xl" and worker_link.loaded.get("family") == "sdxl"
+
+
+def test_an_sdxl_folder_without_xl_in_its_name_is_known_by_what_it_is(silk, tmp_path):
+    import shutil
+
+    from silk.bridge import tiny_model
+
+    folder = str(tmp_path / "dreamy-painter")
+    shutil.copytree(tiny_model.ensure_tiny_xl(), folder)
+    scene = diffuse_scene(64, 64, steps=2)
+    settings.ensure_default_units(scene)  # what the panel does for a new scene: Depth and Normal
+    assert [unit.kind for unit in scene.silk.units] == ["DEPTH", "NORMAL"]
+    scene.silk.model = folder
+    scene.silk.units[0].controlnet = os.path.join(folder, "controlnet-depth")  # offline: no hub default
+    bpy.ops.render.render()
+    assert not errors(), render_engine.last_reports
+    assert [w for w in warnings() if w.startswith(SKIPPED_NORMAL)], render_engine.last_reports
+    assert worker_link.loaded.get("family") == "sdxl" and render_engine.last_picture.std() > 0.01
+
+
+def test_render_preview_between_two_prompt_keys_sends_the_prompt_mix_f12_sends(silk, monkeypatch):
+    from silk.bridge.client import WorkerClient
+
+    scene = diffuse_scene(64, 48, steps=2)
+    for frame, prompt in ((1, "a stone cube"), (9, "a glass cube")):
+        scene.frame_set(frame)
+        bpy.ops.silk.prompt_key_add()
+        scene.silk.prompt_keys[-1].prompt = prompt
+    scene.frame_set(4)
+    sent = []
+    original = WorkerClient.generate
+
+    def spy(self, request, *args, **kwargs):
+        sent.append(request)
+        return original(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(WorkerClient, "generate", spy)
+    bpy.ops.render.render()
+    scene.silk.preview_steps = 2
+    assert bpy.ops.silk.render_preview() == {"FINISHED"}
+    f12, preview = (request.to_json()["prompt_mix"] for request in sent)
+    assert [entry["prompt"] for entry in f12] == ["a stone cube", "a glass cube"] and 0 < f12[1]["weight"] < 1
+    assert preview == f12
 
 
 def test_panels_draw_only_properties_and_icons_that_exist(silk):

@@ -16,6 +16,7 @@ def test_built_zip_installs_enables_and_renders(tmp_path):
     archive = archive_for_this_machine(archives)
     names = zipfile.ZipFile(archive).namelist()
     assert "blender_manifest.toml" in names and "engine/guides/raster.py" in names
+    assert "farm/flamenco/silk_shots.js" in names  # the Flamenco job type ships with Silk
     assert not any(name.startswith(("tests/", "docs/", "tools/", ".")) for name in names)
     assert not {"pytest.ini", "Makefile", "README.md"} & set(names)  # development files stay out
     assert "LICENSE" in names

@@ -9,10 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from silk.bridge import annotators, protocol
+from silk.bridge import annotators, protocol, schema
 from silk.bridge.annotators import Annotators, canny
 from silk.bridge.client import JobFailed
-from silk.bridge.server import JobError
+from silk.bridge.errors import JobError
 from tests.bridge.conftest import TINY, worker_python
 
 
@@ -241,31 +241,35 @@ def test_controlnet_aux_that_cannot_import_names_why_and_the_fix(monkeypatch, tm
 
 
 # -- protocol and client --------------------------------------------------------
+FRAME = {"file": "f", "shape": [8, 8, 3], "dtype": "float32"}
+
+
 def generate_request(unit):
-    return {"type": "generate", "id": 3, "model": TINY, "prompt": "x", "controlnets": [unit]}
+    return {"type": "generate", "id": 3, "model": TINY, "prompt": "x", "width": 8, "height": 8, "controlnets": [unit]}
 
 
 @pytest.mark.parametrize("unit, where", [
     ("canny", "controlnets[0]"),
-    ({"image": {}, "annotator": 5}, "controlnets[0].annotator"),
-    ({"image": {}, "annotator": None}, "controlnets[0].annotator"),
-    ({"image": {}, "annotator": "canny", "annotator_options": [100, 200]}, "controlnets[0].annotator_options"),
-    ({"image": {}, "annotator": "canny", "annotator_options": {"low_threshold": None}}, "low_threshold"),
-    ({"image": {}, "annotator": "canny", "annotator_options": {"low_threshold": [1]}}, "low_threshold"),
-    ({"image": {}, "annotator": "canny", "annotator_options": {"low_threshold": {"a": 1}}}, "low_threshold"),
-    ({"image": {}, "annotator": "hed", "annotator_weights": 7}, "controlnets[0].annotator_weights"),
+    ({"image": FRAME, "annotator": 5}, "controlnets[0].annotator"),
+    ({"image": FRAME, "annotator": None}, "controlnets[0].annotator"),
+    ({"image": FRAME, "annotator": "canny", "annotator_options": [100, 200]}, "controlnets[0].annotator_options"),
+    ({"image": FRAME, "annotator": "canny", "annotator_options": {"low_threshold": None}}, "low_threshold"),
+    ({"image": FRAME, "annotator": "canny", "annotator_options": {"low_threshold": [1]}}, "low_threshold"),
+    ({"image": FRAME, "annotator": "canny", "annotator_options": {"low_threshold": {"a": 1}}}, "low_threshold"),
+    ({"image": FRAME, "annotator": "hed", "annotator_weights": 7}, "controlnets[0].annotator_weights"),
 ])
-def test_protocol_refuses_malformed_annotator_fields(unit, where):
-    with pytest.raises(protocol.ProtocolError) as caught:
-        protocol.validate_request(generate_request(unit))
-    assert caught.value.code == "malformed" and where in caught.value.message and caught.value.reply_to == 3
+def test_the_schema_refuses_malformed_annotator_fields(unit, where):
+    with pytest.raises(JobError) as caught:
+        schema.parse(generate_request(unit))
+    assert caught.value.code == "bad_request" and where in caught.value.message
 
 
-def test_protocol_accepts_annotator_fields():
-    unit = {"image": {"file": "f"}, "annotator": "canny", "annotator_weights": "/weights",
+def test_the_schema_accepts_annotator_fields():
+    unit = {"image": FRAME, "annotator": "canny", "annotator_weights": "/weights",
             "annotator_options": {"low_threshold": 50, "high_threshold": 150.5, "note": "x", "flag": True}}
-    assert protocol.validate_request(generate_request(unit))["controlnets"][0] == unit
-    protocol.validate_request(generate_request({"image": {}}))  # all optional
+    assert schema.parse(generate_request(unit)).to_json()["controlnets"][0] == dict(unit, weight=1.0, start=0.0,
+                                                                                   end=1.0)
+    assert schema.parse(generate_request({"image": FRAME})).controlnets[0].annotator is None  # all optional
 
 
 def test_client_refuses_annotators_with_a_worker_that_predates_them(make_client):

@@ -10,7 +10,8 @@ import pytest  # noqa: E402
 
 import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 
-from silk.bridge import diffusion  # noqa: E402
+from silk.bridge.schema import ModelRequest  # noqa: E402
+from silk.bridge import diffusion, families  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 from tests.bridge.conftest import TINY  # noqa: E402
 
@@ -27,29 +28,29 @@ def units(height=64, width=64, seed=0):
 
 def request(**extra):
     return dict({"model": TINY, "prompt": "x", "steps": 6, "seed": 3, "width": 64, "height": 64,
-                 "strength": 1.0, "guidance": 7.0}, **extra)
+                 "strength": 1.0, "guidance": 7.0, "scheduler": "euler"}, **extra)
 
 
 def test_pipelines_are_cached_and_share_components(backend):
     backend.load(TINY)
-    entry = backend._pipeline(diffusion.ModelSpec.from_request(TINY))
-    assert backend._pipeline(diffusion.ModelSpec.from_request(TINY)) is entry
-    assert entry["image2image"].unet is entry["text2image"].unet
-    assert entry["image2image"].vae is entry["text2image"].vae
-    assert entry["image2image"].controlnet is entry["text2image"].controlnet
+    entry = backend.loaded(ModelRequest.from_json(TINY))
+    assert backend.loaded(ModelRequest.from_json(TINY)) is entry
+    assert entry.image2image.unet is entry.text2image.unet
+    assert entry.image2image.vae is entry.text2image.vae
+    assert entry.image2image.controlnet is entry.text2image.controlnet
 
 
 def test_prompt_embeddings_are_computed_once_per_prompt(backend, monkeypatch):
-    entry = backend._pipeline(diffusion.ModelSpec.from_request(TINY))
+    entry = backend.loaded(ModelRequest.from_json(TINY))
     calls = []
-    original = entry["text2image"].encode_prompt
+    original = entry.text2image.encode_prompt
 
     def counting(*args, **kwargs):
         if args[0] is not None:  # the pipeline passes precomputed embeddings through with prompt=None
             calls.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(entry["text2image"], "encode_prompt", counting)
+    monkeypatch.setattr(entry.text2image, "encode_prompt", counting)
     for _ in range(3):
         backend.generate(request(prompt="a unique prompt"), {}, units(), progress=lambda *a: None,
                          cancel=threading.Event())
@@ -62,7 +63,7 @@ def test_strength_mask_keeps_exactly_the_masked_latents(backend, monkeypatch):
     mask = np.zeros((64, 64), dtype=np.float32)
     mask[:, 32:] = 1.0  # left: keep (strength 0), right: regenerate (strength 1)
     final = {}
-    original = diffusion._StrengthMask.apply
+    original = diffusion.StrengthMask.apply
 
     def record(self, latents, step, total):
         out = original(self, latents, step, total)
@@ -70,7 +71,7 @@ def test_strength_mask_keeps_exactly_the_masked_latents(backend, monkeypatch):
             final["latents"], final["init"] = out.clone(), self.init_latents.clone()
         return out
 
-    monkeypatch.setattr(diffusion._StrengthMask, "apply", record)
+    monkeypatch.setattr(diffusion.StrengthMask, "apply", record)
     backend.generate(request(), {"init_image": init, "mask": mask}, units(), progress=lambda *a: None,
                      cancel=threading.Event())
     latents, initial = final["latents"][0], final["init"][0]
@@ -79,9 +80,9 @@ def test_strength_mask_keeps_exactly_the_masked_latents(backend, monkeypatch):
 
 
 def test_unknown_scheduler_and_bad_sizes_are_refused(backend):
-    with pytest.raises(JobError, match="Unknown scheduler"):
+    with pytest.raises(JobError, match="unknown scheduler .nope."):
         backend.generate(request(scheduler="nope"), {}, units(), progress=lambda *a: None, cancel=threading.Event())
-    with pytest.raises(JobError, match="width and height"):
+    with pytest.raises(JobError, match="'width' must be a whole number from 8 to 8192"):
         backend.generate(request(width=4), {}, units(), progress=lambda *a: None, cancel=threading.Event())
 
 
@@ -97,9 +98,9 @@ def test_preview_covers_the_requested_frame_not_the_padding(backend):
 def test_preview_crops_the_latents_before_converting():
     latents = torch.full((1, 4, 8, 16), 50.0)  # the padding: saturates the picture
     latents[:, :, :, :11] = 0.0
-    preview = diffusion._preview(latents, 57, 81)  # ceil(57/8) x ceil(81/8) = 8 x 11
+    preview = diffusion.preview(latents, 57, 81, families.FAMILIES["sd15"])  # ceil(57/8) x ceil(81/8) = 8 x 11
     assert preview.shape == (8, 11, 3)
     assert (preview == 127).all()  # zero latents are mid-grey: nothing from the padding
-    xl = diffusion._preview(torch.zeros(1, 4, 8, 8), 64, 64, "sdxl")
-    bias = diffusion.LATENT_RGB["sdxl"][1]
+    xl = diffusion.preview(torch.zeros(1, 4, 8, 8), 64, 64, families.FAMILIES["sdxl"])
+    bias = np.asarray(families.FAMILIES["sdxl"].latent_rgb[1])
     assert np.array_equal(xl[0, 0], ((bias + 1) * 0.5 * 255).astype(np.uint8))

@@ -7,6 +7,7 @@ import pytest
 
 from silk.bridge import environment
 from silk.bridge.environment import Installer, WorkerPythonMissing, install_plan, resolve_worker_python
+from tools.blender_env import ROOT
 
 
 def test_resolution_order_env_var_then_preference_then_environment(tmp_path, monkeypatch):
@@ -32,21 +33,72 @@ def test_missing_python_names_the_fix(tmp_path, monkeypatch):
         resolve_worker_python("", None)
 
 
-@pytest.mark.parametrize("system, nvidia, index", [
-    ("Linux", True, environment.TORCH_CUDA_INDEX),
-    ("Windows", True, environment.TORCH_CUDA_INDEX),
-    ("Linux", False, environment.TORCH_CPU_INDEX),
-    ("Darwin", False, None),
+@pytest.mark.parametrize("system, machine, capability, amd, label, index", [
+    ("Linux", "x86_64", (8, 9), False, "NVIDIA CUDA 12.8", "cu128"),
+    ("Windows", "AMD64", (12, 0), False, "NVIDIA CUDA 12.8", "cu128"),
+    ("Linux", "x86_64", (), False, "NVIDIA CUDA 12.8", "cu128"),  # a driver too old to tell: the newest build
+    ("Linux", "x86_64", (6, 1), False, "NVIDIA CUDA 12.6", "cu126"),  # Pascal: the build that still has it
+    ("Windows", "AMD64", (5, 2), False, "NVIDIA CUDA 12.6", "cu126"),
+    ("Linux", "x86_64", (3, 5), False, "CPU", "cpu"),  # Kepler: no CUDA build left
+    ("Linux", "x86_64", None, True, "AMD ROCm", "rocm"),
+    ("Windows", "AMD64", None, True, "CPU", "cpu"),  # no ROCm wheels for Windows
+    ("Linux", "aarch64", None, False, "CPU", "cpu"),
+    ("Darwin", "arm64", None, False, "Apple silicon, MPS", None),
+    ("Darwin", "x86_64", None, False, "Intel Mac, CPU", None),
 ])
-def test_the_torch_build_fits_the_machine(tmp_path, system, nvidia, index):
-    plan = install_plan(str(tmp_path / "env"), sys.executable, system=system, nvidia=nvidia)
+def test_torch_and_torchvision_come_together_from_the_index_that_fits(tmp_path, system, machine, capability, amd,
+                                                                        label, index):
+    plan = install_plan(str(tmp_path / "env"), sys.executable, system=system, machine=machine,
+                        capability=capability, amd=amd)
     torch_step = next(step for step in plan if step.label.startswith("Installing torch"))
-    assert ("--index-url" in torch_step.command) == (index is not None)
+    assert label in torch_step.label
+    command = torch_step.command
+    assert ("--index-url" in command) == (index is not None)
     if index:
-        assert torch_step.command[torch_step.command.index("--index-url") + 1] == index
+        assert command[command.index("--index-url") + 1].startswith(environment.PYTORCH_INDEX + index)
+    pins = environment.pinned_requirements()
+    wanted = [p for p in pins if p.startswith(("torch==", "torchvision=="))]
+    if machine == "x86_64" and system == "Darwin":
+        wanted = list(environment.INTEL_MAC_TORCH)
+        assert "numpy<2" in command
+    assert [arg for arg in command if "==" in arg or "<" in arg] == wanted  # one step, both, pinned
     libraries = next(step for step in plan if "diffusers" in step.label)
-    assert any(package.startswith("diffusers") for package in libraries.command)
-    assert "controlnet-aux" in libraries.command
+    assert "diffusers==0.42.1" in libraries.command and "controlnet-aux==0.0.10" in libraries.command
+    assert "--index-url" not in libraries.command and set(wanted) <= set(libraries.command)  # no other torch
+    assert all(("==" in arg or "<" in arg) for arg in libraries.command[4:])  # every version pinned
+
+
+def test_the_installer_and_the_tests_use_one_pinned_list():
+    from importlib.metadata import version
+
+    with open(os.path.join(ROOT, "requirements", "worker.txt")) as handle:
+        assert "-r ../bridge/worker-requirements.txt" in handle.read()
+    for pin in environment.pinned_requirements():
+        name = environment.package_name(pin)
+        if "==" in pin and name not in ("torchvision", "accelerate", "controlnet-aux"):
+            assert version(name).split("+")[0] == pin.split("==")[1], pin  # this very environment
+
+
+def test_old_gpus_are_read_from_nvidia_smi(monkeypatch):
+    answers = {"-L": "GPU 0: Tesla P100", "--query-gpu=compute_cap": "6.0\n8.6\n"}
+    monkeypatch.setattr(environment, "_run", lambda command: answers.get(command[1]))
+    assert environment.nvidia_compute_capability() == (6, 0)  # the oldest card decides
+    answers["--query-gpu=compute_cap"] = "[N/A]\n"
+    assert environment.nvidia_compute_capability() == ()
+    monkeypatch.setattr(environment, "_run", lambda command: None)
+    assert environment.nvidia_compute_capability() is None and not environment.has_nvidia_gpu()
+
+
+def test_a_failed_torch_step_says_what_is_missing(tmp_path):
+    plan = install_plan(str(tmp_path / "env"), sys.executable, system="Linux", machine="x86_64", capability=(8, 0),
+                        amd=False)
+    torch_step = next(step for step in plan if step.label.startswith("Installing torch"))
+    failing = environment.Step(torch_step.label, [sys.executable, "-c", "print('ERROR: No matching distribution "
+                                                                        "found for torch==2.13.0'); exit(1)"],
+                               torch_step.hint)
+    installer = Installer([failing], str(tmp_path / "install.log")).start()
+    assert installer.wait(60)
+    assert "no torch==2.13.0 and torchvision==0.28.0 for NVIDIA CUDA 12.8 on this platform" in installer.progress.error
 
 
 def test_installer_builds_a_working_environment_and_is_safe_to_rerun(tmp_path):

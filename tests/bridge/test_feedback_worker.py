@@ -12,7 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402 - the worker's libraries are in the test venv (make venv)
 from diffusers import EulerDiscreteScheduler  # noqa: E402
 
-from silk.bridge import diffusion, protocol  # noqa: E402
+from silk.bridge.schema import ModelRequest, PromptWeight  # noqa: E402
+from silk.bridge import diffusion, protocol, schema  # noqa: E402
 from silk.bridge.client import JobFailed  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 from tests.bridge.conftest import TINY, control_images  # noqa: E402
@@ -33,10 +34,14 @@ def units(count=2, height=64, width=64, seed=0):
 
 def generate(backend, images=None, model=TINY, count=2, **extra):
     request = dict({"model": model, "prompt": "x", "steps": 6, "seed": 3, "width": 64, "height": 64,
-                    "guidance": 7.0}, **extra)
+                    "guidance": 7.0, "scheduler": "euler"}, **extra)
     control = units(count, request["height"], request["width"])
     return backend.generate(request, images or {}, control, progress=lambda *a: None,
                             cancel=threading.Event()).image
+
+
+def weights(*entries):
+    return [PromptWeight(prompt, weight, negative) for prompt, negative, weight in entries]
 
 
 def square_mask(size=64):
@@ -63,7 +68,7 @@ def seed_noise(seed, height, width):
 def record_fusion(monkeypatch):
     """Every step's latents before and after fusion, the target and the initial latents."""
     steps = []
-    original = diffusion._Fusion.apply
+    original = diffusion.Fusion.apply
 
     def record(self, latents, step, total):
         out = original(self, latents, step, total)
@@ -72,7 +77,7 @@ def record_fusion(monkeypatch):
                       "init": self.target.init_latents.clone(), "noise": self.target.noise.clone()})
         return out
 
-    monkeypatch.setattr(diffusion._Fusion, "apply", record)
+    monkeypatch.setattr(diffusion.Fusion, "apply", record)
     return steps
 
 
@@ -108,17 +113,29 @@ def test_fusion_moves_a_fraction_of_the_way_and_zero_leaves_the_latents_free(bac
     generate(backend, {"init_image": init, "mask": square_mask()}, strength=1.0)  # fusion 0: no fusion at all
     assert steps == []
     final = {}
-    original = diffusion._StrengthMask.apply
+    original = diffusion.StrengthMask.apply
 
     def keep_last(self, latents, step, total):
         out = original(self, latents, step, total)
         final.update(latents=out.clone(), init=self.init_latents.clone())
         return out
 
-    monkeypatch.setattr(diffusion._StrengthMask, "apply", keep_last)
+    monkeypatch.setattr(diffusion.StrengthMask, "apply", keep_last)
     generate(backend, {"init_image": init, "mask": square_mask()}, strength=1.0)
     free = (final["latents"][0][:, ~square] - final["init"][0][:, ~square]).abs().mean()
     assert free > 0.1 and half < 0.7 * free
+
+
+def test_fusion_end_stops_fusion_after_that_fraction_of_the_steps(backend, monkeypatch):
+    init = generate(backend, seed=1, steps=4)
+    steps = record_fusion(monkeypatch)
+    generate(backend, {"init_image": init}, strength=1.0, fusion=1.0, fusion_end=0.5)  # no mask: all visible
+    pulled = [s["step"] for s in steps if torch.equal(s["after"], s["target"])]
+    untouched = [s["step"] for s in steps if torch.equal(s["after"], s["before"])]
+    assert pulled == [0, 1, 2] and untouched == [3, 4, 5]  # 6 steps: fusion through step 3 of 6
+    with pytest.raises(JobError, match="fusion_end"):
+        generate(backend, {"init_image": init}, strength=1.0, fusion=0.5, fusion_end=1.5)
+    assert "fusion_end" in protocol.FEATURES and "fusion_end" in schema.GenerateRequest.__dataclass_fields__
 
 
 def test_fusion_without_a_mask_converges_to_the_initial_image_whatever_the_seed_or_prompt(backend):
@@ -138,16 +155,16 @@ def test_the_visible_latents_are_min_pooled_so_silhouettes_are_repainted():
     mask = np.full((16, 24, 1), 0.4, dtype=np.float32)
     mask[3, 9] = 1.0  # one new frame pixel: its whole latent pixel (row 0, column 1) is repainted
     mask[8:16, 16:24] = 0.99  # below 1: still visible
-    visible = diffusion._visible_latents(mask, 8, 16, 24, "cpu", torch)
+    visible = diffusion.visible_latents(mask, 8, 16, 24, "cpu", torch)
     assert visible.shape == (1, 1, 2, 3) and visible.dtype == torch.bool
     assert visible[0, 0].tolist() == [[True, False, True], [True, True, True]]
-    assert diffusion._visible_latents(None, 8, 16, 24, "cpu", torch) is None
+    assert diffusion.visible_latents(None, 8, 16, 24, "cpu", torch) is None
 
 
 def test_fusion_is_checked(backend):
     init = np.zeros((64, 64, 3), dtype=np.float32)
     for bad in (-0.1, 1.5, float("nan"), True, "0.5"):
-        with pytest.raises(JobError, match="fusion must be a number from 0 to 1") as caught:
+        with pytest.raises(JobError, match="'fusion' must be a number from 0 to 1") as caught:
             generate(backend, {"init_image": init}, fusion=bad)
         assert caught.value.code == "bad_request"
     with pytest.raises(JobError, match="needs an init_image") as caught:
@@ -192,8 +209,8 @@ def test_image_to_image_starts_from_the_initial_image_noised_with_the_given_nois
     """The first timestep of the schedule cut by strength, with the given noise; fusion uses that noise."""
     init = generate(backend, seed=1, steps=4)
     noise = np.random.default_rng(2).standard_normal((8, 8, 4)).astype(np.float32)
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
-    pipe_class = type(entry["image2image"])
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
+    pipe_class = type(entry.image2image)
     calls = []
     original_call = pipe_class.__call__
 
@@ -206,7 +223,7 @@ def test_image_to_image_starts_from_the_initial_image_noised_with_the_given_nois
     generate(backend, {"init_image": init, "noise": noise}, strength=0.5, steps=8, fusion=0.3)
     given = torch.from_numpy(noise).permute(2, 0, 1)[None]
     assert torch.equal(steps[0]["noise"], given)
-    scheduler = EulerDiscreteScheduler.from_config(entry["text2image"].scheduler.config)
+    scheduler = EulerDiscreteScheduler.from_config(entry.text2image.scheduler.config)
     scheduler.set_timesteps(8)
     scheduler.set_begin_index(4)  # strength 0.5 of 8 steps: the last 4
     expected = scheduler.add_noise(steps[0]["init"], given, scheduler.timesteps[4:5])
@@ -253,11 +270,11 @@ def test_prompt_mix_of_one_prompt_is_that_prompt_and_half_and_half_is_neither(ba
 @pytest.mark.parametrize("guidance", [7.0, 1.0])
 def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
     backend.load(TINY)
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
-    a = backend._embed(entry, "a lighthouse", "fog", guidance)
-    b = backend._embed(entry, "a forest", "", guidance)
-    halves = backend._mixed_embeddings(entry, [("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)], guidance)
-    quarter = backend._mixed_embeddings(entry, [("a lighthouse", "fog", 1.0), ("a forest", "", 3.0)], guidance)
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
+    a = backend._embeddings.embed(entry, "a lighthouse", "fog", guidance)
+    b = backend._embeddings.embed(entry, "a forest", "", guidance)
+    halves = backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)), guidance)
+    quarter = backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 1.0), ("a forest", "", 3.0)), guidance)
     assert set(halves) == set(a) == {"prompt_embeds", "negative_prompt_embeds"}
     for name in a:
         if a[name] is None:  # no classifier-free guidance: no negative embeddings
@@ -266,22 +283,22 @@ def test_mixed_embeddings_are_the_weight_normalised_sum(backend, guidance):
         assert not torch.equal(a[name], b[name])
         torch.testing.assert_close(halves[name], (a[name] + b[name]) / 2, rtol=0, atol=1e-6)
         torch.testing.assert_close(quarter[name], 0.25 * a[name] + 0.75 * b[name], rtol=0, atol=1e-6)
-    assert backend._mixed_embeddings(entry, [("a lighthouse", "fog", 2.0), ("a forest", "", 0.0)], guidance) is a
+    assert backend._embeddings.mixed(entry, weights(("a lighthouse", "fog", 2.0), ("a forest", "", 0.0)), guidance) is a
     generate(backend, prompt_mix=mix(("a lighthouse", "fog", 0.5), ("a forest", "", 0.5)), guidance=guidance,
              steps=2)
 
 
 def test_prompt_mix_entries_come_from_the_embedding_cache(backend, monkeypatch):
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY).key()]
+    entry = backend._pipelines[ModelRequest.from_json(TINY).key()]
     calls = []
-    original = entry["text2image"].encode_prompt
+    original = entry.text2image.encode_prompt
 
     def counting(*args, **kwargs):
         if args[0] is not None:
             calls.append(args[0])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(entry["text2image"], "encode_prompt", counting)
+    monkeypatch.setattr(entry.text2image, "encode_prompt", counting)
     for weight in (0.2, 0.5, 0.8):
         generate(backend, prompt_mix=mix(("cache one", "", 1 - weight), ("cache two", "", weight),
                                          ("cache three", "", 0.0)), steps=1)
@@ -322,10 +339,10 @@ def test_sdxl_fusion_noise_and_prompt_mix(backend, monkeypatch):
     np.testing.assert_array_equal(generate(backend, {"noise": seed_noise(4, 64, 80)}, model=TINY_XL, count=1,
                                            seed=4, width=80), alone)
 
-    entry = backend._pipelines[diffusion.ModelSpec.from_request(TINY_XL).key()]
-    a = backend._embed(entry, "a lighthouse", "", 7.0)
-    b = backend._embed(entry, "a forest", "fog", 7.0)
-    halves = backend._mixed_embeddings(entry, [("a lighthouse", "", 1.0), ("a forest", "fog", 1.0)], 7.0)
+    entry = backend._pipelines[ModelRequest.from_json(TINY_XL).key()]
+    a = backend._embeddings.embed(entry, "a lighthouse", "", 7.0)
+    b = backend._embeddings.embed(entry, "a forest", "fog", 7.0)
+    halves = backend._embeddings.mixed(entry, weights(("a lighthouse", "", 1.0), ("a forest", "fog", 1.0)), 7.0)
     assert set(halves) == {"prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
                            "negative_pooled_prompt_embeds"}
     for name in halves:
@@ -336,27 +353,31 @@ def test_sdxl_fusion_noise_and_prompt_mix(backend, monkeypatch):
 
 
 # -- the wire and the live worker --------------------------------------------------------------
-def test_protocol_checks_the_new_fields():
-    base = {"type": "generate", "id": 5, "model": {"source": "tiny"}, "prompt": "x"}
-    good = dict(base, fusion=0.5, noise={"file": "n", "shape": [8, 8, 4], "dtype": "float32"},
+def test_requests_check_the_new_fields():
+    base = {"type": "generate", "id": 5, "model": {"source": "tiny"}, "prompt": "x", "width": 8, "height": 8,
+            "controlnets": [{"image": {"file": "c", "shape": [8, 8, 3], "dtype": "float32"}}],
+            "init_image": {"file": "i", "shape": [8, 8, 3], "dtype": "float32"}}
+    good = dict(base, fusion=0.5, fusion_end=0.6, noise={"file": "n", "shape": [8, 8, 4], "dtype": "float32"},
                 prompt_mix=[{"prompt": "a", "weight": 1}, {"prompt": "b", "negative_prompt": "c", "weight": 0.5}])
-    assert protocol.validate_request(good) is good
-    assert protocol.validate_request(dict(base, fusion=1, noise=None, prompt_mix=[]))
-    for bad in ({"fusion": "0.5"}, {"fusion": True}, {"noise": 5}, {"noise": [1, 2]}, {"prompt_mix": "a"},
-                {"prompt_mix": ["a"]}, {"prompt_mix": [{"weight": 1}]}, {"prompt_mix": [{"prompt": "a"}]},
-                {"prompt_mix": [{"prompt": "a", "weight": "1"}]}, {"prompt_mix": [{"prompt": "a", "weight": True}]},
-                {"prompt_mix": [{"prompt": 1, "weight": 1}]},
+    parsed = schema.parse(good)
+    assert parsed.fusion == 0.5 and parsed.fusion_end == 0.6 and parsed.noise == good["noise"]
+    assert [(p.prompt, p.negative_prompt, p.weight) for p in parsed.prompt_mix] == [("a", "", 1.0), ("b", "c", 0.5)]
+    assert schema.parse(dict(base, fusion=1, noise=None, prompt_mix=[])).fusion == 1.0
+    for bad in ({"fusion": "0.5"}, {"fusion": True}, {"fusion_end": 2}, {"noise": 5}, {"noise": [1, 2]},
+                {"prompt_mix": "a"}, {"prompt_mix": ["a"]}, {"prompt_mix": [{"weight": 1}]},
+                {"prompt_mix": [{"prompt": "a"}]}, {"prompt_mix": [{"prompt": "a", "weight": "1"}]},
+                {"prompt_mix": [{"prompt": "a", "weight": True}]}, {"prompt_mix": [{"prompt": 1, "weight": 1}]},
                 {"prompt_mix": [{"prompt": "a", "weight": 1, "negative_prompt": None}]}):
-        with pytest.raises(protocol.ProtocolError) as caught:
-            protocol.validate_request(dict(base, **bad))
-        assert caught.value.code == "malformed" and caught.value.reply_to == 5
-    assert set(protocol.FEATURES) == {"fusion", "noise", "prompt_mix"}
+        with pytest.raises(JobError) as caught:
+            schema.parse(dict(base, **bad))
+        assert caught.value.code == "bad_request"
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
 
 
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
-    assert set(client.worker_features) == {"fusion", "noise", "prompt_mix"}
+    assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(client.worker_features)
     sent = []
 
     def fake_call(request, attachments, **kwargs):
@@ -378,8 +399,18 @@ def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     with pytest.raises(JobFailed) as caught:
         client.generate(TINY, "x", control_images(8, 8), 8, 8, noise=np.zeros((1, 1, 4), np.int32))
     assert caught.value.code == "bad_request"
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=0.6)
+    assert sent[3]["fusion_end"] == 0.6
+    client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4, fusion_end=1.0)
+    assert "fusion_end" not in sent[4]  # the default (fusion on every step) is not sent
+    client.worker_features = ["fusion", "noise", "prompt_mix"]  # a worker from before fusion_end
+    with pytest.raises(JobFailed, match="fusion_end") as caught:
+        client.generate(TINY, "x", control_images(8, 8), 8, 8, init_image=np.zeros((8, 8, 3)), fusion=0.4,
+                        fusion_end=0.6)
+    assert caught.value.code == "unsupported"
+    del sent[3:]
     client.worker_features = None  # a worker from before these fields would ignore them: refuse instead
-    for extra in ({"fusion": 0.5}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
+    for extra in ({"fusion": 0.5, "init_image": np.zeros((8, 8, 3))}, {"noise": np.zeros((1, 1, 4), np.float32)}, {"prompt_mix": [{"prompt": "a",
                                                                                                    "weight": 1}]}):
         with pytest.raises(JobFailed, match="older than") as caught:
             client.generate(TINY, "x", control_images(8, 8), 8, 8, **extra)

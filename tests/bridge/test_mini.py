@@ -9,8 +9,8 @@ that does not, on the engine's own guides of a small scene.
 import numpy as np
 import pytest
 
-from silk.bridge import tiny_model
-from silk.engine import conditioning, diffusion_job
+from silk.bridge import families, tiny_model
+from silk.engine import conditioning
 from silk.engine.guides import compute_guides
 from tests import synthetic
 from tools.mini import metrics
@@ -81,10 +81,10 @@ def test_change_is_measured_where_the_guides_changed(guides):
 
 
 def test_units_load_minis_own_controlnets():
-    depth, normal = diffusion_job.UnitSettings(kind="DEPTH"), diffusion_job.UnitSettings(kind="NORMAL")
-    assert diffusion_job.controlnet_for(depth, "mini", "sd15") == "mini:depth"
-    assert diffusion_job.controlnet_for(normal, "mini", "sd15") == "mini:normal"
+    assert families.controlnet_for_kind("mini", "sd15", "DEPTH") == "mini:depth"
+    assert families.controlnet_for_kind("mini", "sd15", "NORMAL") == "mini:normal"
     assert set(tiny_model.TINY_MODELS["mini"][1]) == {"depth", "normal"}
+    assert families.detect("mini")[0] == "sd15"
 
 
 def test_missing_mini_weights_say_how_to_make_them(tmp_path, monkeypatch):

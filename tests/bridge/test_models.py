@@ -14,7 +14,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from silk.bridge import diffusion, tiny_model  # noqa: E402
+from silk.bridge.schema import ModelRequest  # noqa: E402
+from silk.bridge import diffusion, families, tiny_model  # noqa: E402
 from silk.bridge.diffusion import DiffusionBackend, JobError  # noqa: E402
 
 TINY_CONTROLNETS = ["tiny:depth", "tiny:normal"]
@@ -44,13 +45,13 @@ def units(count=2, height=64, width=64, seed=0):
 
 def generate(backend, model, count=2, images=None, control=None, **extra):
     request = dict({"model": model, "prompt": "a red cube", "steps": 4, "seed": 7, "width": 64, "height": 64,
-                    "guidance": 7.0}, **extra)
+                    "guidance": 7.0, "scheduler": "euler"}, **extra)
     return backend.generate(request, images or {}, control or units(count), progress=lambda *a: None,
                             cancel=threading.Event()).image
 
 
 def entry_for(backend, model):
-    return backend._pipelines[diffusion.ModelSpec.from_request(model).key()]
+    return backend._pipelines[ModelRequest.from_json(model).key()]
 
 
 # -- single-file checkpoints ------------------------------------------------------------
@@ -105,11 +106,11 @@ def test_single_file_checkpoint_paints_the_folder_models_picture(backend, checkp
 def test_sdxl_single_file_checkpoint_paints_the_folder_models_picture(backend, model_cache, tmp_path):
     path = str(tmp_path / "tiny-xl-original.safetensors")
     tiny_model.save_original_checkpoint(tiny_model.ensure_tiny_xl(model_cache), path)
-    assert diffusion._checkpoint_family(path) == "sdxl"
+    assert families.detect(path)[0] == "sdxl"
     folder_image = generate(backend, {"source": "tiny-xl"}, count=1)
     single = {"source": path, "config": "tiny-xl", "controlnets": ["tiny-xl:depth"]}
     assert backend.load(single)["family"] == "sdxl"
-    assert type(entry_for(backend, single)["text2image"]).__name__ == "StableDiffusionXLControlNetPipeline"
+    assert type(entry_for(backend, single).text2image).__name__ == "StableDiffusionXLControlNetPipeline"
     np.testing.assert_allclose(generate(backend, single, count=1), folder_image, atol=1e-5)
 
 
@@ -122,8 +123,8 @@ def test_single_file_config_may_name_a_tiny_model_and_is_only_for_checkpoints(ba
 
 
 def test_single_file_family_comes_from_its_keys_and_a_contradiction_is_refused(backend, checkpoint, tiny_folder):
-    assert diffusion._checkpoint_family(checkpoint) == "sd15"
-    with pytest.raises(JobError, match=r"is SD 1\.5 \(its model_index.json names StableDiffusionPipeline\).*'sdxl'"):
+    assert families.detect(checkpoint)[0] == "sd15"
+    with pytest.raises(JobError, match=r"is SD 1\.5 \(its config's model_index.json names StableDiffusionPipeline\).*'sdxl'"):
         backend.load({"source": checkpoint, "config": tiny_folder, "family": "sdxl", "controlnets": TINY_CONTROLNETS})
 
 
@@ -165,7 +166,7 @@ def write_lora(unet, path, seed, rank=4, scale=0.5):
 @pytest.fixture(scope="module")
 def loras(backend, tmp_path_factory):
     backend.load({"source": "tiny"})
-    unet = entry_for(backend, {"source": "tiny"})["text2image"].unet
+    unet = entry_for(backend, {"source": "tiny"}).text2image.unet
     folder = tmp_path_factory.mktemp("loras")
     return write_lora(unet, folder / "one.safetensors", seed=1), write_lora(unet, folder / "two.safetensors", seed=2)
 
@@ -175,9 +176,10 @@ def test_lora_weights_change_the_picture_without_reloading_the_model(backend, lo
     base = generate(backend, {"source": "tiny"})
     entry = entry_for(backend, {"source": "tiny"})
     loads, lora_loads = [], []
-    monkeypatch.setattr(backend, "_load", lambda spec: loads.append(spec) or pytest.fail("the model was reloaded"))
-    original_load_lora = entry["text2image"].load_lora_weights
-    monkeypatch.setattr(entry["text2image"], "load_lora_weights",
+    monkeypatch.setattr(diffusion.loading, "load",
+                        lambda *args: loads.append(args) or pytest.fail("the model was reloaded"))
+    original_load_lora = entry.text2image.load_lora_weights
+    monkeypatch.setattr(entry.text2image, "load_lora_weights",
                         lambda path, **kw: lora_loads.append(path) or original_load_lora(path, **kw))
 
     def with_loras(*weights):
@@ -192,10 +194,10 @@ def test_lora_weights_change_the_picture_without_reloading_the_model(backend, lo
     both = generate(backend, with_loras(1.0, 0.7))
     assert lora_loads == [first, second] and np.abs(both - at_one).max() > 0.01
     np.testing.assert_allclose(generate(backend, with_loras(0.0, 0.0)), base, atol=1e-6)
-    assert sorted(entry["text2image"].get_list_adapters()["unet"]) == sorted(entry["loras"])
+    assert sorted(entry.text2image.get_list_adapters()["unet"]) == sorted(entry.loras)
     np.testing.assert_allclose(generate(backend, with_loras(1.0)), at_one, atol=1e-6)  # the second one dropped
     np.testing.assert_allclose(generate(backend, {"source": "tiny"}), base, atol=1e-6)  # all unloaded
-    assert entry["text2image"].get_list_adapters() == {} and not loads
+    assert entry.text2image.get_list_adapters() == {} and not loads
     assert entry_for(backend, {"source": "tiny"}) is entry
     assert backend.load(with_loras(0.3))["loras"] == 1
 
@@ -238,7 +240,7 @@ def test_a_missing_or_unfitting_lora_is_a_clear_error(backend, loras, model_cach
 
 def test_a_lora_file_rewritten_on_disk_is_read_again(backend, tmp_path):
     backend.load({"source": "tiny"})
-    unet = entry_for(backend, {"source": "tiny"})["text2image"].unet
+    unet = entry_for(backend, {"source": "tiny"}).text2image.unet
     path = write_lora(unet, tmp_path / "edited.safetensors", seed=11)
     edited = write_lora(unet, tmp_path / "edited-later.safetensors", seed=12)  # same size, other weights
     model = {"source": "tiny", "loras": [{"path": path, "weight": 1.0}]}
@@ -249,13 +251,13 @@ def test_a_lora_file_rewritten_on_disk_is_read_again(backend, tmp_path):
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # a newer time even on coarse clocks
     after = generate(backend, model)
     assert np.abs(after - before).max() > 0.01
-    assert len(entry_for(backend, model)["loras"]) == 1  # the old version's adapter is gone
+    assert len(entry_for(backend, model).loras) == 1  # the old version's adapter is gone
 
 
 def test_a_text_encoder_lora_weight_change_encodes_the_prompt_again(backend, tmp_path):
     """Cached prompt embeddings depend on a text-encoder LoRA's weight; a stale cache would keep the old picture."""
     backend.load({"source": "tiny"})
-    text_encoder = entry_for(backend, {"source": "tiny"})["text2image"].text_encoder
+    text_encoder = entry_for(backend, {"source": "tiny"}).text2image.text_encoder
     generator = torch.Generator().manual_seed(5)
     weights = {}
     for name, module in text_encoder.named_modules():
@@ -271,14 +273,14 @@ def test_a_text_encoder_lora_weight_change_encodes_the_prompt_again(backend, tmp
     assert np.abs(generate(backend, model) - base).max() > 0.02
     model["loras"][0]["weight"] = 0.0
     np.testing.assert_allclose(generate(backend, model), base, atol=1e-6)
-    assert "text_encoder" in entry_for(backend, model)["text2image"].get_list_adapters()
+    assert "text_encoder" in entry_for(backend, model).text2image.get_list_adapters()
 
 
 def test_lora_weights_are_not_part_of_the_pipeline_key(loras):
     def key(weight):
-        return diffusion.ModelSpec.from_request({"source": "tiny", "loras": [{"path": loras[0], "weight": weight}]}).key()
+        return ModelRequest.from_json({"source": "tiny", "loras": [{"path": loras[0], "weight": weight}]}).key()
 
-    assert key(0.2) == key(0.9) == diffusion.ModelSpec.from_request({"source": "tiny"}).key()
+    assert key(0.2) == key(0.9) == ModelRequest.from_json({"source": "tiny"}).key()
 
 
 # -- SDXL ---------------------------------------------------------------------------------
@@ -299,32 +301,33 @@ def test_tiny_xl_is_shaped_like_sdxl(model_cache):
     assert unet["addition_embed_type"] == "text_time" and unet["cross_attention_dim"] == 32 + 64
     controlnet = ControlNetModel.load_config(os.path.join(folder, "controlnet-depth"))
     assert controlnet["addition_embed_type"] == "text_time"
-    assert diffusion.DEFAULT_CONTROLNETS["sdxl"] == {"depth": "diffusers/controlnet-depth-sdxl-1.0"}
-    assert set(diffusion.DEFAULT_CONTROLNETS["sd15"]) == {"depth", "normal"}
+    assert families.FAMILIES["sdxl"].controlnets["DEPTH"] == "diffusers/controlnet-depth-sdxl-1.0"
+    assert "NORMAL" not in families.FAMILIES["sdxl"].controlnets  # SDXL has no normal ControlNet
+    assert {"DEPTH", "NORMAL"} <= set(families.FAMILIES["sd15"].controlnets)
 
 
 def test_sdxl_text_to_image(backend, monkeypatch):
     info = backend.load(TINY_XL)
     assert info["family"] == "sdxl" and info["controlnets"] == 1
     entry = entry_for(backend, TINY_XL)
-    assert type(entry["text2image"]).__name__ == "StableDiffusionXLControlNetPipeline"
-    assert type(entry["image2image"]).__name__ == "StableDiffusionXLControlNetImg2ImgPipeline"
-    assert entry["image2image"].unet is entry["text2image"].unet
+    assert type(entry.text2image).__name__ == "StableDiffusionXLControlNetPipeline"
+    assert type(entry.image2image).__name__ == "StableDiffusionXLControlNetImg2ImgPipeline"
+    assert entry.image2image.unet is entry.text2image.unet
     calls = []
-    original = entry["text2image"].encode_prompt
-    monkeypatch.setattr(entry["text2image"], "encode_prompt",
+    original = entry.text2image.encode_prompt
+    monkeypatch.setattr(entry.text2image, "encode_prompt",
                         lambda *a, **kw: calls.append(a[0] if a else kw.get("prompt")) or original(*a, **kw))
     control = units(1, 64, 80)
     progress = []
     image = backend.generate({"model": TINY_XL, "prompt": "a lighthouse", "steps": 4, "seed": 5, "width": 80,
-                              "height": 64, "preview": True}, {}, control,
+                              "height": 64, "preview": True, "scheduler": "euler"}, {}, control,
                              progress=lambda *a: progress.append(a), cancel=threading.Event()).image
     assert image.shape == (64, 80, 3) and np.isfinite(image).all() and image.std() > 0.01
     assert [p[0] for p in progress] == [1, 2, 3, 4] and progress[-1][2].shape == (8, 10, 3)
     again = generate(backend, TINY_XL, control=control, prompt="a lighthouse", seed=5, steps=4, width=80)
     np.testing.assert_array_equal(image, again)  # same seed, same picture; the prompt was encoded once
     assert [prompt for prompt in calls if prompt is not None] == ["a lighthouse"]
-    embeddings = next(iter(backend._embeddings.values()))
+    embeddings = next(iter(backend._embeddings._cache.values()))
     assert set(embeddings) == {"prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
                                "negative_pooled_prompt_embeds"}
     other_prompt = generate(backend, TINY_XL, control=control, prompt="a forest", seed=5, steps=4, width=80)
@@ -344,7 +347,7 @@ def test_sdxl_image_to_image_with_a_strength_mask(backend, monkeypatch):
     mask = np.zeros((64, 64), dtype=np.float32)
     mask[:, 32:] = 1.0
     final = {}
-    original = diffusion._StrengthMask.apply
+    original = diffusion.StrengthMask.apply
 
     def record(self, latents, step, total):
         out = original(self, latents, step, total)
@@ -352,7 +355,7 @@ def test_sdxl_image_to_image_with_a_strength_mask(backend, monkeypatch):
             final["latents"], final["init"] = out.clone(), self.init_latents.clone()
         return out
 
-    monkeypatch.setattr(diffusion._StrengthMask, "apply", record)
+    monkeypatch.setattr(diffusion.StrengthMask, "apply", record)
     masked = generate(backend, TINY_XL, count=1, images={"init_image": init, "mask": mask}, strength=1.0, steps=6)
     assert masked.shape == (64, 64, 3)
     latents, initial = final["latents"][0], final["init"][0]
@@ -362,7 +365,7 @@ def test_sdxl_image_to_image_with_a_strength_mask(backend, monkeypatch):
 
 def test_sdxl_lora(backend, tmp_path):
     backend.load(TINY_XL)
-    lora = write_lora(entry_for(backend, TINY_XL)["text2image"].unet, tmp_path / "xl.safetensors", seed=4)
+    lora = write_lora(entry_for(backend, TINY_XL).text2image.unet, tmp_path / "xl.safetensors", seed=4)
     base = generate(backend, TINY_XL, count=1)
     with_lora = generate(backend, dict(TINY_XL, loras=[{"path": lora, "weight": 1.0}]), count=1)
     assert np.abs(with_lora - base).max() > 0.02

@@ -1,5 +1,6 @@
 """Test scenes built with Blender's Python API (used in Blender's module, never mocked)."""
 import math
+import os
 
 import bpy
 import numpy as np
@@ -35,7 +36,7 @@ def keyframe(obj, path, frames_values):
     for frame, value in frames_values:
         setattr(obj, path, value)
         obj.keyframe_insert(path, frame=frame)
-    for fcurve in _fcurves(obj):
+    for fcurve in _fcurves(obj.id_data):  # the ID that owns the animation (a shape key's Key)
         for point in fcurve.keyframe_points:
             point.interpolation = "LINEAR"
 
@@ -70,3 +71,28 @@ def read_png(path):
     pixels = np.array(image.pixels[:], dtype=np.float32).reshape(image.size[1], image.size[0], -1)[::-1, :, :3]
     bpy.data.images.remove(image)
     return pixels
+
+
+def smooth_by_angle(obj, angle):
+    """Blender 4.1+'s "Shade Auto Smooth": a "Smooth by Angle" geometry-nodes modifier.
+
+    The operator loads the node group from Blender's bundled assets; where it cannot in
+    background mode (4.2), the same node group is appended from the bundled file."""
+    for polygon in obj.data.polygons:  # as the operator does: smooth, then split by angle
+        polygon.use_smooth = True
+    bpy.context.view_layer.objects.active = obj
+    for other in bpy.context.view_layer.objects:
+        other.select_set(other == obj)
+    if "FINISHED" not in bpy.ops.object.shade_auto_smooth(angle=angle):
+        path = os.path.join(bpy.utils.system_resource("DATAFILES"), "assets", "geometry_nodes", "smooth_by_angle.blend")
+        with bpy.data.libraries.load(path) as (source, target):
+            target.node_groups = ["Smooth by Angle"]
+        modifier = obj.modifiers.new("Smooth by Angle", "NODES")
+        modifier.node_group = target.node_groups[0]
+    modifier = next(m for m in obj.modifiers if m.type == "NODES" and m.node_group
+                    and m.node_group.name.startswith("Smooth by Angle"))
+    for item in modifier.node_group.interface.items_tree:
+        if getattr(item, "in_out", None) == "INPUT" and item.name == "Angle":
+            modifier[item.identifier] = angle
+    obj.data.update()
+    return modifier

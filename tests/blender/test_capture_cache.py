@@ -1,0 +1,111 @@
+"""The capture caches change nothing but the time: guides with them are the guides without.
+
+- Topology: a deforming mesh keeps its triangles, corners and shading flags while only
+  its vertices move, and is re-triangulated when a quad's split or an n-gon changes.
+- Motion: an animation render reuses the last frame's t and t+1 as its t-1 and t, and
+  only within one render job with nothing edited.
+"""
+import math
+
+import bpy
+import numpy as np
+
+from silk.engine import scene_capture
+from tests.support import exr, scenes
+from tools.blender_env import set_multilayer_exr
+
+
+def deforming_scene():
+    scene = scenes.reset(64, 48)
+    scenes.add_camera(scene, location=(0, -8, 4.5), rotation=(math.radians(62), 0, 0))
+    sea = scenes.add_mesh(scene, "grid", "Sea", x_subdivisions=12, y_subdivisions=8, size=7)
+    wave = sea.modifiers.new("Wave", "WAVE")
+    wave.height, wave.width, wave.speed = 0.4, 1.5, 0.2
+    # A quad that folds over its 0-2 diagonal half way through (Blender then splits it 1-3),
+    # and a warped n-gon that deforms (its triangulation may change with it).
+    fold = bpy.data.meshes.new("Fold")
+    fold.from_pydata([(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)], [], [(0, 1, 2, 3)])
+    folded = bpy.data.objects.new("Fold", fold)
+    scene.collection.objects.link(folded)
+    folded.location = (-2.5, 0, 1.5)
+    folded.rotation_euler = (math.radians(70), 0, 0)
+    folded.shape_key_add(name="Basis")
+    pinch = folded.shape_key_add(name="Pinch")
+    pinch.data[3].co = (0.9, 0.1, 0.3)  # corner 3 crosses the 0-2 diagonal
+    scenes.keyframe(pinch, "value", [(1, 0.0), (10, 1.0)])
+    disc = scenes.add_mesh(scene, "circle", "Disc", location=(2.2, 0.5, 1.5), vertices=9, radius=1.0,
+                           fill_type="NGON", rotation=(math.radians(70), 0, 0))
+    disc.shape_key_add(name="Basis")
+    dent = disc.shape_key_add(name="Dent")
+    dent.data[4].co.x *= 0.1
+    dent.data[4].co.y *= 0.1
+    dent.data[4].co.z = 0.4
+    scenes.keyframe(dent, "value", [(1, 0.0), (10, 1.0)])
+    return scene
+
+
+def test_cached_topology_is_what_blender_triangulates_every_frame(silk):
+    scene = deforming_scene()
+    cache = scene_capture.TopologyCache()
+    kept = {}
+    for frame in range(1, 11):
+        scene.frame_set(frame)
+        depsgraph = bpy.context.evaluated_depsgraph_get()
+        for name in ("Sea", "Fold", "Disc"):
+            mesh = bpy.data.objects[name].evaluated_get(depsgraph).data
+            positions = scene_capture._positions(mesh)
+            topology = cache.topology(name, mesh, positions)
+            kept.setdefault(name, set()).add(id(topology))
+            fresh = scene_capture.TopologyCache().topology(name, mesh, positions)  # read afresh
+            assert np.array_equal(topology.triangles, fresh.triangles), (name, frame)
+            assert np.array_equal(topology.corners, fresh.corners), (name, frame)
+            assert np.array_equal(topology.flat, fresh.flat), (name, frame)
+            assert np.array_equal(scene_capture._shading_normals(mesh, topology),
+                                  scene_capture._shading_normals(mesh, fresh)), (name, frame)
+        cache.finish_render()
+    assert len(kept["Sea"]) == 1  # read once, kept while the wave moved every vertex
+    assert len(kept["Fold"]) == 2  # re-read once: when the quad's split flipped
+    # Blender really did split the folded quad the other way at the end.
+    scene.frame_set(1)
+    start = bpy.data.objects["Fold"].evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    split_before = {tuple(sorted(t.vertices)) for t in start.loop_triangles}
+    scene.frame_set(10)
+    end = bpy.data.objects["Fold"].evaluated_get(bpy.context.evaluated_depsgraph_get()).data
+    assert {tuple(sorted(t.vertices)) for t in end.loop_triangles} != split_before
+
+
+def _render_animation(scene, folder, first, last):
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    set_multilayer_exr(scene)
+    scene.frame_start, scene.frame_end = first, last
+    scene.render.filepath = str(folder / "f_")
+    bpy.ops.render.render(animation=True)
+    return {frame: exr.read_passes(str(folder / f"f_{frame:04d}.exr")) for frame in range(first, last + 1)}
+
+
+def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, tmp_path):
+    scene = deforming_scene()
+    before = scene_capture.motion_cache.reused
+    animated = _render_animation(scene, tmp_path, 3, 6)
+    assert scene_capture.motion_cache.reused - before == 3  # frames 4, 5 and 6 reused t-1 and t
+    assert scene_capture.motion_cache._stored is None  # the kept frames are freed when the job ends
+    for frame in (3, 5, 6):
+        scene.frame_set(frame)
+        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
+        before = scene_capture.motion_cache.reused
+        bpy.ops.render.render(write_still=True)
+        assert scene_capture.motion_cache.reused == before  # separate renders never reuse
+        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
+        for name in ("Depth", "Normal", "Vector", "Occlusion"):
+            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+    assert np.abs(animated[5]["Vector"]).max() > 0.5  # it moves
+
+
+def test_any_edit_drops_the_reusable_frames(silk):
+    scene = deforming_scene()
+    scene.frame_set(4)
+    generation = scene_capture.motion_cache.generation
+    bpy.data.objects["Sea"].modifiers["Wave"].height = 0.2
+    bpy.context.view_layer.update()
+    assert scene_capture.motion_cache.generation > generation

@@ -1,0 +1,142 @@
+"""Silk's per-frame overhead against a plain diffusers call, on the full-size ``sd15-random``.
+
+The same model (SD 1.5's architecture, two ControlNets), the same settings (image-to-image at
+strength 1, Euler, guidance 7, a fixed seed, two control pictures) and the same frame size, in
+the same run: first a plain ``StableDiffusionControlNetImg2ImgPipeline`` call in a child process,
+then Silk's path (client -> worker process -> backend -> the same pipeline class, with step
+previews, as F12 sends it). One model is in memory at a time. Reports the median seconds per
+frame of each, their ratio (goal: <= 1.05), and each process's peak resident memory.
+
+    .venv/bin/python tools/bench_overhead.py [--size 256] [--steps 4] [--frames 3]
+
+Builds sd15-random into the model cache on first use (~7 GB, a few minutes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+SEED, GUIDANCE, STRENGTH, PROMPT = 7, 7.0, 1.0, "a stone cube on a meadow"
+
+
+def inputs(size: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    init = rng.random((size, size, 3), dtype=np.float32)
+    controls = [rng.random((size, size, 3), dtype=np.float32) for _ in range(2)]
+    return init, controls
+
+
+def plain_child(args) -> None:
+    """The plain diffusers call, as its documentation writes it; prints JSON."""
+    import torch
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionControlNetImg2ImgPipeline
+    from PIL import Image
+
+    from silk.bridge import tiny_model
+
+    folder = tiny_model.ensure_sd15_random()
+    controlnets = [ControlNetModel.from_pretrained(os.path.join(folder, sub), dtype=torch.float32)
+                   for sub in ("controlnet-depth", "controlnet-normal")]
+    pipe = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        folder, controlnet=controlnets, dtype=torch.float32, safety_checker=None, requires_safety_checker=False)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config, use_karras_sigmas=False)
+    pipe.set_progress_bar_config(disable=True)
+    init, controls = inputs(args.size)
+    to_pil = lambda a: Image.fromarray((a * 255 + 0.5).astype("uint8"))  # noqa: E731
+
+    def frame():
+        pipe(PROMPT, image=to_pil(init), control_image=[to_pil(c) for c in controls], strength=STRENGTH,
+             num_inference_steps=args.steps, guidance_scale=GUIDANCE, output_type="np",
+             generator=torch.Generator().manual_seed(SEED), height=args.size, width=args.size)
+
+    print(json.dumps({"times": timed(frame, args.frames), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                      * 1024}))
+
+
+def timed(frame, count: int) -> list:
+    frame()  # warm-up: first-call allocations and kernel choices
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        frame()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def silk(args) -> dict:
+    from tools.blender_env import load_silk
+
+    load_silk(register=False)
+    from silk.bridge.client import WorkerClient, WorkerConfig
+
+    client = WorkerClient(WorkerConfig(python=sys.executable, log_path=os.path.join(tempfile.gettempdir(),
+                                                                                    "silk-bench-overhead.log")))
+    model = {"source": "sd15-random", "precision": "fp32"}
+    init, controls = inputs(args.size)
+    try:
+        client.load_model(model)
+
+        def frame():
+            client.generate(model, PROMPT, [{"image": c} for c in controls], args.size, args.size, seed=SEED,
+                            steps=args.steps, guidance=GUIDANCE, scheduler="euler", init_image=init,
+                            strength=STRENGTH, preview=True, timeout=3600)
+
+        times = timed(frame, args.frames)
+        with open(f"/proc/{client.worker_pid}/status") as handle:
+            peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
+    finally:
+        client.stop()
+    return {"times": times, "peak_rss": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.plain_child:
+        from tools.blender_env import load_silk
+
+        load_silk(register=False)
+        return plain_child(args)
+    from tools.blender_env import load_silk
+
+    load_silk(register=False)
+    from silk.bridge import tiny_model
+
+    print(f"sd15-random: {tiny_model.ensure_sd15_random()}", flush=True)
+    command = [sys.executable, __file__, "--plain-child", f"--size={args.size}", f"--steps={args.steps}",
+               f"--frames={args.frames}"]
+    plain = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    ours = silk(args)
+    report(args, plain, ours)
+
+
+def report(args, plain: dict, ours: dict) -> None:
+    plain_time, silk_time = statistics.median(plain["times"]), statistics.median(ours["times"])
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each after a "
+          f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads default")
+    print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}")
+    for label, data, median in (("plain diffusers", plain, plain_time), ("Silk (client+worker)", ours, silk_time)):
+        frames = ", ".join(f"{t:.2f}" for t in data["times"])
+        print(f"{label:24}{median:>18.3f}{frames:>30}{data['peak_rss'] / 2 ** 30:>10.2f} GiB")
+    print(f"Silk / plain: {silk_time / plain_time:.3f}x (goal <= 1.05)")
+
+
+if __name__ == "__main__":
+    main()
