@@ -91,3 +91,11 @@ def test_missing_mini_weights_say_how_to_make_them(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_model, "MINI_PATH", str(tmp_path / "mini"))
     with pytest.raises(FileNotFoundError, match="tools/mini/train.py"):
         tiny_model.ensure_mini()
+
+
+def test_loading_mini_without_weights_is_a_clear_job_error(tmp_path, monkeypatch):
+    from silk.bridge.diffusion import DiffusionBackend, JobError
+
+    monkeypatch.setattr(tiny_model, "MINI_PATH", str(tmp_path / "mini"))
+    with pytest.raises(JobError, match="train it with tools/mini/train.py"):
+        DiffusionBackend(cache_dir=str(tmp_path / "cache")).load({"source": "mini"})
