@@ -119,7 +119,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     # -- model --------------------------------------------------------------
     model: StringProperty(
         name="Model", default=diffusion_job.DEFAULT_MODEL,
-        description="'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
+        description="'mini' (Silk's own small model, once trained: tools/mini), 'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
                     ".safetensors/.ckpt checkpoint file")
     model_family: EnumProperty(name="Family", items=FAMILIES, default="AUTO",
                                description="Which ControlNets fit the model")

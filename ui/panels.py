@@ -167,6 +167,9 @@ class SILK_PT_model(SilkPanel, bpy.types.Panel):
         layout.prop(settings, "model_family")
         if settings.model.strip() == "tiny":
             _label_lines(layout, "'tiny' is a random-weight test model: it paints noise, offline and fast")
+        elif settings.model.strip() == "mini":
+            _label_lines(layout, "'mini' is Silk's own small offline model (tools/mini): its weights are not "
+                                 "shipped yet; 'make train-mini' in a checkout makes them")
         layout.label(text="LoRAs")
         _list_with_buttons(layout, "SILK_UL_loras", settings, "loras", "active_lora", "silk.lora_add",
                            "silk.lora_remove")
