@@ -9,7 +9,8 @@ VENV := .venv
 VENV_LTS := .venv-blender42
 PYTEST_ARGS ?=
 
-.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-overhead gpu-check build clean
+.PHONY: all venv node demo test test-latest test-lts bench bench-animation bench-noise bench-latent-walk bench-overhead \
+	bench-mini train-mini gpu-check bench-motion gpu-check-motion build clean
 
 all: test
 
@@ -33,9 +34,12 @@ node:
 		echo "Installing Node.js (nodejs) from Debian's packages for the farm job type tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs; }
 
-## Render the demo scene to out/: guides, passes, paintings, contact sheet.
-## MODEL=tiny paints offline with the random-weight test model; default: SD 1.5 (downloaded).
+## Render the demo scene to out/: guides, then a short animation painted twice (independent
+## frames, and with feedback) side by side as out/demo.gif, and the contact sheet.
+## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini` where
+## its weights are in models/mini (make train-mini), else with `tiny` (random weights).
 MODEL ?=
+MOTION_MODULE ?=
 demo: $(VENV)/.ready
 	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
 
@@ -65,7 +69,20 @@ bench-overhead: $(VENV)/.ready
 gpu-check: $(VENV)/.ready
 	$(VENV)/bin/python tools/gpu_check.py
 
-## dist/silk-<version>.zip, built and validated with Blender's extension tooling.
+## What the `mini` model does with Silk's guides (edges, seeds, image-to-image); see docs/benchmarks.md.
+bench-mini: $(VENV)/.ready
+	$(VENV)/bin/python tools/bench_mini.py
+
+## Train `mini` from scratch into out/ and models/mini (about 70 minutes on 2 shared cores;
+## see tools/mini/README.md and docs/benchmarks.md: not yet long enough to follow the guides).
+train-mini: $(VENV)/.ready
+	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 350
+	$(VENV)/bin/python tools/mini/train.py vae --data out/mini-data --work out/mini-work --minutes 8
+	$(VENV)/bin/python tools/mini/train.py decoder --data out/mini-data --work out/mini-work --minutes 35 & \
+	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 47; \
+	wait
+	$(VENV)/bin/python tools/mini/train.py export --work out/mini-work --out models/mini
+
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
 bench-animation: $(VENV)/.ready
@@ -81,6 +98,17 @@ bench-noise: $(VENV)/.ready
 bench-latent-walk: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_latent_walk.py
 
+## Motion-module windows joined by exact motion against per-frame feedback, blind joins and
+## diffusers' FreeNoise (tiny by default; MODEL=... MOTION_MODULE=... with a GPU).
+bench-motion: $(VENV)/.ready
+	MODEL=$(MODEL) MOTION_MODULE=$(MOTION_MODULE) $(VENV)/bin/python tools/bench_motion.py
+
+## On a GPU: time and peak memory of one 16-frame 512x512 window with SD 1.5-shaped random models.
+gpu-check-motion: $(VENV)/.ready
+	$(VENV)/bin/python tools/gpu_check_motion.py
+
+## dist/silk-<version>-<platform>.zip, one per platform (linux_x64, windows_x64, macos_arm64,
+## macos_x64), each with its own numba wheels, built and validated with Blender's extension tooling.
 build: $(VENV)/.ready
 	$(VENV)/bin/python tools/build_extension.py --output-dir dist
 

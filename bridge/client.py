@@ -467,3 +467,64 @@ class WorkerClient:
                 self.state = "ready"
         image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
         return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+
+    def _unit(self, unit: dict, attachments: list, name: str) -> dict:
+        """A ControlNet unit as a video request carries it: its video as a frame, its weight,
+        start and end."""
+        return {"image": self.frame(np.asarray(unit["image"], dtype=np.float32), attachments, name=name),
+                "weight": float(unit.get("weight", 1.0)), "start": float(unit.get("start", 0.0)),
+                "end": float(unit.get("end", 1.0))}
+
+    def generate_video(self, model: dict, motion: dict, prompt: str, controlnets: list, width: int, height: int,
+                       frames: int, *, prompts: dict | None = None, negative_prompt: str = "", seed: int = 0,
+                       steps: int = 20, guidance: float = 7.0, scheduler: str = "euler",
+                       init_video: np.ndarray | None = None, strength: float = 1.0, masks: np.ndarray | None = None,
+                       decode_chunk: int | None = None, context_frames: int | None = None,
+                       context_stride: int | None = None, preview: bool = False, timeout: float = 3600.0,
+                       on_progress=None, should_cancel=None) -> tuple[np.ndarray, dict]:
+        """One window of a video model (bridge/motion.py): ``frames`` frames painted together.
+        ``motion``: {"source": 'tiny' | repo id | folder | file, "config"?, "loras"?: [{"path", "weight"}]};
+        ``controlnets``: [{"image": (frames, h, w, c) array, "weight", "start", "end"}]; ``prompts``:
+        {frame: prompt} for prompt travel; ``init_video`` (frames, h, w, 3) with ``masks`` (frames, h,
+        w), each pixel's strength, starts the window from given frames. Returns the (frames, height,
+        width, 3) float32 frames in [0, 1] and details."""
+        self.ensure_started()
+        if self.worker_features is None or "generate_video" not in self.worker_features:
+            raise JobFailed("unsupported", "This worker is older than Silk's motion modules. Update Silk (bridge/) on "
+                            "the worker's machine and restart the worker")
+        attachments = []
+        units = [self._unit(unit, attachments, f"video{index}") for index, unit in enumerate(controlnets)]
+        request = {"type": "generate_video", "model": model, "motion": motion, "prompt": prompt,
+                   "frames": int(frames), "negative_prompt": negative_prompt, "seed": int(seed), "steps": int(steps),
+                   "guidance": float(guidance), "scheduler": scheduler, "width": int(width), "height": int(height),
+                   "strength": float(strength), "controlnets": units, "preview": bool(preview)}
+        if prompts:
+            request["prompts"] = {str(int(frame)): text for frame, text in prompts.items()}
+        for key, value in (("decode_chunk", decode_chunk), ("context_frames", context_frames),
+                           ("context_stride", context_stride)):
+            if value is not None:
+                request[key] = int(value)
+        for key, array in (("init_video", init_video), ("masks", masks)):
+            if array is not None:
+                request[key] = self.frame(np.asarray(array, dtype=np.float32), attachments, name=key)
+        if self.shared_frames:
+            # No name keeps the buffer's view: a traceback kept by the caller must not pin the mapping.
+            request["output"] = self.buffer((int(frames), height, width, 3), np.float32, name="output_video")[1]
+        self.state = "busy"
+        try:
+            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
+                                                  should_cancel=should_cancel)
+        finally:
+            if self.state == "busy":
+                self.state = "ready"
+        video = np.array(self._result_array(reply, "video", reply_attachments), dtype=np.float32, copy=True)
+        return video, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+
+
+def _mix_entry(entry: dict) -> dict:
+    """A prompt_mix entry as JSON takes it (a numpy weight becomes a float; anything else goes as
+    it is, for the worker to refuse with a clear message)."""
+    entry = dict(entry)
+    if isinstance(entry.get("weight"), (np.floating, np.integer)):
+        entry["weight"] = float(entry["weight"])
+    return entry

@@ -101,6 +101,7 @@ LOCAL_MODELS = {
                       "IMAGE": "tiny:depth"}),
     "tiny-xl": ("sdxl", {"DEPTH": "tiny-xl:depth"}),
     "sd15-random": ("sd15", {"DEPTH": "sd15-random:depth", "NORMAL": "sd15-random:normal"}),
+    "mini": ("sd15", {"DEPTH": "mini:depth", "NORMAL": "mini:normal"}),  # trained by tools/mini
 }
 
 

@@ -34,6 +34,8 @@ REQUESTS = {
     # The fields of 'load_model' and 'generate' are checked by bridge/schema.py (bad_request replies).
     "load_model": ({}, {}),
     "generate": ({}, {}),
+    # One window of a video model: its fields are checked by bridge/motion.py (bad_request replies).
+    "generate_video": ({}, {}),
     "cancel": ({"job": int}, {}),
     "echo": ({"frame": dict}, {"output": (dict, type(None))}),
     "shutdown": ({}, {}),
@@ -41,7 +43,7 @@ REQUESTS = {
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter")
+FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter", "generate_video")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 

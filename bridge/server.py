@@ -390,6 +390,8 @@ class WorkerServer:
             elif request["type"] == "load_model":
                 info = self.backend.load(job.parsed)
                 reply = {"type": "ok", "reply_to": job.id, "model": info}
+            elif request["type"] == "generate_video":
+                reply, attachments = self._generate_video(job)
             else:
                 reply, attachments = self._generate(job)
         except Cancelled:
@@ -443,20 +445,40 @@ class WorkerServer:
                 annotating = (annotating or 0.0) + time.perf_counter() - started
             units.append(schema.ControlUnit(image=image, weight=unit.weight, start=unit.start, end=unit.end))
 
+        result = self.backend.generate(request, images, units, progress=self._progress(job), cancel=job.cancel)
+        timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
+        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
+                                 model=result.model)
+
+    def _progress(self, job: Job):
+        """The backend's per-step callback for ``job``: a progress message (with the preview
+        when the request asked for one), or Cancelled once the client cancelled."""
         def progress(step: int, steps: int, preview: np.ndarray | None = None) -> None:
             if job.cancel.is_set() or job.session.closed.is_set():
                 raise Cancelled()
             message = {"type": "progress", "job": job.id, "step": step, "steps": steps}
-            if preview is not None and request.preview:
+            if preview is not None and job.request.get("preview"):
                 data = np.ascontiguousarray(preview, dtype=np.uint8)
                 message["preview"] = {"attachment": 0, "shape": list(data.shape), "dtype": "uint8"}
                 job.session.send(message, [memoryview(data).cast("B")])
             else:
                 job.session.send(message)
 
-        result = self.backend.generate(request, images, units, progress=progress, cancel=job.cancel)
-        timings = result.timings if annotating is None else dict(result.timings, annotators=round(annotating, 4))
-        return self._frame_reply(job, "result", "image", result.image, seed=result.seed, timings=timings,
+        return progress
+
+    def _generate_video(self, job: Job):
+        """One window of a video model: every frame's ControlNet pictures in, every frame out."""
+        request = job.request
+        images = {key: job.session.frames.open(request[key], job.attachments)
+                  for key in ("init_video", "masks") if request.get(key) is not None}
+        units = []
+        for unit in request.get("controlnets", []):
+            if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
+                raise JobError("malformed", "each ControlNet unit needs an 'image' video frame")
+            units.append(dict(unit, image=job.session.frames.open(unit["image"], job.attachments)))
+
+        result = self.backend.generate_video(request, images, units, progress=self._progress(job), cancel=job.cancel)
+        return self._frame_reply(job, "result", "video", result.frames, seed=result.seed, timings=result.timings,
                                  model=result.model)
 
 

@@ -45,6 +45,17 @@ def ensure_tiny_xl(cache_dir: str | None = None) -> str:
     return _ensure(cache_dir, TINY_XL_VERSION, build_tiny_xl)
 
 
+# ``mini`` is trained, not built: tools/mini/train.py writes it into the repository.
+MINI_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "mini")
+
+
+def ensure_mini(cache_dir: str | None = None) -> str:
+    """The mini model's folder, models/mini, where tools/mini/train.py exported it (``cache_dir`` is not used)."""
+    if not os.path.exists(os.path.join(MINI_PATH, "model_index.json")):
+        raise FileNotFoundError(f"the 'mini' model is missing from {MINI_PATH}; train it with tools/mini/train.py")
+    return MINI_PATH
+
+
 def ensure_sd15_random(cache_dir: str | None = None) -> str:
     """sd15-random (bridge/full_size_model.py): SD 1.5 at full size with random weights."""
     from .full_size_model import ensure_sd15_random as ensure
@@ -58,6 +69,7 @@ TINY_MODELS = {
     "tiny": (ensure_tiny, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
     "tiny-xl": (ensure_tiny_xl, {"depth": "controlnet-depth"}),
     "sd15-random": (ensure_sd15_random, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
+    "mini": (ensure_mini, {"depth": "controlnet-depth", "normal": "controlnet-normal"}),
 }
 
 

@@ -16,7 +16,7 @@ import bpy
 import numpy as np
 
 from ..bridge.client import JobCancelled, WorkerError
-from . import (animation, conditioning, diffusion_job, job_settings, noise, result_history,
+from . import (animation, conditioning, diffusion_job, job_settings, motion_render, noise, result_history,
                worker_link)
 from .color import srgb_to_linear
 from .guides import compute_guides, kernels
@@ -219,10 +219,14 @@ class SilkRenderEngine(bpy.types.RenderEngine):
             worker_link.note_loaded(diffusion_job.load_model(worker, settings.job, should_cancel=self._should_cancel))
             started = time.perf_counter()
             painter = WorkerPainter(self, worker, model, result, combined)
-            painted = session.paint(frames, painter, scene.frame_current, scene.silk.depth_normalization)
+            if motion_render.wanted(scene):  # a motion module paints windows of frames (engine/windows.py)
+                painted = motion_render.paint(self, frames, session, worker, model, result, combined)
+                label = motion_render.take_label(settings.job, scene, model.source)
+            else:
+                painted = session.paint(frames, painter, scene.frame_current, scene.silk.depth_normalization)
+                label = take_label(settings.job, settings.temporal, model.source)
             if self.is_animation:
-                session.record(scene.name, scene.frame_current,
-                               take_label(settings.job, settings.temporal, model.source))
+                session.record(scene.name, scene.frame_current, label)
             self.update_stats("Silk", f"Frame {scene.frame_current} done in {time.perf_counter() - started:.1f} s | "
                                       f"{model.source} | {painter.device}")
             return painted

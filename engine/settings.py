@@ -11,7 +11,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        StringProperty)
 
 from ..bridge import families, schema
-from . import diffusion_job
+from . import diffusion_job, windows
 
 MODES = [
     ("DIFFUSE", "Diffuse", "Paint each frame with Stable Diffusion, steered by the guides"),
@@ -119,7 +119,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     # -- model --------------------------------------------------------------
     model: StringProperty(
         name="Model", default=diffusion_job.DEFAULT_MODEL,
-        description="'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
+        description="'mini' (Silk's own small model, once trained: tools/mini), 'tiny' (offline test model, paints noise), a hub repo id, a local diffusers folder, or a "
                     ".safetensors/.ckpt checkpoint file")
     model_family: EnumProperty(name="Family", items=FAMILIES, default="AUTO",
                                description="Which ControlNets fit the model")
@@ -201,6 +201,23 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     variant_key_seed: BoolProperty(
         name="Key at Shot Start", default=True,
         description="Choosing a variant keys its seed at the shot's first frame, so the shot animates from it")
+
+    # -- motion module (a video model painting windows of frames: engine/windows.py) --------
+    motion_module: StringProperty(
+        name="Motion Module", default="",
+        description="An AnimateDiff motion module paints windows of frames together (empty: paint frame by "
+                    "frame): a hub repo id such as guoyww/animatediff-motion-adapter-v1-5-3, a local diffusers "
+                    "folder, an AnimateDiff .safetensors/.ckpt file, or 'tiny' (offline test module)")
+    context_frames: IntProperty(
+        name="Context Frames", default=windows.DEFAULT_CONTEXT_FRAMES, min=2, max=32,
+        description="Frames painted together in one window (motion modules are trained on 16; fewer need "
+                    "less GPU memory)")
+    context_overlap: IntProperty(
+        name="Context Overlap", default=windows.DEFAULT_CONTEXT_OVERLAP, min=0, max=31,
+        description="Frames each window shares with the one before: it starts from them, warped by the "
+                    "scene's exact motion, and cross-fades over them")
+    motion_loras: CollectionProperty(type=SilkLora)
+    active_motion_lora: IntProperty(name="Active Motion LoRA", default=0, min=0)
 
     # -- worker -------------------------------------------------------------
     attention_slicing: BoolProperty(name="Attention Slicing", default=False,

@@ -87,6 +87,20 @@ class SILK_OT_lora_remove(RemoveSelectedItem, bpy.types.Operator):
     collection, active = "loras", "active_lora"
 
 
+class SILK_OT_motion_lora_add(AddItem, bpy.types.Operator):
+    bl_idname = "silk.motion_lora_add"
+    bl_label = "Add Motion LoRA"
+    bl_description = "Add a motion LoRA file (camera pans, zooms...) with a weight"
+    collection, active = "motion_loras", "active_motion_lora"
+
+
+class SILK_OT_motion_lora_remove(RemoveSelectedItem, bpy.types.Operator):
+    bl_idname = "silk.motion_lora_remove"
+    bl_label = "Remove Motion LoRA"
+    bl_description = "Remove the selected motion LoRA"
+    collection, active = "motion_loras", "active_motion_lora"
+
+
 class SILK_OT_prompt_key_add(AddItem, bpy.types.Operator):
     bl_idname = "silk.prompt_key_add"
     bl_label = "Add Prompt Key"
@@ -122,8 +136,8 @@ class SILK_OT_mark_shot_start(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (SILK_OT_unit_add, SILK_OT_unit_remove, SILK_OT_lora_add, SILK_OT_lora_remove, SILK_OT_prompt_key_add,
-           SILK_OT_prompt_key_remove, SILK_OT_mark_shot_start)
+CLASSES = (SILK_OT_unit_add, SILK_OT_unit_remove, SILK_OT_lora_add, SILK_OT_lora_remove, SILK_OT_motion_lora_add,
+           SILK_OT_motion_lora_remove, SILK_OT_prompt_key_add, SILK_OT_prompt_key_remove, SILK_OT_mark_shot_start)
 
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tools import demo_scene  # noqa: E402
+from tools import bench_scenes  # noqa: E402
 from tools.blender_env import ROOT, load_silk, set_multilayer_exr  # noqa: E402
 
 MODES = [
@@ -161,6 +161,8 @@ def fusion_seconds_per_frame(size, steps, repeats=3):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=os.environ.get("MODEL") or "tiny")
+    parser.add_argument("--scene", default=os.environ.get("SCENE") or "demo", choices=bench_scenes.SCENES,
+                        help="demo; orbit (camera orbit, parallax); fast (fast objects, large disocclusions)")
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=8)
@@ -173,7 +175,7 @@ def main(argv=None):
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
     load_silk()
-    scene = demo_scene.build(args.size, args.size)
+    scene = bench_scenes.build(args.scene, args.size, args.size)
     scene.frame_start, scene.frame_end = 1, args.frames
     scene.render.engine = "SILK"
     scene.view_settings.view_transform = "Standard"
@@ -183,9 +185,14 @@ def main(argv=None):
     silk.model = args.model
     silk.steps = args.steps
     silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
+    if args.model == "mini":  # mini's own settings (tools/mini): trained without negative prompts
+        from tools.mini import MINI_PROMPT, MINI_SETTINGS
+
+        silk.prompt, silk.negative_prompt = MINI_PROMPT, ""
+        silk.guidance_scale, silk.scheduler = MINI_SETTINGS["guidance"], MINI_SETTINGS["scheduler"]
     frames = list(range(1, args.frames + 1))
     results = {"machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
-               "model": args.model, "size": args.size, "frames": args.frames, "steps": args.steps, "modes": {}}
+               "model": args.model, "scene": args.scene, "size": args.size, "frames": args.frames, "steps": args.steps, "modes": {}}
     if not args.only_overhead:
         measure_modes(scene, frames, args, results)
     if not args.skip_overhead:

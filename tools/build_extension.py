@@ -4,7 +4,11 @@
 
 Downloads the wheels the manifest lists (numba and llvmlite for each platform) into
 ``wheels/`` if they are missing, then builds one zip per platform,
-``silk-<version>-<platform>.zip``, so each user downloads only their own wheels.
+``silk-<version>-<platform>.zip`` (``linux_x64``, ``windows_x64``, ``macos_arm64``,
+``macos_x64``: Blender's tooling writes the platform with an underscore), so each user
+downloads only their own wheels. Development files (tests, tools, docs, pytest.ini, the
+Makefile) stay out of the zips (``[build] paths_exclude_pattern`` in the manifest); the
+``mini`` model's weights go in when they are in models/mini (about 8 MB), so it works offline.
 ``blender_ext.py`` ships inside the ``bpy`` wheel; it runs with plain Python.
 """
 import argparse

@@ -5,12 +5,16 @@ Writes to ``out/``:
 - ``passes/frame_####.exr``: multilayer EXR with Depth, Normal, Vector, Occlusion;
 - ``guides/<guide>/frame_####.png``: each guide picture exactly as Silk shows it;
 - ``painted/frame_####.png``: the frames painted by Stable Diffusion (DIFFUSE mode);
-- ``contact_sheet.png``: the guides and the painting for a few frames side by side.
+- ``contact_sheet.png``: the guides and the painting for a few frames side by side;
+- ``animation/<mode>/frame_####.png`` and ``demo.gif``: the shot rendered as an animation
+  twice, every frame painted on its own (fixed seed) and with feedback (Silk's default),
+  side by side.
 
 The model is ``--model`` (``make demo MODEL=...``), by default Silk's default SD 1.5
 with its depth and normal ControlNets, downloaded on first use. Where it can be
-neither downloaded nor found in the cache, the demo says so and paints with
-``tiny`` (random weights: noise, but the whole pipeline runs).
+neither downloaded nor found in the cache, the demo says so in one line and paints with
+``mini``, the small model Silk trains itself (tools/mini), where its weights are in
+models/mini, else with ``tiny`` (random weights: noise, but the whole pipeline runs).
 """
 import argparse
 import os
@@ -26,7 +30,11 @@ import numpy as np  # noqa: E402
 from tools import demo_scene  # noqa: E402
 from tools.blender_env import ROOT, load_silk, set_multilayer_exr, set_png  # noqa: E402
 
+from tools.mini import MINI_PROMPT, MINI_SETTINGS  # noqa: E402
+
 GUIDES = ("DEPTH", "NORMAL", "MOTION", "OCCLUSION")
+ANIMATION_MODES = (("independent frames", dict(use_feedback=False, noise_mode="FIXED")),
+                   ("with feedback", dict(use_feedback=True)))
 COLUMNS = GUIDES + ("PAINTED",)
 PROMPT = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, soft morning light, oil painting"
 
@@ -52,14 +60,36 @@ def render_guides(scene, out: str, frames) -> dict:
     return pictures
 
 
-def render_paintings(scene, out: str, frames, model: str, steps: int) -> tuple[dict, str]:
-    """Paint ``frames`` with ``model`` (falling back to tiny when it cannot be had here)."""
+def use_model(scene, model: str, steps) -> None:
+    silk = scene.silk
+    silk.model = model
+    if model in ("mini", "tiny"):  # the small models' own settings (mini was trained without negative prompts)
+        silk.prompt, silk.negative_prompt = MINI_PROMPT, ""
+        silk.steps = steps or (MINI_SETTINGS["steps"] if model == "mini" else 6)
+        silk.guidance_scale = MINI_SETTINGS["guidance"]
+        silk.scheduler = MINI_SETTINGS["scheduler"]
+    else:
+        silk.prompt = PROMPT
+        silk.steps = steps or 20
+
+
+def fallback_model() -> str:
+    """mini where its weights are in the checkout (models/mini), else tiny."""
+    from silk.bridge import tiny_model
+
+    return "mini" if os.path.exists(os.path.join(tiny_model.MINI_PATH, "model_index.json")) else "tiny"
+
+
+def cannot_load(message: str) -> bool:
+    return "hub could provide" in message or "Cannot load the ControlNet" in message
+
+
+def render_paintings(scene, out: str, frames, model: str, steps) -> tuple[dict, str]:
+    """Paint ``frames`` with ``model`` (falling back to mini when it cannot be had here)."""
     from silk.engine import render_engine
 
     scene.silk.mode = "DIFFUSE"
-    scene.silk.model = model
-    scene.silk.prompt = PROMPT
-    scene.silk.steps = steps or (6 if model == "tiny" else 20)  # tiny paints noise: no need to wait for it
+    use_model(scene, model, steps)
     set_png(scene)
     pictures = {}
     for frame in frames:
@@ -71,15 +101,58 @@ def render_paintings(scene, out: str, frames, model: str, steps: int) -> tuple[d
             bpy.ops.render.render(write_still=True)
         except RuntimeError:
             message = next((m for level, m in render_engine.last_reports if level == "ERROR"), "render failed")
-            if scene.silk.model != "tiny" and not pictures and ("hub could provide" in message
-                                                                or "Cannot load the ControlNet" in message):
-                print(f"The model '{model}' cannot be downloaded or found here:\n  {message}\n"
-                      "Painting with 'tiny' instead (random weights: the pictures are noise).")
-                return render_paintings(scene, out, frames, "tiny", steps)
+            if model not in ("mini", "tiny") and not pictures and cannot_load(message):
+                fallback = fallback_model()
+                what = "Silk's own small offline model" if fallback == "mini" else "random weights: noise"
+                print(f"The model '{model}' cannot be downloaded or found here: painting with '{fallback}' ({what}).")
+                return render_paintings(scene, out, frames, fallback, steps)
             raise SystemExit(f"Silk could not paint frame {frame}: {message}")
         print(f"Painted frame {frame} with {scene.silk.model} in {time.perf_counter() - started:.1f} s")
         pictures[(frame, "PAINTED")] = path
     return pictures, scene.silk.model
+
+
+def render_animation(scene, out: str, width: int, height: int, frame_step: int) -> dict:
+    """The shot as an animation render, once per mode; {mode: [png paths]}."""
+    size = scene.render.resolution_x, scene.render.resolution_y, scene.frame_step
+    scene.render.resolution_x, scene.render.resolution_y = width, height
+    scene.frame_step = frame_step
+    set_png(scene)
+    paths = {}
+    try:
+        for label, settings in ANIMATION_MODES:
+            for name, value in settings.items():
+                setattr(scene.silk, name, value)
+            folder = os.path.join(out, "animation", label.replace(" ", "_"))
+            scene.render.filepath = os.path.join(folder, "frame_")
+            started = time.perf_counter()
+            bpy.ops.render.render(animation=True)
+            frames = range(scene.frame_start, scene.frame_end + 1, frame_step)
+            paths[label] = [os.path.join(folder, f"frame_{frame:04d}.png") for frame in frames]
+            print(f"Painted the shot {label} ({len(paths[label])} frames, {width}x{height}) in "
+                  f"{time.perf_counter() - started:.0f} s")
+    finally:
+        scene.render.resolution_x, scene.render.resolution_y, scene.frame_step = size
+    return paths
+
+
+def side_by_side_gif(paths: dict, model: str, path: str, frame_ms: int = 125) -> None:
+    """The modes' frames side by side, each labelled, as an endlessly looping GIF."""
+    from PIL import Image, ImageDraw
+
+    labels = list(paths)
+    frames = []
+    for index in range(len(paths[labels[0]])):
+        tiles = [Image.open(paths[label][index]).convert("RGB") for label in labels]
+        width, height = tiles[0].size
+        canvas = Image.new("RGB", (width * len(tiles) + 4 * (len(tiles) - 1), height + 18), (30, 30, 30))
+        draw = ImageDraw.Draw(canvas)
+        for column, (label, tile) in enumerate(zip(labels, tiles)):
+            x = column * (width + 4)
+            canvas.paste(tile, (x, 18))
+            draw.text((x + 4, 3), f"{label} ({model})", fill=(235, 235, 235))
+        frames.append(canvas)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=frame_ms, loop=0, optimize=True)
 
 
 def contact_sheet(pictures: dict, frames, path: str, thumb_width: int = 256) -> None:
@@ -107,8 +180,10 @@ def main(argv=None) -> None:
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--model", default=os.environ.get("MODEL") or None,
                         help="'tiny', a hub repo id, a diffusers folder or a checkpoint (default: Silk's default)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20; 6 with tiny)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20; mini: 12)")
     parser.add_argument("--guides-only", action="store_true", help="skip the paintings")
+    parser.add_argument("--animation-size", default="256x192", help="size of the animation frames")
+    parser.add_argument("--frame-step", type=int, default=2, help="animate every n-th frame of the 48")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
@@ -125,8 +200,13 @@ def main(argv=None) -> None:
         painted, model = render_paintings(scene, args.out, demo_scene.FRAMES, args.model or diffusion_job.DEFAULT_MODEL,
                                           args.steps)
         pictures.update(painted)
-        worker_link.unregister()  # stop the worker
         print(f"Painted {len(demo_scene.FRAMES)} frames with {model}: {os.path.join(args.out, 'painted')}")
+        width, height = (int(value) for value in args.animation_size.split("x"))
+        animation = render_animation(scene, args.out, width, height, args.frame_step)
+        worker_link.unregister()  # stop the worker
+        gif = os.path.join(args.out, "demo.gif")
+        side_by_side_gif(animation, model, gif)
+        print(f"Animation, independent frames and with feedback side by side: {gif}")
     sheet = os.path.join(args.out, "contact_sheet.png")
     contact_sheet(pictures, demo_scene.FRAMES, sheet)
     print(f"Contact sheet: {sheet}")

@@ -167,6 +167,9 @@ class SILK_PT_model(SilkPanel, bpy.types.Panel):
         layout.prop(settings, "model_family")
         if settings.model.strip() == "tiny":
             _label_lines(layout, "'tiny' is a random-weight test model: it paints noise, offline and fast")
+        elif settings.model.strip() == "mini":
+            _label_lines(layout, "'mini' is Silk's own small offline model (tools/mini): its weights are not "
+                                 "shipped yet; 'make train-mini' in a checkout makes them")
         layout.label(text="LoRAs")
         _list_with_buttons(layout, "SILK_UL_loras", settings, "loras", "active_lora", "silk.lora_add",
                            "silk.lora_remove")
@@ -258,6 +261,34 @@ class SILK_PT_animation(SilkPanel, bpy.types.Panel):
         sub.active = settings.use_loop
         sub.prop(settings, "loop_frames", text="Frames")
         layout.operator("silk.mark_shot_start", icon="MARKER_HLT")
+
+
+class SILK_PT_motion(SilkPanel, bpy.types.Panel):
+    bl_label = "Motion Module"
+    bl_parent_id = "SILK_PT_animation"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        settings = context.scene.silk
+        layout.prop(settings, "motion_module", text="Module")
+        column = layout.column(align=True)
+        column.active = bool(settings.motion_module.strip())
+        column.prop(settings, "context_frames")
+        column.prop(settings, "context_overlap", text="Overlap")
+        if settings.motion_module.strip() and settings.context_overlap >= settings.context_frames:
+            _label_lines(layout, "The overlap must be smaller than the window: it is cut to "
+                         f"{settings.context_frames - 1}", icon="ERROR")
+        layout.label(text="Motion LoRAs")
+        _list_with_buttons(layout, "SILK_UL_loras", settings, "motion_loras", "active_motion_lora",
+                           "silk.motion_lora_add", "silk.motion_lora_remove")
+        if 0 <= settings.active_motion_lora < len(settings.motion_loras):
+            lora = settings.motion_loras[settings.active_motion_lora]
+            layout.prop(lora, "path")
+            layout.prop(lora, "weight")
+        if settings.motion_module.strip() == "tiny":
+            _label_lines(layout, "'tiny' is a random-weight test module: offline and fast, it paints noise")
 
 
 class SILK_PT_prompt_schedule(SilkPanel, bpy.types.Panel):
@@ -370,7 +401,8 @@ class SILK_PT_history(bpy.types.Panel):
 
 
 CLASSES = (SILK_UL_units, SILK_UL_loras, SILK_UL_prompt_keys, SILK_PT_render, SILK_PT_prompt,
-           SILK_PT_prompt_schedule, SILK_PT_model, SILK_PT_units, SILK_PT_sampling, SILK_PT_animation, SILK_PT_guides,
+           SILK_PT_prompt_schedule, SILK_PT_model, SILK_PT_units, SILK_PT_sampling, SILK_PT_animation, SILK_PT_motion,
+           SILK_PT_guides,
            SILK_PT_worker, SILK_PT_sidebar, SILK_PT_history)
 
 

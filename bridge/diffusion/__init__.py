@@ -103,6 +103,12 @@ class DiffusionBackend:
             return found
 
     # -- generation -------------------------------------------------------
+    def generate_video(self, request: dict, images: dict, units: list, progress, cancel):
+        """One window of frames with a motion module: see bridge/motion.py."""
+        from ..motion import generate_video
+
+        return generate_video(self, request, images, units, progress, cancel)
+
     def generate(self, request, images: dict, units: list, progress, cancel) -> Result:
         """Paint a request (GenerateRequest, or its JSON). ``units``: [ControlUnit] or their JSON,
         with arrays as images; ``images``: the init_image, mask and noise arrays it has."""

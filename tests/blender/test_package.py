@@ -18,6 +18,8 @@ def test_built_zip_installs_enables_and_renders(tmp_path):
     assert "blender_manifest.toml" in names and "engine/guides/raster.py" in names
     assert "farm/flamenco/silk_shots.js" in names  # the Flamenco job type ships with Silk
     assert not any(name.startswith(("tests/", "docs/", "tools/", ".")) for name in names)
+    assert not {"pytest.ini", "Makefile", "README.md"} & set(names)  # development files stay out
+    assert "LICENSE" in names
     wheels = [name for name in names if name.endswith(".whl")]
     assert len(wheels) == 2 and all("linux" in name for name in wheels)  # only this platform's
 

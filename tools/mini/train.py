@@ -1,0 +1,419 @@
+"""Train ``mini`` on the data ``make_data.py`` renders, in three seeded stages:
+
+1. ``vae``: a small 8x ``AutoencoderKL`` (4 latent channels, as SD 1.5), starting from
+   tiny's hand-set VAE (which gives pictures back, blocky, before any training), trained
+   on random 32x32 crops of the pictures (it is convolutional: small crops give many more
+   steps an hour) to decode the posterior's mean (Silk encodes to the mean; the variance is
+   set sharp at export, as tiny's is): L1 + L1 of the image gradients (sharp edges) + a tiny KL term.
+2. ``diffusion``: the UNet and the Depth and Normal ControlNets trained jointly from
+   scratch on the VAE's latents (SD 1.5's noise schedule, an EMA of the weights; the UNet
+   predicts the clean latents, or with ``--prediction epsilon`` the noise with min-SNR
+   weighting). ``decoder`` trains the VAE's decoder on beside it (encoder frozen). Each sample keeps both ControlNets, one of them, or
+   none (so each works alone, and together), and its caption is its material family's
+   word among random prompt words, or empty (so classifier-free guidance has an
+   unconditional branch). The text encoder and tokenizer are tiny's, frozen.
+3. ``export``: a standard diffusers folder (``models/mini``): the pipeline (vae, unet,
+   text_encoder, tokenizer, scheduler) plus ``controlnet-depth`` and ``controlnet-normal``,
+   weights as fp16 safetensors (Silk loads them in the precision it runs in).
+
+    .venv/bin/python tools/mini/train.py vae --data /tmp/mini-data --work /tmp/mini-work --minutes 8
+    .venv/bin/python tools/mini/train.py diffusion --data /tmp/mini-data --work /tmp/mini-work --minutes 35
+    .venv/bin/python tools/mini/train.py export --work /tmp/mini-work --out models/mini
+"""
+import argparse
+import copy
+import glob
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from tools.mini.families import FAMILIES  # noqa: E402
+
+UNIT_FOLDERS = {"depth": "controlnet-depth", "normal": "controlnet-normal"}
+# Words of the kind people type; uncorrelated with the pictures, so the model learns to
+# let only the family words steer it.
+FILLER = ("a photo of", "oil painting", "toy room", "wooden blocks", "glossy ball", "floor", "soft morning light",
+          "cosy", "studio", "render", "colourful", "sculpture", "still life", "garden", "city", "night",
+          "sunset", "portrait", "landscape", "cinematic", "detailed", "pastel", "vivid", "minimal", "abstract",
+          "ceramic", "metal", "stone", "glass", "fabric", "wood", "paper", "toy", "cartoon", "dreamy", "warm",
+          "cold", "blue", "red", "green", "yellow", "purple", "orange", "pink", "white", "black", "ancient",
+          "modern", "forest", "ocean", "desert", "mountain", "interior", "monkey", "wheel", "columns", "sphere")
+
+
+def vae_model():
+    """tiny's hand-set 8x VAE (decode(encode(x)) gives x back, blocky and with its colours
+    normalised, before any training): the starting point, so the short training only has
+    to smooth the blocks and keep the colours, not learn an autoencoder from scratch."""
+    from bridge.tiny_model import _vae
+
+    return _vae(scaling_factor=1.0)
+
+
+def unet_model():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+
+
+def controlnet_model(unet):
+    from diffusers import ControlNetModel
+
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 64))
+    # Trained from scratch together with the UNet (no frozen model to protect): the zero
+    # convolutions start small but not zero, so the guides steer from the first step.
+    with torch.no_grad():
+        for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                      controlnet.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(block.weight, 0.0, 0.02)
+    return controlnet
+
+
+def load_data(folder: str) -> dict:
+    shards = sorted(glob.glob(os.path.join(folder, "shard_*.npz")))
+    if not shards:
+        raise SystemExit(f"no shard_*.npz in {folder}: run tools/mini/make_data.py first")
+    parts = [dict(np.load(path)) for path in shards]
+    data = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    print(f"{len(data['rgb'])} pictures from {len(shards)} shards", flush=True)
+    return data
+
+
+def to_tensor(pictures: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float (N, C, H, W) in [0, 1]."""
+    return torch.from_numpy(pictures).permute(0, 3, 1, 2).float() / 255.0
+
+
+def flip_normals(normal: torch.Tensor) -> torch.Tensor:
+    """A mirrored picture's normal picture: mirrored, and x (the R channel, 1 - (x+1)/2) negated."""
+    flipped = normal.flip(-1).clone()
+    flipped[:, 0] = 1.0 - flipped[:, 0]
+    return flipped
+
+
+def train_vae(args) -> None:
+    torch.manual_seed(args.seed)
+    generator = np.random.default_rng(args.seed)
+    resume = os.path.join(args.work, "vae")
+    if args.resume and os.path.exists(resume):
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(resume).train()
+        print(f"resuming from {resume}", flush=True)
+    else:
+        vae = vae_model()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    data = load_data(args.data)
+    pictures = data["rgb"]
+    started, step = time.perf_counter(), 0
+    crop, batch = args.crop, 16
+    while time.perf_counter() - started < args.minutes * 60:
+        index = generator.integers(0, len(pictures), batch)
+        y, x = generator.integers(0, pictures.shape[1] - crop + 1, 2)
+        images = to_tensor(pictures[index, y:y + crop, x:x + crop]) * 2 - 1
+        if generator.random() < 0.5:
+            images = images.flip(-1)
+        posterior = vae.encode(images).latent_dist
+        # Decoded from the mean: Silk encodes pictures to their mean (no sampling), and the
+        # variance is set sharp at export, so a deterministic autoencoder is what is used.
+        decoded = vae.decode(posterior.mean).sample
+        error = decoded - images
+        gradient_error = ((error[..., 1:, :] - error[..., :-1, :]).abs().mean()
+                          + (error[..., :, 1:] - error[..., :, :-1]).abs().mean())
+        loss = error.abs().mean() + 0.5 * gradient_error + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if time.perf_counter() - started > 0.7 * args.minutes * 60:  # settle for the last 30 %
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr / 3
+        if step % 25 == 0:
+            print(f"vae step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    # The latents' spread sets the scaling factor, as SD's 0.18215 was set.
+    vae.eval()
+    with torch.no_grad():
+        sample = to_tensor(pictures[generator.integers(0, len(pictures), 64)]) * 2 - 1
+        latents = vae.encode(sample).latent_dist.mean
+        reconstruction = vae.decode(latents).sample
+    scaling = float(1.0 / latents.std())
+    vae.register_to_config(scaling_factor=scaling)
+    l1 = float((reconstruction - sample).abs().mean() / 2)
+    os.makedirs(args.work, exist_ok=True)
+    vae.save_pretrained(os.path.join(args.work, "vae"))
+    previous = json.load(open(os.path.join(args.work, "training.json"))).get("vae", {}) if args.resume and \
+        os.path.exists(os.path.join(args.work, "training.json")) else {}
+    step += previous.get("steps", 0)
+    record(args.work, "vae", seconds_before=previous.get("seconds", 0) + previous.get("seconds_before", 0), steps=step, seconds=round(time.perf_counter() - started), scaling_factor=scaling,
+           reconstruction_l1=l1, pictures=len(pictures))
+    print(f"vae: {step} steps, scaling factor {scaling:.4f}, reconstruction L1 {l1:.4f} (of 1)", flush=True)
+
+
+def train_decoder(args) -> None:
+    """More training for the VAE's decoder alone, the encoder frozen: the latents the UNet
+    learns from stay exactly the same, so this can run alongside (or after) ``diffusion``."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed + 1)
+    generator = np.random.default_rng(args.seed + 1)
+    source = os.path.join(args.work, "vae")
+    vae = AutoencoderKL.from_pretrained(source)
+    vae.requires_grad_(False)
+    trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for parameter in trained:
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
+    pictures = load_data(args.data)["rgb"]
+    started, step, crop, batch = time.perf_counter(), 0, args.crop, 16
+    while time.perf_counter() - started < args.minutes * 60:
+        index = generator.integers(0, len(pictures), batch)
+        y, x = (generator.integers(0, pictures.shape[1] // 8 - crop // 8 + 1, 2) * 8)
+        images = to_tensor(pictures[index, y:y + crop, x:x + crop]) * 2 - 1
+        if generator.random() < 0.5:
+            images = images.flip(-1)
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.mean
+        error = vae.decode(latents).sample - images
+        loss = error.abs().mean() + 0.5 * ((error[..., 1:, :] - error[..., :-1, :]).abs().mean()
+                                           + (error[..., :, 1:] - error[..., :, :-1]).abs().mean())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step += 1
+        if step % 25 == 0:
+            print(f"decoder step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+    vae.save_pretrained(os.path.join(args.work, "vae-decoder"))
+    record(args.work, "decoder", steps=step, seconds=round(time.perf_counter() - started))
+    print(f"decoder: {step} steps", flush=True)
+
+
+def record(work: str, stage: str, **values) -> None:
+    path = os.path.join(work, "training.json")
+    log = json.load(open(path)) if os.path.exists(path) else {}
+    log[stage] = values
+    with open(path, "w") as handle:
+        json.dump(log, handle, indent=1)
+
+
+def caption(generator, family: int) -> str:
+    if generator.random() < 0.15:
+        return ""
+    words = list(generator.choice(FILLER, int(generator.integers(0, 5)), replace=False))
+    if family >= 0:
+        words.insert(int(generator.integers(0, len(words) + 1)), FAMILIES[family])
+    return ", ".join(words)
+
+
+def text_bank(generator, encoder, tokenizer, count: int = 96) -> tuple[torch.Tensor, list]:
+    """Embeddings of ``count`` captions per family (and per unthemed scene), index [family + 1][k]."""
+    bank = []
+    with torch.no_grad():
+        for family in range(-1, len(FAMILIES)):
+            texts = [caption(generator, family) for _ in range(count)]
+            tokens = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+            bank.append(encoder(tokens.input_ids)[0])
+    return torch.stack(bank)
+
+
+def text_parts():
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from bridge.tiny_model import ensure_tiny
+
+    tiny = ensure_tiny()
+    return (CLIPTextModel.from_pretrained(os.path.join(tiny, "text_encoder")).eval(),
+            CLIPTokenizer.from_pretrained(os.path.join(tiny, "tokenizer")))
+
+
+def encode_dataset(vae, data: dict) -> torch.Tensor:
+    """Latent means of every picture and of its mirror image: (N, 2, 4, h, w)."""
+    latents = []
+    with torch.no_grad():
+        for start in range(0, len(data["rgb"]), 64):
+            images = to_tensor(data["rgb"][start:start + 64]) * 2 - 1
+            plain = vae.encode(images).latent_dist.mean
+            mirrored = vae.encode(images.flip(-1)).latent_dist.mean
+            latents.append(torch.stack([plain, mirrored], 1))
+    return torch.cat(latents) * vae.config.scaling_factor
+
+
+def train_diffusion(args) -> None:
+    from diffusers import AutoencoderKL, DDPMScheduler
+
+    torch.manual_seed(args.seed)
+    generator = np.random.default_rng(args.seed)
+    data = load_data(args.data)
+    vae = AutoencoderKL.from_pretrained(os.path.join(args.work, "vae")).eval()
+    started = time.perf_counter()
+    latents = encode_dataset(vae, data)
+    print(f"encoded {len(latents)} pictures in {time.perf_counter() - started:.0f} s, latent std "
+          f"{latents.std():.3f}", flush=True)
+    depth = torch.from_numpy(data["depth"])  # uint8, converted per batch
+    normal = torch.from_numpy(data["normal"])
+    families = data["family"]
+    encoder, tokenizer = text_parts()
+    bank = text_bank(generator, encoder, tokenizer)
+
+    if args.init_from:  # go on from earlier weights (e.g. trained for the other target)
+        from diffusers import ControlNetModel, UNet2DConditionModel
+
+        unet = UNet2DConditionModel.from_pretrained(os.path.join(args.init_from, "unet"))
+        controlnets = {kind: ControlNetModel.from_pretrained(os.path.join(args.init_from, folder))
+                       for kind, folder in UNIT_FOLDERS.items()}
+    else:
+        unet = unet_model()
+        controlnets = {"depth": controlnet_model(unet), "normal": controlnet_model(unet)}
+    parts = [unet, *controlnets.values()]
+    parameters = [parameter for part in parts for parameter in part.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2)
+    ema = [copy.deepcopy(part).eval().requires_grad_(False) for part in parts]
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000)
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+    # Which ControlNets a sample keeps: both, depth, normal, none.
+    keep_choices = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=torch.float32)
+    keep_odds = np.array([0.55, 0.18, 0.18, 0.09])
+    batch, step, losses = args.batch, 0, []
+    started = time.perf_counter()
+    while time.perf_counter() - started < args.minutes * 60:
+        # Mostly 64-pixel crops (the nets are convolutional; a quarter of the cost), some whole pictures.
+        whole = generator.random() < 0.2
+        size = batch // 4 if whole else batch
+        crop = latents.shape[-1] if whole else args.crop // 8
+        y, x = generator.integers(0, latents.shape[-1] - crop + 1, 2)
+        index = torch.from_numpy(generator.integers(0, len(latents), size))
+        mirror = torch.from_numpy(generator.integers(0, 2, size))
+        clean = latents[index, mirror][..., y:y + crop, x:x + crop]
+        # The mirrored latents are of the mirrored picture: crop the pictures where the latents were cut.
+        pixels = slice(8 * y, 8 * (y + crop)), slice(8 * x, 8 * (x + crop))
+        depth_picture = depth[index].float()[:, None].repeat(1, 3, 1, 1) / 255
+        normal_picture = normal[index].permute(0, 3, 1, 2).float() / 255
+        mirrored = mirror.bool()
+        depth_picture = torch.where(mirrored.view(-1, 1, 1, 1), depth_picture.flip(-1), depth_picture)
+        normal_picture = torch.where(mirrored.view(-1, 1, 1, 1), flip_normals(normal_picture), normal_picture)
+        depth_picture = depth_picture[..., pixels[0], pixels[1]]
+        normal_picture = normal_picture[..., pixels[0], pixels[1]]
+        text = bank[torch.from_numpy(families[index.numpy()] + 1).long(),
+                    torch.from_numpy(generator.integers(0, bank.shape[1], size))]
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, 1000, (size,))
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        keep = keep_choices[torch.from_numpy(generator.choice(4, size, p=keep_odds))]
+        down, mid = None, None
+        for column, (kind, picture) in enumerate((("depth", depth_picture), ("normal", normal_picture))):
+            gate = keep[:, column].view(-1, 1, 1, 1)
+            residuals, middle = controlnets[kind](noisy, timesteps, text, controlnet_cond=picture, return_dict=False)
+            residuals = [gate * residual for residual in residuals]
+            middle = gate * middle
+            down = residuals if down is None else [a + b for a, b in zip(down, residuals)]
+            mid = middle if mid is None else mid + middle
+        predicted = unet(noisy, timesteps, text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+        if args.prediction == "sample":  # the clean latents: plain MSE (high noise, where layout is decided, counts)
+            loss = ((predicted - clean) ** 2).mean()
+        else:
+            loss = (weights[timesteps].view(-1, 1, 1, 1) * (predicted - noise) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        warmup = min(1.0, (step + 1) / 100)
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr * warmup
+        optimizer.step()
+        step += 1
+        decay = min(0.998, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for average, part in zip(ema, parts):
+                for kept, live in zip(average.parameters(), part.parameters()):
+                    kept.lerp_(live, 1 - decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            print(f"step {step} loss {np.mean(losses[-50:]):.4f} {time.perf_counter() - started:.0f} s", flush=True)
+        if step % 500 == 0:
+            save_diffusion(args.work, ema)
+    save_diffusion(args.work, ema)
+    record(args.work, "diffusion", prediction=args.prediction, init_from=args.init_from, steps=step, batch=batch, seconds=round(time.perf_counter() - started),
+           final_loss=float(np.mean(losses[-200:])), pictures=len(latents))
+    print(f"diffusion: {step} steps of {batch} in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def save_diffusion(work: str, ema) -> None:
+    unet, depth, normal = ema
+    unet.save_pretrained(os.path.join(work, "unet"))
+    depth.save_pretrained(os.path.join(work, UNIT_FOLDERS["depth"]))
+    normal.save_pretrained(os.path.join(work, UNIT_FOLDERS["normal"]))
+
+
+def export(args) -> None:
+    from diffusers import (AutoencoderKL, ControlNetModel, EulerDiscreteScheduler, StableDiffusionPipeline,
+                           UNet2DConditionModel)
+
+    encoder, tokenizer = text_parts()
+    decoder = os.path.join(args.work, "vae-decoder")  # the same encoder, a longer-trained decoder
+    vae = AutoencoderKL.from_pretrained(decoder if os.path.exists(decoder) else os.path.join(args.work, "vae"))
+    with torch.no_grad():  # a sharp posterior: a sampled latent is its mean (trained that way)
+        vae.quant_conv.weight[4:] = 0.0
+        vae.quant_conv.bias[4:] = -30.0
+    pipeline = StableDiffusionPipeline(
+        vae=vae,
+        unet=UNet2DConditionModel.from_pretrained(os.path.join(args.work, "unet")),
+        text_encoder=encoder, tokenizer=tokenizer,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+                                         prediction_type=args.prediction),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipeline.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
+    for folder in UNIT_FOLDERS.values():
+        ControlNetModel.from_pretrained(os.path.join(args.work, folder)).to(torch.float16).save_pretrained(
+            os.path.join(args.out, folder), safe_serialization=True)
+    log = os.path.join(args.work, "training.json")
+    if os.path.exists(log):
+        with open(log) as source, open(os.path.join(args.out, "training.json"), "w") as target:
+            target.write(source.read())
+    print(f"mini written to {args.out}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=("vae", "decoder", "diffusion", "export"))
+    parser.add_argument("--data", default="/tmp/mini-data")
+    parser.add_argument("--work", default="/tmp/mini-work")
+    parser.add_argument("--out", default=os.path.join(ROOT, "models", "mini"))
+    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--crop", type=int, default=None,
+                        help="training crop in pixels, a multiple of 8 (vae: 32; diffusion: 64)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (vae: 5e-4, diffusion: 1e-3)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="vae: go on from the VAE in --work")
+    parser.add_argument("--prediction", choices=("sample", "epsilon"), default="sample",
+                        help="what the UNet predicts: the clean latents (sample; learns the picture from the guides "
+                             "in far fewer steps) or the noise (epsilon, with min-SNR weighting)")
+    parser.add_argument("--init-from", help="diffusion: start from the UNet and ControlNets in this folder")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on a shared machine more threads wait on each other")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.lr is None:
+        args.lr = {"vae": 5e-4, "decoder": 3e-4}.get(args.stage, 1e-3)
+    if args.crop is None:
+        args.crop = {"vae": 32, "decoder": 48}.get(args.stage, 64)
+    {"vae": train_vae, "decoder": train_decoder, "diffusion": train_diffusion, "export": export}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
