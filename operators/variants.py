@@ -43,8 +43,9 @@ class VariantsJob:
     """The variants painted one after the other on a thread, each as a Render Preview job; the
     operator polls it."""
 
-    def __init__(self, worker, job, units, width, height, seeds):
-        self.worker, self.job, self.units, self.width, self.height = worker, job, units, width, height
+    def __init__(self, worker, job, request, seeds):
+        self.worker, self.job, self.request = worker, job, request
+        self.width, self.height = request.width, request.height
         self.seeds = seeds
         self.pictures = [None] * len(seeds)
         self.current = 0  # the tile being painted
@@ -72,8 +73,8 @@ class VariantsJob:
                     self.cancelled = True
                     return
                 self.current = index
-                self.tile = PreviewJob(self.worker, dataclasses.replace(self.job, seed=seed), self.units, self.width,
-                                       self.height)
+                self.tile = PreviewJob(self.worker, dataclasses.replace(self.job, seed=seed),
+                                       dataclasses.replace(self.request, seed=seed))
                 self.tile._run()  # on this thread: takes the worker, paints, lets go
                 if self.tile.cancelled or self.tile.error:
                     self.cancelled, self.error = self.tile.cancelled, self.tile.error
@@ -109,11 +110,12 @@ class SILK_OT_paint_variants(WorkerJobOperator, bpy.types.Operator):
                       "full steps); then choose one with the numbered buttons. Esc stops")
 
     def _prepare(self, context) -> VariantsJob:
-        preview = SILK_OT_render_preview._prepare(self, context)  # the same guides, units and checks as a preview
+        preview = SILK_OT_render_preview._prepare(self, context)  # the same request and checks as a preview
         settings = context.scene.silk
-        preview.job.steps = settings.steps
         seeds = variant_seeds(settings.seed, settings.variant_count)
-        return VariantsJob(preview.worker, preview.job, preview.units, preview.width, preview.height, seeds)
+        # Preview size, but the render's full step count.
+        return VariantsJob(preview.worker, dataclasses.replace(preview.job, steps=settings.steps),
+                           dataclasses.replace(preview.request, steps=settings.steps), seeds)
 
     def _wait_seconds(self, job) -> float:
         return len(job.seeds) * PREVIEW_TIMEOUT + 60
