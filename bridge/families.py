@@ -112,13 +112,16 @@ class Sampler:
     description: str
     scheduler: str  # the diffusers scheduler class
     settings: dict  # exactly what is set on top of the model's original scheduler config
+    # Adds fresh noise at every step: per-step latent edits toward a noised target (fusion) would
+    # leave its latents less noisy than it expects.
+    fresh_noise_each_step: bool = False
 
 
 _PLAIN_SIGMAS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 SAMPLERS = (
     Sampler("euler", "Euler", "Euler, deterministic", "EulerDiscreteScheduler", dict(_PLAIN_SIGMAS)),
     Sampler("euler_a", "Euler a", "Euler ancestral: adds fresh noise each step", "EulerAncestralDiscreteScheduler",
-            {}),
+            {}, fresh_noise_each_step=True),
     Sampler("dpmpp_2m", "DPM++ 2M", "DPM-Solver++ 2M: good pictures in 20-30 steps", "DPMSolverMultistepScheduler",
             dict(_PLAIN_SIGMAS, algorithm_type="dpmsolver++", solver_order=2)),
     Sampler("dpmpp_2m_karras", "DPM++ 2M Karras", "DPM-Solver++ 2M with Karras sigmas",
@@ -127,7 +130,8 @@ SAMPLERS = (
     Sampler("ddim", "DDIM", "DDIM, deterministic", "DDIMScheduler", {}),
     Sampler("unipc", "UniPC", "UniPC: good pictures in few steps", "UniPCMultistepScheduler",
             dict(_PLAIN_SIGMAS)),
-    Sampler("lcm", "LCM", "For LCM models and LoRAs (4-8 steps, guidance 1-2)", "LCMScheduler", {}),
+    Sampler("lcm", "LCM", "For LCM models and LoRAs (4-8 steps, guidance 1-2)", "LCMScheduler", {},
+            fresh_noise_each_step=True),
 )
 SAMPLER_IDS = tuple(sampler.id for sampler in SAMPLERS)
 

@@ -26,18 +26,18 @@ from typing import Protocol
 
 import numpy as np
 
-from ..bridge import schema
+from ..bridge import families, schema
 from . import conditioning, latent_walk, noise, schedule, temporal
 from .diffusion_job import JobSettings
 
 log = logging.getLogger("silk")
 
 SIDECAR_FOLDER = ".silk"
-# Samplers that add fresh noise at every step: fusion's pull toward the run's own noised target
-# would leave their latents less noisy than they expect, so fusion is off for them (with a warning).
-FUSION_INCOMPATIBLE_SAMPLERS = ("euler_a", "lcm")
-# Native sizes (longer side, pixels) of the model families, for the "render far too large" warning.
-NATIVE_SIZES = {"sd15": 512, "sdxl": 1024}
+# Samplers that add fresh noise at every step (the sampler table says which): fusion's pull toward
+# the run's own noised target would leave their latents less noisy than they expect, so fusion is
+# off for them (with a warning).
+FUSION_INCOMPATIBLE_SAMPLERS = tuple(sampler.id for sampler in families.SAMPLERS if sampler.fresh_noise_each_step)
+# A render this many times the family's native size (bridge/families.py) gets a warning.
 TOO_LARGE = 1.5
 
 
@@ -255,8 +255,8 @@ def render_warnings(view_transform: str, dither: float, frame_step: int, use_fee
     if frame_step > 1 and use_feedback:
         warnings.append(("frame_step", f"Frame step is {frame_step}: each frame starts from the one {frame_step} "
                                        "frames earlier, across larger motion (more is repainted). To paint every "
-                                       f"{frame_step}th frame and still get every frame, use Silk's cadence instead"))
-    native = NATIVE_SIZES.get(family)
+                                       f"n-th frame (here n = {frame_step}) and still get every frame, use Silk's cadence instead"))
+    native = families.FAMILIES[family].native_size if family in families.FAMILIES else None
     if native and max(width, height) > TOO_LARGE * native:
         warnings.append(("size", f"The render size {width}x{height} is far above the model's native size "
                                  f"({native} px): expect repeated subjects and slow frames; render near {native} px "

@@ -44,7 +44,7 @@ class VariantsJob:
     operator polls it."""
 
     def __init__(self, worker, job, request, seeds):
-        self.worker, self.job, self.request = worker, job, request  # request: the preview's (diffusion_job)
+        self.worker, self.job, self.request = worker, job, request
         self.width, self.height = request.width, request.height
         self.seeds = seeds
         self.pictures = [None] * len(seeds)
@@ -110,11 +110,12 @@ class SILK_OT_paint_variants(WorkerJobOperator, bpy.types.Operator):
                       "full steps); then choose one with the numbered buttons. Esc stops")
 
     def _prepare(self, context) -> VariantsJob:
-        preview = SILK_OT_render_preview._prepare(self, context)  # the same guides, units and checks as a preview
+        preview = SILK_OT_render_preview._prepare(self, context)  # the same request and checks as a preview
         settings = context.scene.silk
-        preview.job.steps = preview.request.steps = settings.steps
         seeds = variant_seeds(settings.seed, settings.variant_count)
-        return VariantsJob(preview.worker, preview.job, preview.request, seeds)
+        # Preview size, but the render's full step count.
+        return VariantsJob(preview.worker, dataclasses.replace(preview.job, steps=settings.steps),
+                           dataclasses.replace(preview.request, steps=settings.steps), seeds)
 
     def _wait_seconds(self, job) -> float:
         return len(job.seeds) * PREVIEW_TIMEOUT + 60

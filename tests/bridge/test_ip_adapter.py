@@ -38,7 +38,8 @@ def generate(backend, pictures=(), weights=None, model=TINY, adapter=None, **ext
     images = {}
     if pictures:
         weights = weights or [1.0] * len(pictures)
-        request["image_prompts"] = [{"image": {}, "weight": weight} for weight in weights]
+        # In process the frames are the arrays themselves (the schema checks descriptors on the wire).
+        request["image_prompts"] = [{"image": picture, "weight": weight} for picture, weight in zip(pictures, weights)]
         request["ip_adapter"] = dict({"scale": 1.0}, **(adapter or {}))
         images["image_prompts"] = list(pictures)
     return backend.generate(request, images, control(), progress=lambda *a: None, cancel=threading.Event()).image
@@ -96,7 +97,7 @@ def test_tiny_xl_gets_its_own_adapter(backend):
         request = {"model": xl, "prompt": "x", "steps": 2, "seed": 3, "width": 64, "height": 64, "guidance": 7.0}
         images = {}
         if pictures:
-            request["image_prompts"] = [{"image": {}, "weight": 1.0}]
+            request["image_prompts"] = [{"image": picture, "weight": 1.0} for picture in pictures]
             images["image_prompts"] = list(pictures)
         return backend.generate(request, images, control()[:1], progress=lambda *a: None,
                                 cancel=threading.Event()).image
@@ -149,7 +150,7 @@ def test_wrong_files_family_mismatch_and_missing_encoder_get_clear_errors(backen
     with pytest.raises(JobError, match=r"made for tiny \(SD 1.5-shaped\) models, but the model 'tiny-xl' is "
                                        r"tiny-xl \(SDXL-shaped\)") as caught:
         backend.generate({"model": {"source": "tiny-xl"}, "prompt": "x", "steps": 2, "width": 64, "height": 64,
-                          "image_prompts": [{"image": {}}], "ip_adapter": {"source": weights}},
+                          "image_prompts": [{"image": RED}], "ip_adapter": {"source": weights}},
                          {"image_prompts": [RED]}, control()[:1], progress=lambda *a: None, cancel=threading.Event())
     assert caught.value.code == "ip_adapter_mismatch"
     # The adapter alone, without the image_encoder folder beside it.
