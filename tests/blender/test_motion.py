@@ -82,6 +82,42 @@ def test_killing_the_worker_mid_shot_redoes_only_the_unfinished_window(silk, tmp
     assert all(os.path.getmtime(tmp_path / name) == mtime for name, mtime in before.items())
 
 
+def test_a_40_frame_shot_in_windows_of_16_resumes_by_window(silk, tmp_path, requests):
+    """The issue's case: 40 frames, context 16, overlap 4: every frame through Blender's output, one
+    take strip, and a resume after the worker dies in the second window repaints from that window on."""
+    scene = motion_scene(40)
+    scene.silk.context_frames, scene.silk.context_overlap = 16, 4
+    scene.render.use_overwrite = False
+    planned = windows.schedule_windows(windows.Shot(1, 40), 16, 4)
+    assert [window.frames[0] for window in planned] == [1, 13, 25] and all(len(w.frames) == 16 for w in planned)
+
+    def kill_in_the_second_window():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            client = worker_link._client
+            if len(requests) == 2 and client and client.state == "busy":
+                client.kill()
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_in_the_second_window, daemon=True)
+    watcher.start()
+    with pytest.raises(RuntimeError, match="worker stopped unexpectedly"):
+        render_take(scene, tmp_path, exr_output=False)
+    watcher.join(5)
+    done = sorted(name for name in os.listdir(tmp_path) if name.startswith("f_"))
+    assert done == [f"f_{frame:04d}.png" for frame in range(1, 13)]  # the first window's own frames
+    before = {name: os.path.getmtime(tmp_path / name) for name in done}
+    requests.clear()
+    files = render_take(scene, tmp_path, exr_output=False)
+    assert files == [f"f_{frame:04d}.png" for frame in range(1, 41)]
+    assert requests == [{"frames": 16, "init": True}, {"frames": 16, "init": True}]  # windows 13-28 and 25-40
+    assert all(os.path.getmtime(tmp_path / name) == mtime for name, mtime in before.items())
+    strips = editing_strips(scene)
+    newest = max(strips, key=lambda strip: strip[takes.TAKE_KEY])
+    assert strip_range(newest) == (1, 40)
+
+
 def test_a_looped_shot_wraps_its_last_window_into_its_first_frames(silk, tmp_path, requests):
     scene = motion_scene(6)
     scene.silk.use_loop = True
