@@ -41,7 +41,7 @@ node:
 MODEL ?=
 MOTION_MODULE ?=
 demo: $(VENV)/.ready
-	MODEL=$(MODEL) $(VENV)/bin/python tools/demo.py
+	MODEL=$(MODEL) MOTION_MODULE=$(MOTION_MODULE) $(VENV)/bin/python tools/demo.py
 
 ## The whole test suite on Blender $(BLENDER_VERSION), then on $(BLENDER_LTS_VERSION) LTS.
 test: test-latest test-lts
@@ -68,6 +68,7 @@ bench-overhead: $(VENV)/.ready
 ## out-of-memory recovery, time and VRAM per frame of sd15-random (offline); see docs/worker.md.
 gpu-check: $(VENV)/.ready
 	$(VENV)/bin/python tools/gpu_check.py
+	$(VENV)/bin/python tools/gpu_check_motion.py
 
 ## What the `mini` model does with Silk's guides (edges, seeds, image-to-image); see docs/benchmarks.md.
 bench-mini: $(VENV)/.ready

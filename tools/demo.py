@@ -112,7 +112,14 @@ def render_paintings(scene, out: str, frames, model: str, steps) -> tuple[dict, 
     return pictures, scene.silk.model
 
 
-def render_animation(scene, out: str, width: int, height: int, frame_step: int) -> dict:
+def animation_modes(motion_module: str | None) -> tuple:
+    """The modes painted side by side; with a motion module, a third column painted in its windows."""
+    if not motion_module:
+        return ANIMATION_MODES
+    return ANIMATION_MODES + (("motion module", dict(use_feedback=True, motion_module=motion_module)),)
+
+
+def render_animation(scene, out: str, width: int, height: int, frame_step: int, modes=ANIMATION_MODES) -> dict:
     """The shot as an animation render, once per mode; {mode: [png paths]}."""
     size = scene.render.resolution_x, scene.render.resolution_y, scene.frame_step
     scene.render.resolution_x, scene.render.resolution_y = width, height
@@ -120,7 +127,7 @@ def render_animation(scene, out: str, width: int, height: int, frame_step: int) 
     set_png(scene)
     paths = {}
     try:
-        for label, settings in ANIMATION_MODES:
+        for label, settings in modes:
             for name, value in settings.items():
                 setattr(scene.silk, name, value)
             folder = os.path.join(out, "animation", label.replace(" ", "_"))
@@ -133,6 +140,7 @@ def render_animation(scene, out: str, width: int, height: int, frame_step: int) 
                   f"{time.perf_counter() - started:.0f} s")
     finally:
         scene.render.resolution_x, scene.render.resolution_y, scene.frame_step = size
+        scene.silk.motion_module = ""
     return paths
 
 
@@ -184,6 +192,8 @@ def main(argv=None) -> None:
     parser.add_argument("--guides-only", action="store_true", help="skip the paintings")
     parser.add_argument("--animation-size", default="256x192", help="size of the animation frames")
     parser.add_argument("--frame-step", type=int, default=2, help="animate every n-th frame of the 48")
+    parser.add_argument("--motion-module", default=os.environ.get("MOTION_MODULE") or None,
+                        help="also paint the shot with this motion module ('tiny', a hub id, folder or file)")
     args = parser.parse_args(argv)
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
@@ -202,7 +212,8 @@ def main(argv=None) -> None:
         pictures.update(painted)
         print(f"Painted {len(demo_scene.FRAMES)} frames with {model}: {os.path.join(args.out, 'painted')}")
         width, height = (int(value) for value in args.animation_size.split("x"))
-        animation = render_animation(scene, args.out, width, height, args.frame_step)
+        animation = render_animation(scene, args.out, width, height, args.frame_step,
+                                     animation_modes(args.motion_module))
         worker_link.unregister()  # stop the worker
         gif = os.path.join(args.out, "demo.gif")
         side_by_side_gif(animation, model, gif)
