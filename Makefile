@@ -38,6 +38,7 @@ node:
 ## frames, and with feedback) side by side as out/demo.gif, and the contact sheet.
 ## Default model: SD 1.5 (downloaded); offline it says so once and paints with `mini` where
 ## its weights are in models/mini (make train-mini), else with `tiny` (random weights).
+## MOTION_MODULE=tiny (or a hub id, folder or file) adds a third column painted in a motion module's windows.
 MODEL ?=
 MOTION_MODULE ?=
 demo: $(VENV)/.ready
