@@ -471,8 +471,11 @@ class WorkerServer:
         request = job.request
         images = {key: job.session.frames.open(request[key], job.attachments)
                   for key in ("init_video", "masks") if request.get(key) is not None}
+        given = request.get("controlnets") or []
+        if not isinstance(given, list):
+            raise JobError("bad_request", "'controlnets' must be a list of units")
         units = []
-        for unit in request.get("controlnets", []):
+        for unit in given:
             if not isinstance(unit, dict) or not isinstance(unit.get("image"), dict):
                 raise JobError("malformed", "each ControlNet unit needs an 'image' video frame")
             units.append(dict(unit, image=job.session.frames.open(unit["image"], job.attachments)))

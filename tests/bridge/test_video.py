@@ -234,6 +234,10 @@ def test_bad_video_requests_get_clear_errors_and_the_worker_survives(client):
     assert "SD 1.5" in refused("bad_model", model={"source": "tiny-xl"}, controls=control_videos(2)[:1])
     assert "image LoRAs" in refused("bad_lora", model=dict(TINY, loras=[{"path": "/x.safetensors"}]))
     assert "motion" in refused("bad_motion", motion_module={"source": ""})
+    for controlnets in (5, "depth", [3]):  # as a careless or hostile peer sends them, not our client
+        with pytest.raises(JobFailed) as caught:
+            client._call({"type": "generate_video", "controlnets": controlnets}, timeout=30)
+        assert caught.value.code in ("bad_request", "malformed"), (caught.value.code, str(caught.value))
     frames, _ = client.generate_video(TINY, TINY_MOTION, "x", control_videos(2), 64, 64, 2, steps=2)
     assert frames.shape == (2, 64, 64, 3)
 
