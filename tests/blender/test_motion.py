@@ -36,6 +36,24 @@ def motion_scene(frames=6):
     return scene
 
 
+def render_killed_in_the_second_window(scene, tmp_path, requests, seconds: float = 300):
+    """Render the take, killing the worker while it paints the second window; the render fails."""
+    def kill_in_the_second_window():
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            client = worker_link._client
+            if len(requests) == 2 and client and client.state == "busy":
+                client.kill()
+                return
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=kill_in_the_second_window, daemon=True)
+    watcher.start()
+    with pytest.raises(RuntimeError, match="worker stopped unexpectedly"):
+        render_take(scene, tmp_path, exr_output=False)
+    watcher.join(5)
+
+
 def test_a_shot_is_painted_in_windows_one_request_each(silk, tmp_path, requests):
     scene = motion_scene(6)
     files = render_take(scene, tmp_path, exr_output=False)
@@ -58,20 +76,7 @@ def test_killing_the_worker_mid_shot_redoes_only_the_unfinished_window(silk, tmp
     scene = motion_scene(6)
     scene.render.use_overwrite = False
 
-    def kill_in_the_second_window():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            client = worker_link._client
-            if len(requests) == 2 and client and client.state == "busy":
-                client.kill()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=kill_in_the_second_window, daemon=True)
-    watcher.start()
-    with pytest.raises(RuntimeError, match="worker stopped unexpectedly"):
-        render_take(scene, tmp_path, exr_output=False)
-    watcher.join(5)
+    render_killed_in_the_second_window(scene, tmp_path, requests)
     done = sorted(name for name in os.listdir(tmp_path) if name.startswith("f_"))
     assert done == ["f_0001.png", "f_0002.png"]
     before = {name: os.path.getmtime(tmp_path / name) for name in done}
@@ -91,20 +96,7 @@ def test_a_40_frame_shot_in_windows_of_16_resumes_by_window(silk, tmp_path, requ
     planned = windows.schedule_windows(windows.Shot(1, 40), 16, 4)
     assert [window.frames[0] for window in planned] == [1, 13, 25] and all(len(w.frames) == 16 for w in planned)
 
-    def kill_in_the_second_window():
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            client = worker_link._client
-            if len(requests) == 2 and client and client.state == "busy":
-                client.kill()
-                return
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=kill_in_the_second_window, daemon=True)
-    watcher.start()
-    with pytest.raises(RuntimeError, match="worker stopped unexpectedly"):
-        render_take(scene, tmp_path, exr_output=False)
-    watcher.join(5)
+    render_killed_in_the_second_window(scene, tmp_path, requests)
     done = sorted(name for name in os.listdir(tmp_path) if name.startswith("f_"))
     assert done == [f"f_{frame:04d}.png" for frame in range(1, 13)]  # the first window's own frames
     before = {name: os.path.getmtime(tmp_path / name) for name in done}
