@@ -39,7 +39,7 @@ import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tools import demo_scene  # noqa: E402
-from tools.bench_temporal import LONG_RANGE, exact_motion  # noqa: E402
+from tools.bench_temporal import LONG_RANGE, exact_motion, painting_setup  # noqa: E402
 from tools.blender_env import ROOT, load_silk, set_png  # noqa: E402
 
 PER_FRAME = dict(motion_module="", use_feedback=True, fusion=0.8, noise_mode="FIXED", cadence=1, use_loop=False)
@@ -140,16 +140,7 @@ def main(argv=None):
     from silk.engine import windows, worker_link
     from silk.engine.schedule import Shot
 
-    scene = demo_scene.build(args.size, args.size)
-    scene.frame_start, scene.frame_end = 1, args.frames
-    scene.render.engine = "SILK"
-    scene.view_settings.view_transform = "Standard"
-    scene.render.dither_intensity = 0.0
-    silk = scene.silk
-    silk.mode = "DIFFUSE"
-    silk.model = args.model
-    silk.steps = args.steps
-    silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
+    scene = painting_setup(demo_scene.build(args.size, args.size), args.frames, args.model, args.steps)
     frames = list(range(1, args.frames + 1))
     motion = {f: exact_motion(scene, f, f - 1, args.size, args.size) for f in frames[1:]}
     long_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size) for f in frames if f > LONG_RANGE}

@@ -62,6 +62,20 @@ def read_frame(path):
     return passes["Combined"][..., :3], passes["Vector"], occlusion[..., 0] if occlusion.ndim == 3 else occlusion
 
 
+def painting_setup(scene, frames: int, model: str, steps: int):
+    """A benchmark scene set to paint frames 1..frames with Silk, colour-exact (Standard, no dither)."""
+    scene.frame_start, scene.frame_end = 1, frames
+    scene.render.engine = "SILK"
+    scene.view_settings.view_transform = "Standard"
+    scene.render.dither_intensity = 0.0
+    silk = scene.silk
+    silk.mode = "DIFFUSE"
+    silk.model = model
+    silk.steps = steps
+    silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
+    return scene
+
+
 def exact_motion(scene, frame, other, width, height):
     """Vector and Occlusion of ``frame`` relative to any ``other`` frame, from the scene itself."""
     from silk.engine.guides import compute_guides
@@ -175,16 +189,8 @@ def main(argv=None):
     os.environ.setdefault("SILK_WORKER_PYTHON", os.path.join(ROOT, ".venv", "bin", "python"))
 
     load_silk()
-    scene = bench_scenes.build(args.scene, args.size, args.size)
-    scene.frame_start, scene.frame_end = 1, args.frames
-    scene.render.engine = "SILK"
-    scene.view_settings.view_transform = "Standard"
-    scene.render.dither_intensity = 0.0
+    scene = painting_setup(bench_scenes.build(args.scene, args.size, args.size), args.frames, args.model, args.steps)
     silk = scene.silk
-    silk.mode = "DIFFUSE"
-    silk.model = args.model
-    silk.steps = args.steps
-    silk.prompt = "a cosy toy room, wooden blocks and a glossy ball on a wooden floor, oil painting"
     if args.model == "mini":  # mini's own settings (tools/mini): trained without negative prompts
         from tools.mini import MINI_PROMPT, MINI_SETTINGS
 
