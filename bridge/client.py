@@ -439,6 +439,20 @@ class WorkerClient:
                                               attachments, timeout=timeout)
         return self._result_array(reply, "frame", reply_attachments)
 
+    def _painting_job(self, message: dict, attachments: list, key: str, timeout: float, on_progress,
+                      should_cancel):
+        """Run a painting request with the worker marked busy; its ``key`` array (a copy) and what
+        the worker said about it."""
+        self.state = "busy"
+        try:
+            reply, reply_attachments = self._call(message, attachments, timeout=timeout, on_progress=on_progress,
+                                                  should_cancel=should_cancel)
+        finally:
+            if self.state == "busy":
+                self.state = "ready"
+        result = np.array(self._result_array(reply, key, reply_attachments), dtype=np.float32, copy=True)
+        return result, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+
     def generate(self, request, *fields, timeout: float = 3600.0, on_progress=None, should_cancel=None,
                  **named) -> tuple[np.ndarray, dict]:
         """One picture for a schema.GenerateRequest (or for the fields one is built from:
@@ -458,15 +472,7 @@ class WorkerClient:
                                                                  name=name))
         if self.shared_frames:
             _, message["output"] = self.buffer((request.height, request.width, 3), np.float32, name="output")
-        self.state = "busy"
-        try:
-            reply, reply_attachments = self._call(message, attachments, timeout=timeout, on_progress=on_progress,
-                                                  should_cancel=should_cancel)
-        finally:
-            if self.state == "busy":
-                self.state = "ready"
-        image = np.array(self._result_array(reply, "image", reply_attachments), dtype=np.float32, copy=True)
-        return image, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+        return self._painting_job(message, attachments, "image", timeout, on_progress, should_cancel)
 
     def _unit(self, unit: dict, attachments: list, name: str) -> dict:
         """A ControlNet unit as a video request carries it: its video as a frame, its weight,
@@ -510,15 +516,7 @@ class WorkerClient:
         if self.shared_frames:
             # No name keeps the buffer's view: a traceback kept by the caller must not pin the mapping.
             request["output"] = self.buffer((int(frames), height, width, 3), np.float32, name="output_video")[1]
-        self.state = "busy"
-        try:
-            reply, reply_attachments = self._call(request, attachments, timeout=timeout, on_progress=on_progress,
-                                                  should_cancel=should_cancel)
-        finally:
-            if self.state == "busy":
-                self.state = "ready"
-        video = np.array(self._result_array(reply, "video", reply_attachments), dtype=np.float32, copy=True)
-        return video, {"seed": reply.get("seed"), "timings": reply.get("timings", {}), "model": reply.get("model")}
+        return self._painting_job(request, attachments, "video", timeout, on_progress, should_cancel)
 
 
 def _mix_entry(entry: dict) -> dict:
