@@ -171,6 +171,16 @@ class WorkerJobOperator:
     def _finish(self, context, job):
         raise NotImplementedError
 
+    def _ended_early(self, job, stopped: str) -> bool:
+        """Report a job the user stopped or that failed; True when it did either."""
+        if job.cancelled:
+            self.report({"INFO"}, f"Silk: {stopped}")
+            return True
+        if job.error:
+            self.report({"ERROR"}, f"Silk: {job.error}")
+            return True
+        return False
+
     def _wait_seconds(self, job) -> float:
         return PREVIEW_TIMEOUT + 60
 
@@ -257,11 +267,7 @@ class SILK_OT_render_preview(WorkerJobOperator, bpy.types.Operator):
 
     def _finish(self, context, job):
         redraw_silk_panels()
-        if job.cancelled:
-            self.report({"INFO"}, "Silk: preview stopped")
-            return {"CANCELLED"}
-        if job.error:
-            self.report({"ERROR"}, f"Silk: {job.error}")
+        if self._ended_early(job, "preview stopped"):
             return {"CANCELLED"}
         image = preview_image(context.scene, job.width, job.height)
         show_picture(image, job.picture)

@@ -135,11 +135,7 @@ class SILK_OT_paint_variants(WorkerJobOperator, bpy.types.Operator):
         image = show_grid(context.scene, job)
         result_history.show(image)
         redraw_silk_panels()
-        if job.cancelled:
-            self.report({"INFO"}, "Silk: variants stopped (the painted ones can be chosen)")
-            return {"CANCELLED"}
-        if job.error:
-            self.report({"ERROR"}, f"Silk: {job.error}")
+        if self._ended_early(job, "variants stopped (the painted ones can be chosen)"):
             return {"CANCELLED"}
         self.report({"INFO"}, f"Silk: {len(job.seeds)} variants painted; choose one with its number")
         return {"FINISHED"}
