@@ -29,8 +29,8 @@ import traceback
 
 import numpy as np
 
+from . import allocator, protocol, schema
 from . import frames as frames_module
-from . import protocol, schema
 from .errors import Cancelled, JobError
 from .frames import FrameError, WorkerFrames, open_client_folder
 
@@ -363,8 +363,15 @@ class WorkerServer:
 
     # -- jobs -------------------------------------------------------------
     def _job_loop(self) -> None:
+        freed = False  # whether a job ran since memory was last given back
         while True:
-            job = self._jobs.get()
+            try:
+                job = self._jobs.get(timeout=allocator.IDLE_TRIM_SECONDS if freed else None)
+            except queue.Empty:  # idle: what the jobs freed goes back to the system
+                allocator.trim()
+                freed = False
+                continue
+            freed = True
             try:
                 self._run_job(job)
             except BaseException:  # never reached by design; if it is, the client must notice and the thread live on

@@ -15,6 +15,9 @@ the user's state folder and on stderr; with --log-file in that file only, which 
 takes the process's own stdout and stderr. The worker exits with code 0 on ``shutdown``,
 SIGTERM, SIGINT, and (with --exit-on-disconnect) when its client leaves, after cancelling a
 running job at its next step.
+
+Memory a job frees is kept for the next job and given back after IDLE_TRIM_SECONDS idle
+(bridge/allocator.py: without it every denoising step refaulted ~3 GB of oneDNN buffers).
 """
 import argparse
 import importlib.util
@@ -84,6 +87,9 @@ def main(argv=None) -> int:
 
     log_path = worker_log.setup(args.log_level, args.log_file, capture_output=bool(args.log_file))
     log = logging.getLogger("silk.worker")
+    from silk.bridge import allocator
+
+    allocator.tune()  # before any other thread starts (bridge/allocator.py)
     from silk.bridge.diffusion import DiffusionBackend
     from silk.bridge.server import WorkerServer
 
