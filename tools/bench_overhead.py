@@ -5,9 +5,16 @@ strength 1, Euler, guidance 7, a fixed seed, two control pictures) and the same 
 the same run: first a plain ``StableDiffusionControlNetImg2ImgPipeline`` call in a child process,
 then Silk's path (client -> worker process -> backend -> the same pipeline class, with step
 previews, as F12 sends it). One model is in memory at a time. Reports the median seconds per
-frame of each, their ratio (goal: <= 1.05), and each process's peak resident memory.
+frame of each, their ratio (goal: <= 1.05), each process's peak resident memory, and per frame
+the kernel time and page faults of the process that paints (Linux; where Silk's worker once
+lost 1.5 s a step to refaulting freed memory, see bridge/allocator.py).
 
-    .venv/bin/python tools/bench_overhead.py [--size 256] [--steps 4] [--frames 3]
+    .venv/bin/python tools/bench_overhead.py [--size 256] [--steps 4] [--frames 3] [--threads N]
+
+``--threads N`` runs both sides with N torch threads (OMP_NUM_THREADS); with 1 the comparison
+holds up better on a machine other work is loading (two OpenMP threads that spin at every
+barrier lose far more to other processes than one). The load average is printed at the start
+and the end.
 
 Builds sd15-random into the model cache on first use (~7 GB, a few minutes).
 """
@@ -62,18 +69,34 @@ def plain_child(args) -> None:
              num_inference_steps=args.steps, guidance_scale=GUIDANCE, output_type="np",
              generator=torch.Generator().manual_seed(SEED), height=args.size, width=args.size)
 
-    print(json.dumps({"times": timed(frame, args.frames), "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                      * 1024}))
+    def kernel():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_stime, usage.ru_minflt
+
+    times, costs = timed(frame, args.frames, kernel)
+    print(json.dumps({"times": times, "kernel": costs,
+                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
-def timed(frame, count: int) -> list:
+def timed(frame, count: int, kernel) -> tuple:
+    """Seconds per frame, and per frame (kernel seconds, page faults) from ``kernel()``'s
+    running totals."""
     frame()  # warm-up: first-call allocations and kernel choices
-    times = []
+    times, costs = [], []
     for _ in range(count):
+        before = kernel()
         started = time.perf_counter()
         frame()
         times.append(time.perf_counter() - started)
-    return times
+        costs.append([after - was for after, was in zip(kernel(), before)])
+    return times, costs
+
+
+def process_kernel(pid: int):
+    """(kernel seconds, minor page faults) of process ``pid`` so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
 def silk(args) -> dict:
@@ -82,8 +105,8 @@ def silk(args) -> dict:
     load_silk(register=False)
     from silk.bridge.client import WorkerClient, WorkerConfig
 
-    client = WorkerClient(WorkerConfig(python=sys.executable, log_path=os.path.join(tempfile.gettempdir(),
-                                                                                    "silk-bench-overhead.log")))
+    client = WorkerClient(WorkerConfig(python=sys.executable, env=threads_env(args),
+                                       log_path=os.path.join(tempfile.gettempdir(), "silk-bench-overhead.log")))
     model = {"source": "sd15-random", "precision": "fp32"}
     init, controls = inputs(args.size)
     try:
@@ -94,12 +117,16 @@ def silk(args) -> dict:
                             steps=args.steps, guidance=GUIDANCE, scheduler="euler", init_image=init,
                             strength=STRENGTH, preview=True, timeout=3600)
 
-        times = timed(frame, args.frames)
+        times, costs = timed(frame, args.frames, lambda: process_kernel(client.worker_pid))
         with open(f"/proc/{client.worker_pid}/status") as handle:
             peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
     finally:
         client.stop()
-    return {"times": times, "peak_rss": peak}
+    return {"times": times, "kernel": costs, "peak_rss": peak}
+
+
+def threads_env(args) -> dict:
+    return {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
 
 
 def main() -> None:
@@ -107,6 +134,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--frames", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's own choice)")
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_child:
@@ -120,21 +148,30 @@ def main() -> None:
     from silk.bridge import tiny_model
 
     print(f"sd15-random: {tiny_model.ensure_sd15_random()}", flush=True)
+    load = os.getloadavg()
     command = [sys.executable, __file__, "--plain-child", f"--size={args.size}", f"--steps={args.steps}",
                f"--frames={args.frames}"]
-    plain = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+    plain = json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
+                                      env=dict(os.environ, **threads_env(args))).stdout.splitlines()[-1])
     ours = silk(args)
-    report(args, plain, ours)
+    report(args, plain, ours, (load, os.getloadavg()))
 
 
-def report(args, plain: dict, ours: dict) -> None:
+def report(args, plain: dict, ours: dict, loads: tuple) -> None:
     plain_time, silk_time = statistics.median(plain["times"]), statistics.median(ours["times"])
+    threads = args.threads or "default"
     print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each after a "
-          f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads default")
-    print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}")
+          f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
+          "load average (1, 5, 15 min) " + " at the start, ".join(", ".join(f"{x:.2f}" for x in load) for load in loads)
+          + " at the end")
+    print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}{'kernel s/frame':>16}"
+          f"{'faults/frame':>14}")
     for label, data, median in (("plain diffusers", plain, plain_time), ("Silk (client+worker)", ours, silk_time)):
         frames = ", ".join(f"{t:.2f}" for t in data["times"])
-        print(f"{label:24}{median:>18.3f}{frames:>30}{data['peak_rss'] / 2 ** 30:>10.2f} GiB")
+        kernel = statistics.median(cost[0] for cost in data["kernel"])
+        faults = statistics.median(cost[1] for cost in data["kernel"])
+        print(f"{label:24}{median:>18.3f}{frames:>30}{data['peak_rss'] / 2 ** 30:>10.2f} GiB{kernel:>16.2f}"
+              f"{faults:>14,.0f}")
     print(f"Silk / plain: {silk_time / plain_time:.3f}x (goal <= 1.05)")
 
 
