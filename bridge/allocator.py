@@ -19,6 +19,7 @@ The cost: what a job frees stays in the worker until it has been idle for
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import platform
@@ -34,6 +35,7 @@ USER_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD
                   "MALLOC_TOP_PAD_", "LD_PRELOAD")
 
 
+@functools.lru_cache(maxsize=1)
 def _glibc():
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return None
