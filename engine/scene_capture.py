@@ -334,6 +334,7 @@ class MotionCache:
         self.generation = 0  # bumped by every edit and every new render job
         self._stored = None
         self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
+        self.returns_without_evaluating = 0  # renders that put the frame back without evaluating it (likewise)
 
     def invalidate(self, *_args) -> None:
         self.generation += 1
@@ -359,11 +360,43 @@ class MotionCache:
 motion_cache = MotionCache()
 
 
+GREASE_PENCIL_TYPES = {"GPENCIL", "GREASEPENCIL"}  # 4.2's and 4.3+'s object types
+
+
+def evaluation_needed_after_render(scene) -> str:
+    """Why the render must evaluate its own frame again after reading the next one ("" if it need not).
+
+    ``RenderEngine.frame_set`` evaluates the render's depsgraph at the other frame and moves
+    the user's scene there (its frame number, and its camera where markers bind one). After
+    ``render()`` returns, Blender reads that depsgraph only to draw grease pencil (and Freestyle
+    strokes) over the result, then frees it (with Persistent Data it keeps it and evaluates it
+    at the next frame). So where nothing else can see the scene meanwhile, putting the frame
+    number back is all that returning needs, and evaluating frame t a second time (the render
+    pipeline already did, before ``render()``) is wasted. That holds in background renders
+    (``render()`` runs on the main thread) without the exceptions below; an interactive
+    render runs on a thread of its own, where only ``frame_set`` may touch the scene.
+    """
+    import bpy
+
+    if not bpy.app.background:
+        return "interactive render"
+    if scene.render.use_freestyle:
+        return "Freestyle draws from the render's depsgraph"
+    if any(obj.type in GREASE_PENCIL_TYPES for obj in bpy.data.objects):
+        return "grease pencil draws from the render's depsgraph"
+    if any(marker.camera is not None for marker in scene.timeline_markers):
+        return "markers switch the camera"
+    if bpy.app.handlers.frame_change_pre or bpy.app.handlers.frame_change_post:
+        return "frame change handlers expect to see the rendered frame last"
+    return ""
+
+
 def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
     """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
 
     The previous frame comes from :data:`motion_cache` where it can. Always returns to
-    the current frame, even when capturing fails.
+    the current frame, even when capturing fails: by evaluating it again, or, where
+    :func:`evaluation_needed_after_render` allows, by putting the frame number back.
     """
     scene = depsgraph.scene
     frame, subframe = scene.frame_current, scene.frame_subframe
@@ -375,7 +408,7 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
     known = frozenset(instance.key for instance in current.instances)
     previous = motion_cache.previous_for(context, frame, current)
     following = None
-    moved = False
+    moved = read = False
     try:
         if previous is None:
             moved = True
@@ -390,12 +423,23 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
             following, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
+        read = True
     finally:
         if moved:
-            engine.frame_set(frame, subframe)
+            _return_to(engine, scene, frame, subframe, evaluate=not read or bool(evaluation_needed_after_render(scene)))
         topology_cache.finish_render()
     motion_cache.store(context, generation, frame, current, following)
     return current, previous, following, warnings
+
+
+def _return_to(engine, scene, frame: int, subframe: float, evaluate: bool) -> None:
+    if evaluate:
+        engine.frame_set(frame, subframe)
+        return
+    motion_cache.returns_without_evaluating += 1
+    scene.frame_current = frame
+    if scene.frame_subframe != subframe:
+        scene.frame_subframe = subframe
 
 
 def register():

@@ -109,3 +109,115 @@ def test_any_edit_drops_the_reusable_frames(silk):
     bpy.data.objects["Sea"].modifiers["Wave"].height = 0.2
     bpy.context.view_layer.update()
     assert scene_capture.motion_cache.generation > generation
+
+
+# Edits made between the frames of one render job, after the frame named: a moved object, a
+# changed modifier, a changed camera. A script's render_post handler makes them, where no
+# depsgraph update handler runs (background render), so only the check that frame t is exactly
+# the last render's t+1 can notice them.
+def _edit_after(frame):
+    if frame == 3:
+        bpy.data.objects["Disc"].location.z += 0.3
+    elif frame == 4:
+        bpy.data.objects["Sea"].modifiers["Wave"].height = 0.15
+    elif frame == 5:
+        bpy.data.objects["Camera"].data.lens = 60.0
+        bpy.data.objects["Camera"].location.x += 0.4
+
+
+def test_guides_follow_edits_made_between_the_frames_of_one_job(silk, tmp_path):
+    scene = deforming_scene()
+
+    def edit(rendered, *_args):
+        _edit_after(rendered.frame_current)
+
+    bpy.app.handlers.render_post.append(edit)
+    try:
+        before = scene_capture.motion_cache.reused
+        animated = _render_animation(scene, tmp_path, 3, 7)
+    finally:
+        bpy.app.handlers.render_post.remove(edit)
+    # Frames 4, 5 and 6 follow an edit: nothing is reused; frame 7 follows none and reuses.
+    assert scene_capture.motion_cache.reused - before == 1
+
+    scene = deforming_scene()  # the same scene afresh, edited as the job went, rendered frame by frame
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    set_multilayer_exr(scene)
+    for frame in range(3, 8):
+        scene.frame_set(frame)
+        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
+        bpy.ops.render.render(write_still=True)
+        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
+        for name in ("Depth", "Normal", "Vector", "Occlusion"):
+            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+        _edit_after(frame)
+    assert not np.array_equal(animated[5]["Depth"], animated[6]["Depth"])  # the camera edit shows
+
+
+def test_a_background_render_puts_back_the_frame_without_evaluating_it_again(silk, tmp_path):
+    scene = deforming_scene()
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.frame_set(5)
+    camera = scene.camera
+    assert scene_capture.evaluation_needed_after_render(scene) == ""
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    scene.render.filepath = str(tmp_path / "still.png")
+    bpy.ops.render.render(write_still=True)
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped + 1
+    assert (scene.frame_current, scene.frame_subframe, scene.camera) == (5, 0.0, camera)
+    assert (tmp_path / "still.png").exists()
+
+
+def test_the_render_evaluates_its_frame_again_where_something_reads_it_afterwards(silk, tmp_path):
+    scene = deforming_scene()
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.render.filepath = str(tmp_path / "f_")
+    scene.frame_start = scene.frame_end = 5
+    camera = scene.camera
+    after_render = []  # what the rest of Blender's pipeline sees once Silk's render() returned
+
+    def look(rendered, *_args):
+        after_render.append((rendered.frame_current, rendered.camera.name, list(seen)))
+
+    seen = []
+
+    def watch(changed, *_args):
+        seen.append(changed.frame_current)
+
+    # A marker binds another camera from frame 6: frame_set(6) switches to it, and only
+    # evaluating frame 5 again switches back.
+    other = bpy.data.objects.new("Other", bpy.data.cameras.new("Other"))
+    scene.collection.objects.link(other)
+    scene.timeline_markers.new("cut", frame=6).camera = other
+    scene.timeline_markers.new("start", frame=1).camera = camera
+    assert "camera" in scene_capture.evaluation_needed_after_render(scene)
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    bpy.app.handlers.render_post.append(look)
+    try:
+        bpy.ops.render.render(animation=True)
+        assert after_render[-1][:2] == (5, camera.name)
+        for marker in list(scene.timeline_markers):
+            scene.timeline_markers.remove(marker)
+
+        # A frame change handler last sees the rendered frame, as it would without Silk.
+        bpy.app.handlers.frame_change_post.append(watch)
+        try:
+            assert "handlers" in scene_capture.evaluation_needed_after_render(scene)
+            bpy.ops.render.render(animation=True)
+        finally:
+            bpy.app.handlers.frame_change_post.remove(watch)
+    finally:
+        bpy.app.handlers.render_post.remove(look)
+    assert 6 in after_render[-1][2] and after_render[-1][2][-1] == 5
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped
+
+    scene.render.use_freestyle = True
+    assert "Freestyle" in scene_capture.evaluation_needed_after_render(scene)
+    scene.render.use_freestyle = False
+    strokes = bpy.data.objects.new("Strokes", bpy.data.grease_pencils.new("Strokes"))
+    scene.collection.objects.link(strokes)
+    assert strokes.type in scene_capture.GREASE_PENCIL_TYPES
+    assert "grease pencil" in scene_capture.evaluation_needed_after_render(scene)
