@@ -318,6 +318,25 @@ def _same_geometry(a: FrameGeometry, b: FrameGeometry) -> bool:
                for x, y in zip(a.instances, b.instances))
 
 
+# Handlers that run between the frames of one render job: a script there may edit the scene.
+BETWEEN_FRAMES_HANDLERS = ("render_pre", "render_post", "render_write", "render_stats", "frame_change_pre",
+                           "frame_change_post", "composite_pre", "composite_post")
+_SILK_PACKAGE = __name__.rsplit(".", 2)[0]  # "silk", or the installed extension's full package name
+
+
+def scripts_between_frames() -> list[str]:
+    """Handlers of other add-ons and scripts that run between the frames of a render job."""
+    import bpy
+
+    found = []
+    for name in BETWEEN_FRAMES_HANDLERS:
+        for function in getattr(bpy.app.handlers, name, ()):
+            module = getattr(function, "__module__", None) or ""
+            if module != _SILK_PACKAGE and not module.startswith(_SILK_PACKAGE + "."):
+                found.append(f"{name}: {getattr(function, '__qualname__', repr(function))}")
+    return found
+
+
 class MotionCache:
     """The frames the last render evaluated, reused by the next frame of an animation.
 
@@ -328,6 +347,12 @@ class MotionCache:
     freshly captured frame t is exactly what the last render captured as its t+1 (same
     camera, same objects, same placements, same vertices). Otherwise every frame is
     evaluated, as without the cache.
+
+    Blender runs no depsgraph update handler for edits a script makes between the frames
+    of a background job (a ``render_post`` handler, say), and an edit that changes frame
+    t-1 but leaves frame t exactly as it was would pass the check on frame t. So nothing is
+    reused while another add-on or script has a handler that runs between frames
+    (:func:`scripts_between_frames`).
     """
 
     def __init__(self):
@@ -406,7 +431,7 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
     current, found = capture_frame(depsgraph, camera_object, width, height)
     warnings += found
     known = frozenset(instance.key for instance in current.instances)
-    previous = motion_cache.previous_for(context, frame, current)
+    previous = None if scripts_between_frames() else motion_cache.previous_for(context, frame, current)
     following = None
     moved = read = False
     try:

@@ -112,9 +112,9 @@ def test_any_edit_drops_the_reusable_frames(silk):
 
 
 # Edits made between the frames of one render job, after the frame named: a moved object, a
-# changed modifier, a changed camera. A script's render_post handler makes them, where no
-# depsgraph update handler runs (background render), so only the check that frame t is exactly
-# the last render's t+1 can notice them.
+# changed modifier, a changed camera, and a keyframe moved at frame 6 only, which changes
+# frame 6 (frame 7's t-1) but leaves frame 7 exactly as it was. A script's render_post handler
+# makes them, where Blender runs no depsgraph update handler (background render).
 def _edit_after(frame):
     if frame == 3:
         bpy.data.objects["Disc"].location.z += 0.3
@@ -123,24 +123,39 @@ def _edit_after(frame):
     elif frame == 5:
         bpy.data.objects["Camera"].data.lens = 60.0
         bpy.data.objects["Camera"].location.x += 0.4
+    elif frame == 6:
+        for fcurve in scenes._fcurves(bpy.data.objects["Buoy"]):
+            for point in fcurve.keyframe_points:
+                if fcurve.array_index == 2 and point.co.x == 6:
+                    point.co.y += 0.5
+            fcurve.update()
+
+
+def _scene_with_buoy():
+    scene = deforming_scene()
+    buoy = scenes.add_mesh(scene, "cube", "Buoy", size=0.6)
+    scenes.keyframe(buoy, "location", [(frame, (-1.0 + 0.3 * frame, -1.0, 0.8)) for frame in range(2, 10)])
+    return scene
 
 
 def test_guides_follow_edits_made_between_the_frames_of_one_job(silk, tmp_path):
-    scene = deforming_scene()
+    scene = _scene_with_buoy()
 
     def edit(rendered, *_args):
         _edit_after(rendered.frame_current)
 
     bpy.app.handlers.render_post.append(edit)
     try:
+        assert "render_post: " + edit.__qualname__ in scene_capture.scripts_between_frames()
         before = scene_capture.motion_cache.reused
         animated = _render_animation(scene, tmp_path, 3, 7)
     finally:
         bpy.app.handlers.render_post.remove(edit)
-    # Frames 4, 5 and 6 follow an edit: nothing is reused; frame 7 follows none and reuses.
-    assert scene_capture.motion_cache.reused - before == 1
+    # A script runs between the frames, so nothing is reused: frame 7 would pass the check of
+    # its frame t, but its t-1 changed.
+    assert scene_capture.motion_cache.reused == before
 
-    scene = deforming_scene()  # the same scene afresh, edited as the job went, rendered frame by frame
+    scene = _scene_with_buoy()  # the same scene afresh, edited as the job went, rendered frame by frame
     scene.render.engine = "SILK"
     scene.silk.mode = "GUIDES"
     set_multilayer_exr(scene)
@@ -153,6 +168,37 @@ def test_guides_follow_edits_made_between_the_frames_of_one_job(silk, tmp_path):
             assert np.array_equal(animated[frame][name], single[name]), (frame, name)
         _edit_after(frame)
     assert not np.array_equal(animated[5]["Depth"], animated[6]["Depth"])  # the camera edit shows
+
+
+def test_only_other_add_ons_handlers_count_as_scripts_between_frames(silk):
+    assert scene_capture.scripts_between_frames() == []  # Silk's own handlers edit no geometry
+
+    def note(*_args):
+        pass
+
+    bpy.app.handlers.frame_change_pre.append(note)
+    try:
+        assert scene_capture.scripts_between_frames() == ["frame_change_pre: " + note.__qualname__]
+    finally:
+        bpy.app.handlers.frame_change_pre.remove(note)
+
+
+def test_frame_t_that_is_not_the_last_renders_t_plus_one_reuses_nothing(silk):
+    scene = deforming_scene()
+    camera = scene.camera
+    frames = {}
+    for frame in (4, 5, 6):
+        scene.frame_set(frame)
+        frames[frame] = scene_capture.capture_frame(bpy.context.evaluated_depsgraph_get(), camera, 64, 48)[0]
+    cache = scene_capture.MotionCache()
+    context = ("Scene", "ViewLayer", camera.name, 64, 48, 0.0)
+    cache.store(context, cache.generation, 4, frames[4], frames[5])
+    assert cache.previous_for(context, 5, frames[6]) is None  # frame 5 is not what was read as 5
+    assert cache.previous_for(("Other",) + context[1:], 5, frames[5]) is None
+    assert cache.previous_for(context, 6, frames[5]) is None
+    assert cache.previous_for(context, 5, frames[5]) is frames[4]
+    cache.invalidate()
+    assert cache.previous_for(context, 5, frames[5]) is None
 
 
 def test_a_background_render_puts_back_the_frame_without_evaluating_it_again(silk, tmp_path):
