@@ -385,7 +385,7 @@ class MotionCache:
 motion_cache = MotionCache()
 
 
-GREASE_PENCIL_TYPES = {"GPENCIL", "GREASEPENCIL"}  # 4.2's and 4.3+'s object types
+GREASE_PENCIL_DATA = ("grease_pencils", "grease_pencils_v3")  # grease pencil data (4.3-4.5 have both)
 
 
 def evaluation_needed_after_render(scene) -> str:
@@ -393,21 +393,24 @@ def evaluation_needed_after_render(scene) -> str:
 
     ``RenderEngine.frame_set`` evaluates the render's depsgraph at the other frame and moves
     the user's scene there (its frame number, and its camera where markers bind one). After
-    ``render()`` returns, Blender reads that depsgraph only to draw grease pencil (and Freestyle
-    strokes) over the result, then frees it (with Persistent Data it keeps it and evaluates it
-    at the next frame). So where nothing else can see the scene meanwhile, putting the frame
-    number back is all that returning needs, and evaluating frame t a second time (the render
-    pipeline already did, before ``render()``) is wasted. That holds in background renders
-    (``render()`` runs on the main thread) without the exceptions below; an interactive
-    render runs on a thread of its own, where only ``frame_set`` may touch the scene.
+    ``render()`` returns, Blender reads that depsgraph only to draw grease pencil over the
+    result, then frees it (with Persistent Data it keeps it and evaluates it at the next
+    frame). So where nothing else can see the scene meanwhile, putting the frame number back
+    is all that returning needs, and evaluating frame t a second time (the render pipeline
+    already did, before ``render()``) is wasted. That holds in background renders
+    (``render()`` runs on the main thread) without the exceptions below (Freestyle, which
+    renders its strokes from the scene next, gets the evaluated frame too, to be safe); an
+    interactive render runs on a thread of its own, where only ``frame_set`` may touch the scene.
     """
     import bpy
 
     if not bpy.app.background:
         return "interactive render"
     if scene.render.use_freestyle:
-        return "Freestyle draws from the render's depsgraph"
-    if any(obj.type in GREASE_PENCIL_TYPES for obj in bpy.data.objects):
+        return "Freestyle renders its strokes after the engine"
+    # Any grease pencil data at all (a look at each object would cost a lot in large scenes;
+    # 4.2 also counts annotations here, which only makes this return more often).
+    if any(len(getattr(bpy.data, name, ())) for name in GREASE_PENCIL_DATA):
         return "grease pencil draws from the render's depsgraph"
     if any(marker.camera is not None for marker in scene.timeline_markers):
         return "markers switch the camera"
