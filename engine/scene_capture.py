@@ -461,13 +461,18 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
 
 
 def _return_to(engine, scene, frame: int, subframe: float, evaluate: bool) -> None:
-    if evaluate:
-        engine.frame_set(frame, subframe)
-        return
-    motion_cache.returns_without_evaluating += 1
-    scene.frame_current = frame
-    if scene.frame_subframe != subframe:
-        scene.frame_subframe = subframe
+    if not evaluate:
+        try:
+            scene.frame_current = frame
+            if scene.frame_subframe != subframe:
+                scene.frame_subframe = subframe
+        except (AttributeError, TypeError, ValueError, RuntimeError):  # a linked scene, say
+            pass
+        # Blender may refuse or clamp the frame (negative frames off in the preferences).
+        if scene.frame_current == frame and scene.frame_subframe == subframe:
+            motion_cache.returns_without_evaluating += 1
+            return
+    engine.frame_set(frame, subframe)
 
 
 def register():

@@ -6,6 +6,7 @@
   only within one render job with nothing edited.
 """
 import math
+import os
 
 import bpy
 import numpy as np
@@ -267,3 +268,25 @@ def test_the_render_evaluates_its_frame_again_where_something_reads_it_afterward
     scene.collection.objects.link(strokes)
     assert strokes.type in ("GPENCIL", "GREASEPENCIL")  # 4.2's and 4.3+'s grease pencil objects
     assert "grease pencil" in scene_capture.evaluation_needed_after_render(scene)
+
+
+def test_a_frame_the_scene_will_not_take_back_is_evaluated_instead(silk, tmp_path):
+    scene = deforming_scene()  # factory preferences: negative frames off
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.render.filepath = str(tmp_path / "still.png")
+    scene.frame_set(-3)  # a script may go there; setting frame_current would clamp it to 0
+    edit = bpy.context.preferences.edit
+    assert not edit.use_negative_frames
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    bpy.ops.render.render(write_still=True)
+    assert scene.frame_current == -3  # put back by evaluating it
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped
+    edit.use_negative_frames = True
+    try:
+        bpy.ops.render.render(write_still=True)
+        assert scene.frame_current == -3
+        assert scene_capture.motion_cache.returns_without_evaluating == skipped + 1  # now it takes it back
+    finally:
+        edit.use_negative_frames = False
+    assert (tmp_path / "still.png").exists()
