@@ -466,7 +466,7 @@ def _return_to(engine, scene, frame: int, subframe: float, evaluate: bool) -> No
             scene.frame_current = frame
             if scene.frame_subframe != subframe:
                 scene.frame_subframe = subframe
-        except (AttributeError, TypeError, ValueError, RuntimeError):  # a linked scene, say
+        except (AttributeError, TypeError, ValueError, RuntimeError):  # should Blender refuse the write
             pass
         # Blender may refuse or clamp the frame (negative frames off in the preferences).
         if scene.frame_current == frame and scene.frame_subframe == subframe:
