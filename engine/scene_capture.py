@@ -318,6 +318,25 @@ def _same_geometry(a: FrameGeometry, b: FrameGeometry) -> bool:
                for x, y in zip(a.instances, b.instances))
 
 
+# Handlers that run between the frames of one render job: a script there may edit the scene.
+BETWEEN_FRAMES_HANDLERS = ("render_pre", "render_post", "render_write", "render_stats", "frame_change_pre",
+                           "frame_change_post", "composite_pre", "composite_post")
+_SILK_PACKAGE = __name__.rsplit(".", 2)[0]  # "silk", or the installed extension's full package name
+
+
+def scripts_between_frames() -> list[str]:
+    """Handlers of other add-ons and scripts that run between the frames of a render job."""
+    import bpy
+
+    found = []
+    for name in BETWEEN_FRAMES_HANDLERS:
+        for function in getattr(bpy.app.handlers, name, ()):
+            module = getattr(function, "__module__", None) or ""
+            if module != _SILK_PACKAGE and not module.startswith(_SILK_PACKAGE + "."):
+                found.append(f"{name}: {getattr(function, '__qualname__', repr(function))}")
+    return found
+
+
 class MotionCache:
     """The frames the last render evaluated, reused by the next frame of an animation.
 
@@ -328,12 +347,19 @@ class MotionCache:
     freshly captured frame t is exactly what the last render captured as its t+1 (same
     camera, same objects, same placements, same vertices). Otherwise every frame is
     evaluated, as without the cache.
+
+    Blender runs no depsgraph update handler for edits a script makes between the frames
+    of a background job (a ``render_post`` handler, say), and an edit that changes frame
+    t-1 but leaves frame t exactly as it was would pass the check on frame t. So nothing is
+    reused while another add-on or script has a handler that runs between frames
+    (:func:`scripts_between_frames`).
     """
 
     def __init__(self):
         self.generation = 0  # bumped by every edit and every new render job
         self._stored = None
         self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
+        self.returns_without_evaluating = 0  # renders that put the frame back without evaluating it (likewise)
 
     def invalidate(self, *_args) -> None:
         self.generation += 1
@@ -359,11 +385,46 @@ class MotionCache:
 motion_cache = MotionCache()
 
 
+GREASE_PENCIL_DATA = ("grease_pencils", "grease_pencils_v3")  # grease pencil data (4.3-4.5 have both)
+
+
+def evaluation_needed_after_render(scene) -> str:
+    """Why the render must evaluate its own frame again after reading the next one ("" if it need not).
+
+    ``RenderEngine.frame_set`` evaluates the render's depsgraph at the other frame and moves
+    the user's scene there (its frame number, and its camera where markers bind one). After
+    ``render()`` returns, Blender reads that depsgraph only to draw grease pencil over the
+    result, then frees it (with Persistent Data it keeps it and evaluates it at the next
+    frame). So where nothing else can see the scene meanwhile, putting the frame number back
+    is all that returning needs, and evaluating frame t a second time (the render pipeline
+    already did, before ``render()``) is wasted. That holds in background renders
+    (``render()`` runs on the main thread) without the exceptions below (Freestyle, which
+    renders its strokes from the scene next, gets the evaluated frame too, to be safe); an
+    interactive render runs on a thread of its own, where only ``frame_set`` may touch the scene.
+    """
+    import bpy
+
+    if not bpy.app.background:
+        return "interactive render"
+    if scene.render.use_freestyle:
+        return "Freestyle renders its strokes after the engine"
+    # Any grease pencil data at all (a look at each object would cost a lot in large scenes;
+    # 4.2 also counts annotations here, which only makes this return more often).
+    if any(len(getattr(bpy.data, name, ())) for name in GREASE_PENCIL_DATA):
+        return "grease pencil draws from the render's depsgraph"
+    if any(marker.camera is not None for marker in scene.timeline_markers):
+        return "markers switch the camera"
+    if bpy.app.handlers.frame_change_pre or bpy.app.handlers.frame_change_post:
+        return "frame change handlers expect to see the rendered frame last"
+    return ""
+
+
 def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
     """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
 
     The previous frame comes from :data:`motion_cache` where it can. Always returns to
-    the current frame, even when capturing fails.
+    the current frame, even when capturing fails: by evaluating it again, or, where
+    :func:`evaluation_needed_after_render` allows, by putting the frame number back.
     """
     scene = depsgraph.scene
     frame, subframe = scene.frame_current, scene.frame_subframe
@@ -373,9 +434,9 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
     current, found = capture_frame(depsgraph, camera_object, width, height)
     warnings += found
     known = frozenset(instance.key for instance in current.instances)
-    previous = motion_cache.previous_for(context, frame, current)
+    previous = None if scripts_between_frames() else motion_cache.previous_for(context, frame, current)
     following = None
-    moved = False
+    moved = read = False
     try:
         if previous is None:
             moved = True
@@ -390,12 +451,28 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
             following, _ = capture_frame(depsgraph, camera_object, width, height, known)
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
+        read = True
     finally:
         if moved:
-            engine.frame_set(frame, subframe)
+            _return_to(engine, scene, frame, subframe, evaluate=not read or bool(evaluation_needed_after_render(scene)))
         topology_cache.finish_render()
     motion_cache.store(context, generation, frame, current, following)
     return current, previous, following, warnings
+
+
+def _return_to(engine, scene, frame: int, subframe: float, evaluate: bool) -> None:
+    if not evaluate:
+        try:
+            scene.frame_current = frame
+            if scene.frame_subframe != subframe:
+                scene.frame_subframe = subframe
+        except (AttributeError, TypeError, ValueError, RuntimeError):  # should Blender refuse the write
+            pass
+        # Blender may refuse or clamp the frame (negative frames off in the preferences).
+        if scene.frame_current == frame and scene.frame_subframe == subframe:
+            motion_cache.returns_without_evaluating += 1
+            return
+    engine.frame_set(frame, subframe)
 
 
 def register():

@@ -12,9 +12,12 @@ in the same process:
 
 Each engine renders the shot once to warm up, then both render it ``--rounds`` times in
 turns (so that the load of a shared machine falls on both alike); the time of a frame is
-the time between the starts of consecutive frames (its render and a tiny BMP write), and
-the figure is the median over all shots' frames after their first (the first frame of a
-job has no previous render to reuse, in either engine).
+the time between consecutive frames' BMP files being written (its render and the write). Two
+figures per engine: the median over all shots' frames after their first (a long shot's
+frame: a job's first frame has no previous render to reuse), and the whole shot, first
+frame included, over its frame count (what this short job costs per frame). The process's
+CPU seconds of whole shots (all threads) are reported beside the wall-clock ones: on a
+shared machine they show the work done, whatever share of the cores the process got.
 
     .venv/bin/python tools/bench_guides.py [--size 512] [--frames 6] [--rounds 2] [--scenes rigid deforming]
 """
@@ -115,20 +118,25 @@ def build_scene(size: int, kind: str = "rigid"):
     return scene, triangles
 
 
-def time_shot(scene, frames: int) -> list:
-    """Seconds per frame of one animation render of ``frames`` frames (all of them)."""
-    starts = []
+def time_shot(scene, frames: int) -> tuple[list, float]:
+    """Seconds per frame of one animation render of ``frames`` frames (all of them), and the
+    process's CPU seconds (all threads) of the whole shot.
 
-    def started(*_args):
-        starts.append(time.perf_counter())
-
-    bpy.app.handlers.render_pre.append(started)
-    try:
-        bpy.ops.render.render(animation=True)
-        starts.append(time.perf_counter())
-    finally:
-        bpy.app.handlers.render_pre.remove(started)
-    return [b - a for a, b in zip(starts, starts[1:])]
+    A frame's time runs from the previous frame's file being written (the job's start for the
+    first frame) to its own, read from the files' modification times (fine-grained on this
+    machine's ext4): a render handler would be a script running between the frames, and Silk
+    reuses nothing across frames while one is registered (``scene_capture.scripts_between_frames``).
+    """
+    paths = [scene.render.frame_path(frame=frame) for frame in range(scene.frame_start, scene.frame_end + 1)]
+    assert len(paths) == frames
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+    start, cpu_start = time.time_ns(), time.process_time()
+    bpy.ops.render.render(animation=True)
+    cpu = time.process_time() - cpu_start
+    written = [start] + [os.stat(path).st_mtime_ns for path in paths]
+    return [(b - a) / 1e9 for a, b in zip(written, written[1:])], cpu
 
 
 def _use(scene, engine: str) -> None:
@@ -144,19 +152,24 @@ def measure(scene, frames: int, rounds: int) -> dict:
     ...) so that a change in the machine's load falls on both alike."""
     scene.frame_start, scene.frame_end = FIRST_FRAME, FIRST_FRAME + frames - 1
     times = {"CYCLES": [], "SILK": []}
+    cpu_times = {"CYCLES": [], "SILK": []}
     for engine in times:  # warm up: kernels, caches, memory
         _use(scene, engine)
         time_shot(scene, frames)
     for _ in range(rounds):
         for engine, collected in times.items():
             _use(scene, engine)
-            collected.append(time_shot(scene, frames))
+            shot, cpu = time_shot(scene, frames)
+            collected.append(shot)
+            cpu_times[engine].append(cpu)
     result = {}
     for engine, shots in times.items():
         later = [t for shot in shots for t in shot[1:]]  # a job's first frame has nothing to reuse
         result[engine.lower()] = {"first_frames": [round(shot[0], 4) for shot in shots],
                                   "frames": [[round(t, 4) for t in shot] for shot in shots],
-                                  "median": round(statistics.median(later), 4)}
+                                  "median": round(statistics.median(later), 4),
+                                  "whole_shot": round(statistics.mean(t for shot in shots for t in shot), 4),
+                                  "cpu_whole_shot": round(sum(cpu_times[engine]) / (frames * rounds), 4)}
     return result
 
 
@@ -187,14 +200,23 @@ def main(argv=None):
             scene, triangles = build_scene(args.size, kind)
             scene.render.image_settings.file_format = "BMP"  # writing costs both engines next to nothing
             scene.render.filepath = os.path.join(folder, f"{kind}_")
-            reused_before = scene_capture.motion_cache.reused
+            cache = scene_capture.motion_cache
+            reused_before, returns_before = cache.reused, cache.returns_without_evaluating
+            load_before = [round(x, 2) for x in os.getloadavg()]
             measured = measure(scene, args.frames, args.rounds)
             cycles, silk = measured["cycles"], measured["silk"]
             ratio = silk["median"] / cycles["median"]
+            whole = silk["whole_shot"] / cycles["whole_shot"]
+            cpu_ratio = silk["cpu_whole_shot"] / cycles["cpu_whole_shot"]
             results[kind] = {"triangles": triangles, "cycles": cycles, "silk": silk, "ratio": round(ratio, 3),
-                             "silk_frames_reused": scene_capture.motion_cache.reused - reused_before}
+                             "whole_shot_ratio": round(whole, 3), "cpu_ratio": round(cpu_ratio, 3),
+                             "silk_frames_reused": cache.reused - reused_before,
+                             "silk_returns_without_evaluating": cache.returns_without_evaluating - returns_before,
+                             "load_average": [load_before, [round(x, 2) for x in os.getloadavg()]]}
             print(f"{kind}: {triangles} triangles at {args.size}x{args.size}: Silk {silk['median']:.3f} s vs "
-                  f"Cycles {cycles['median']:.3f} s per frame: {ratio:.2f}x (goal <= {goals[kind]}x)", flush=True)
+                  f"Cycles {cycles['median']:.3f} s per frame: {ratio:.2f}x (goal <= {goals[kind]}x); "
+                  f"whole {args.frames}-frame shots {whole:.2f}x; CPU seconds {cpu_ratio:.2f}x; "
+                  f"load average {results[kind]['load_average']}", flush=True)
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(results, indent=2))
     if args.json:

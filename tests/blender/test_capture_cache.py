@@ -6,6 +6,7 @@
   only within one render job with nothing edited.
 """
 import math
+import os
 
 import bpy
 import numpy as np
@@ -109,3 +110,183 @@ def test_any_edit_drops_the_reusable_frames(silk):
     bpy.data.objects["Sea"].modifiers["Wave"].height = 0.2
     bpy.context.view_layer.update()
     assert scene_capture.motion_cache.generation > generation
+
+
+# Edits made between the frames of one render job, after the frame named: a moved object, a
+# changed modifier, a changed camera, and a keyframe moved at frame 6 only, which changes
+# frame 6 (frame 7's t-1) but leaves frame 7 exactly as it was. A script's render_post handler
+# makes them, where Blender runs no depsgraph update handler (background render).
+def _edit_after(frame):
+    if frame == 3:
+        bpy.data.objects["Disc"].location.z += 0.3
+    elif frame == 4:
+        bpy.data.objects["Sea"].modifiers["Wave"].height = 0.15
+    elif frame == 5:
+        bpy.data.objects["Camera"].data.lens = 60.0
+        bpy.data.objects["Camera"].location.x += 0.4
+    elif frame == 6:
+        for fcurve in scenes._fcurves(bpy.data.objects["Buoy"]):
+            for point in fcurve.keyframe_points:
+                if fcurve.array_index == 2 and point.co.x == 6:
+                    point.co.y += 0.5
+            fcurve.update()
+
+
+def _scene_with_buoy():
+    scene = deforming_scene()
+    buoy = scenes.add_mesh(scene, "cube", "Buoy", size=0.6)
+    scenes.keyframe(buoy, "location", [(frame, (-1.0 + 0.3 * frame, -1.0, 0.8)) for frame in range(2, 10)])
+    return scene
+
+
+def test_guides_follow_edits_made_between_the_frames_of_one_job(silk, tmp_path):
+    scene = _scene_with_buoy()
+
+    def edit(rendered, *_args):
+        _edit_after(rendered.frame_current)
+
+    bpy.app.handlers.render_post.append(edit)
+    try:
+        assert "render_post: " + edit.__qualname__ in scene_capture.scripts_between_frames()
+        before = scene_capture.motion_cache.reused
+        animated = _render_animation(scene, tmp_path, 3, 7)
+    finally:
+        bpy.app.handlers.render_post.remove(edit)
+    # A script runs between the frames, so nothing is reused: frame 7 would pass the check of
+    # its frame t, but its t-1 changed.
+    assert scene_capture.motion_cache.reused == before
+
+    scene = _scene_with_buoy()  # the same scene afresh, edited as the job went, rendered frame by frame
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    set_multilayer_exr(scene)
+    for frame in range(3, 8):
+        scene.frame_set(frame)
+        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
+        bpy.ops.render.render(write_still=True)
+        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
+        for name in ("Depth", "Normal", "Vector", "Occlusion"):
+            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+        _edit_after(frame)
+    assert not np.array_equal(animated[5]["Depth"], animated[6]["Depth"])  # the camera edit shows
+
+
+def test_only_other_add_ons_handlers_count_as_scripts_between_frames(silk):
+    assert scene_capture.scripts_between_frames() == []  # Silk's own handlers edit no geometry
+
+    def note(*_args):
+        pass
+
+    bpy.app.handlers.frame_change_pre.append(note)
+    try:
+        assert scene_capture.scripts_between_frames() == ["frame_change_pre: " + note.__qualname__]
+    finally:
+        bpy.app.handlers.frame_change_pre.remove(note)
+
+
+def test_frame_t_that_is_not_the_last_renders_t_plus_one_reuses_nothing(silk):
+    scene = deforming_scene()
+    camera = scene.camera
+    frames = {}
+    for frame in (4, 5, 6):
+        scene.frame_set(frame)
+        frames[frame] = scene_capture.capture_frame(bpy.context.evaluated_depsgraph_get(), camera, 64, 48)[0]
+    cache = scene_capture.MotionCache()
+    context = ("Scene", "ViewLayer", camera.name, 64, 48, 0.0)
+    cache.store(context, cache.generation, 4, frames[4], frames[5])
+    assert cache.previous_for(context, 5, frames[6]) is None  # frame 5 is not what was read as 5
+    assert cache.previous_for(("Other",) + context[1:], 5, frames[5]) is None
+    assert cache.previous_for(context, 6, frames[5]) is None
+    assert cache.previous_for(context, 5, frames[5]) is frames[4]
+    cache.invalidate()
+    assert cache.previous_for(context, 5, frames[5]) is None
+
+
+def test_a_background_render_puts_back_the_frame_without_evaluating_it_again(silk, tmp_path):
+    scene = deforming_scene()
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.frame_set(5)
+    camera = scene.camera
+    assert scene_capture.evaluation_needed_after_render(scene) == ""
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    scene.render.filepath = str(tmp_path / "still.png")
+    bpy.ops.render.render(write_still=True)
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped + 1
+    assert (scene.frame_current, scene.frame_subframe, scene.camera) == (5, 0.0, camera)
+    assert (tmp_path / "still.png").exists()
+
+
+def test_the_render_evaluates_its_frame_again_where_something_reads_it_afterwards(silk, tmp_path):
+    scene = deforming_scene()
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.render.filepath = str(tmp_path / "f_")
+    scene.frame_start = scene.frame_end = 5
+    camera = scene.camera
+    after_render = []  # what the rest of Blender's pipeline sees once Silk's render() returned
+
+    def look(rendered, *_args):
+        after_render.append((rendered.frame_current, rendered.camera.name, list(seen)))
+
+    seen = []
+
+    def watch(changed, *_args):
+        seen.append(changed.frame_current)
+
+    # A marker binds another camera from frame 6: frame_set(6) switches to it, and only
+    # evaluating frame 5 again switches back.
+    other = bpy.data.objects.new("Other", bpy.data.cameras.new("Other"))
+    scene.collection.objects.link(other)
+    scene.timeline_markers.new("cut", frame=6).camera = other
+    scene.timeline_markers.new("start", frame=1).camera = camera
+    assert "camera" in scene_capture.evaluation_needed_after_render(scene)
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    bpy.app.handlers.render_post.append(look)
+    try:
+        bpy.ops.render.render(animation=True)
+        assert after_render[-1][:2] == (5, camera.name)
+        for marker in list(scene.timeline_markers):
+            scene.timeline_markers.remove(marker)
+
+        # A frame change handler last sees the rendered frame, as it would without Silk.
+        bpy.app.handlers.frame_change_post.append(watch)
+        try:
+            assert "handlers" in scene_capture.evaluation_needed_after_render(scene)
+            bpy.ops.render.render(animation=True)
+        finally:
+            bpy.app.handlers.frame_change_post.remove(watch)
+    finally:
+        bpy.app.handlers.render_post.remove(look)
+    assert 6 in after_render[-1][2] and after_render[-1][2][-1] == 5
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped
+
+    scene.render.use_freestyle = True
+    assert "Freestyle" in scene_capture.evaluation_needed_after_render(scene)
+    scene.render.use_freestyle = False
+    strokes = bpy.data.objects.new("Strokes", bpy.data.grease_pencils.new("Strokes"))
+    scene.collection.objects.link(strokes)
+    assert strokes.type in ("GPENCIL", "GREASEPENCIL")  # 4.2's and 4.3+'s grease pencil objects
+    assert "grease pencil" in scene_capture.evaluation_needed_after_render(scene)
+
+
+def test_a_frame_the_scene_will_not_take_back_is_evaluated_instead(silk, tmp_path):
+    scene = deforming_scene()  # factory preferences: negative frames off
+    scene.render.engine = "SILK"
+    scene.silk.mode = "GUIDES"
+    scene.render.filepath = str(tmp_path / "still.png")
+    scene.frame_set(-3)  # a script may go there; setting frame_current would clamp it to 0
+    edit = bpy.context.preferences.edit
+    assert not edit.use_negative_frames
+    skipped = scene_capture.motion_cache.returns_without_evaluating
+    bpy.ops.render.render(write_still=True)
+    assert scene.frame_current == -3  # put back by evaluating it
+    assert scene_capture.motion_cache.returns_without_evaluating == skipped
+    edit.use_negative_frames = True
+    try:
+        bpy.ops.render.render(write_still=True)
+        assert scene.frame_current == -3
+        assert scene_capture.motion_cache.returns_without_evaluating == skipped + 1  # now it takes it back
+    finally:
+        edit.use_negative_frames = False
+    assert (tmp_path / "still.png").exists()
