@@ -2,9 +2,11 @@
 
 The same model (SD 1.5's architecture, two ControlNets), the same settings (image-to-image at
 strength 1, Euler, guidance 7, a fixed seed, two control pictures) and the same frame size, in
-the same run: first a plain ``StableDiffusionControlNetImg2ImgPipeline`` call in a child process,
-then Silk's path (client -> worker process -> backend -> the same pipeline class, with step
-previews, as F12 sends it). One model is in memory at a time. Reports the median seconds per
+the same run: a plain ``StableDiffusionControlNetImg2ImgPipeline`` call in a child process, and
+Silk's path (client -> worker process -> backend -> the same pipeline class, with step
+previews, as F12 sends it). Both stay loaded (their weights are the same files, mapped once
+from the page cache) and paint in turns, plain, Silk, Silk, plain, ..., so that a change in the
+machine's load falls on both alike; each paints one warm-up frame first. Reports the median seconds per
 frame of each, their ratio (goal: <= 1.05), each process's peak resident memory, and per frame
 the kernel time and page faults of the process that paints (Linux; where Silk's worker once
 lost 1.5 s a step to refaulting freed memory, see bridge/allocator.py).
@@ -73,23 +75,26 @@ def plain_child(args) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_stime, usage.ru_minflt
 
-    times, costs = timed(frame, args.frames, kernel)
-    print(json.dumps({"times": times, "kernel": costs,
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    paint = measured(frame, kernel)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:  # one frame per "frame" line, until anything else
+        if line.strip() != "frame":
+            break
+        print(json.dumps(paint()), flush=True)
+    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
 
 
-def timed(frame, count: int, kernel) -> tuple:
-    """Seconds per frame, and per frame (kernel seconds, page faults) from ``kernel()``'s
-    running totals."""
-    frame()  # warm-up: first-call allocations and kernel choices
-    times, costs = [], []
-    for _ in range(count):
+def measured(frame, kernel):
+    """``frame`` timed: a function that paints one and returns its seconds and its (kernel
+    seconds, page faults) from ``kernel()``'s running totals."""
+    def paint() -> dict:
         before = kernel()
         started = time.perf_counter()
         frame()
-        times.append(time.perf_counter() - started)
-        costs.append([after - was for after, was in zip(kernel(), before)])
-    return times, costs
+        took = time.perf_counter() - started
+        return {"time": took, "kernel": [after - was for after, was in zip(kernel(), before)]}
+
+    return paint
 
 
 def process_kernel(pid: int):
@@ -99,30 +104,65 @@ def process_kernel(pid: int):
     return int(fields[12]) / os.sysconf("SC_CLK_TCK"), int(fields[7])
 
 
-def silk(args) -> dict:
-    from tools.blender_env import load_silk
+class PlainSide:
+    """The plain call in a child process that paints a frame per request."""
 
-    load_silk(register=False)
-    from silk.bridge.client import WorkerClient, WorkerConfig
+    name = "plain"
 
-    client = WorkerClient(WorkerConfig(python=sys.executable, env=threads_env(args),
-                                       log_path=os.path.join(tempfile.gettempdir(), "silk-bench-overhead.log")))
-    model = {"source": "sd15-random", "precision": "fp32"}
-    init, controls = inputs(args.size)
-    try:
-        client.load_model(model)
+    def __init__(self, args):
+        command = [sys.executable, __file__, "--plain-child", f"--size={args.size}", f"--steps={args.steps}"]
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                        env=dict(os.environ, **threads_env(args)))
+        self._answer()
+
+    def _answer(self) -> dict:
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise RuntimeError(f"the plain side stopped (exit code {self.process.wait()})")
+
+    def frame(self) -> dict:
+        self.process.stdin.write("frame\n")
+        self.process.stdin.flush()
+        return self._answer()
+
+    def close(self) -> int:
+        """Ends the child; its peak resident memory."""
+        self.process.stdin.write("done\n")
+        self.process.stdin.flush()
+        peak = self._answer()["peak_rss"]
+        self.process.wait(timeout=60)
+        return peak
+
+
+class SilkSide:
+    """Silk's path as F12 takes it: the client, the worker process, step previews."""
+
+    name = "silk"
+
+    def __init__(self, args):
+        from silk.bridge.client import WorkerClient, WorkerConfig
+
+        self.client = WorkerClient(WorkerConfig(python=sys.executable, env=threads_env(args),
+                                                log_path=os.path.join(tempfile.gettempdir(), "silk-bench-overhead.log")))
+        self.model = {"source": "sd15-random", "precision": "fp32"}
+        self.args = args
+        init, controls = inputs(args.size)
+        self.client.load_model(self.model)
 
         def frame():
-            client.generate(model, PROMPT, [{"image": c} for c in controls], args.size, args.size, seed=SEED,
-                            steps=args.steps, guidance=GUIDANCE, scheduler="euler", init_image=init,
-                            strength=STRENGTH, preview=True, timeout=3600)
+            self.client.generate(self.model, PROMPT, [{"image": c} for c in controls], args.size, args.size,
+                                 seed=SEED, steps=args.steps, guidance=GUIDANCE, scheduler="euler", init_image=init,
+                                 strength=STRENGTH, preview=True, timeout=3600)
 
-        times, costs = timed(frame, args.frames, lambda: process_kernel(client.worker_pid))
-        with open(f"/proc/{client.worker_pid}/status") as handle:
-            peak = next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
-    finally:
-        client.stop()
-    return {"times": times, "kernel": costs, "peak_rss": peak}
+        self.frame = measured(frame, lambda: process_kernel(self.client.worker_pid))
+
+    def close(self) -> int:
+        try:
+            with open(f"/proc/{self.client.worker_pid}/status") as handle:
+                return next(int(line.split()[1]) * 1024 for line in handle if line.startswith("VmHWM"))
+        finally:
+            self.client.stop()
 
 
 def threads_env(args) -> dict:
@@ -137,30 +177,38 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads on both sides (default: torch's own choice)")
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.plain_child:
-        from tools.blender_env import load_silk
-
-        load_silk(register=False)
-        return plain_child(args)
     from tools.blender_env import load_silk
 
     load_silk(register=False)
+    if args.plain_child:
+        return plain_child(args)
     from silk.bridge import tiny_model
 
     print(f"sd15-random: {tiny_model.ensure_sd15_random()}", flush=True)
     load = os.getloadavg()
-    command = [sys.executable, __file__, "--plain-child", f"--size={args.size}", f"--steps={args.steps}",
-               f"--frames={args.frames}"]
-    plain = json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
-                                      env=dict(os.environ, **threads_env(args))).stdout.splitlines()[-1])
-    ours = silk(args)
-    report(args, plain, ours, (load, os.getloadavg()))
+    sides = [PlainSide(args)]
+    results = {"plain": {"frames": []}, "silk": {"frames": []}}
+    try:
+        sides.append(SilkSide(args))
+        for side in sides:
+            side.frame()  # warm-up: first-call allocations and kernel choices
+        for turn in range(args.frames):  # plain, Silk, Silk, plain, ...: load changes fall on both alike
+            for side in sides if turn % 2 == 0 else sides[::-1]:
+                results[side.name]["frames"].append(side.frame())
+                print(f"{side.name} {results[side.name]['frames'][-1]['time']:.2f} s", flush=True)
+    finally:
+        for side in sides:
+            results[side.name]["peak_rss"] = side.close()
+    report(args, results["plain"], results["silk"], (load, os.getloadavg()))
 
 
 def report(args, plain: dict, ours: dict, loads: tuple) -> None:
+    for data in (plain, ours):
+        data["times"] = [frame["time"] for frame in data["frames"]]
+        data["kernel"] = [frame["kernel"] for frame in data["frames"]]
     plain_time, silk_time = statistics.median(plain["times"]), statistics.median(ours["times"])
     threads = args.threads or "default"
-    print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each after a "
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each, in turns, after a "
           f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
           "load average (1, 5, 15 min) " + " at the start, ".join(", ".join(f"{x:.2f}" for x in load) for load in loads)
           + " at the end")
