@@ -143,8 +143,8 @@ class SilkSide:
     def __init__(self, args):
         from silk.bridge.client import WorkerClient, WorkerConfig
 
-        self.client = WorkerClient(WorkerConfig(python=sys.executable, env=threads_env(args),
-                                                log_path=os.path.join(tempfile.gettempdir(), "silk-bench-overhead.log")))
+        log_path = os.path.join(tempfile.gettempdir(), "silk-bench-overhead.log")
+        self.client = WorkerClient(WorkerConfig(python=sys.executable, env=threads_env(args), log_path=log_path))
         self.model = {"source": "sd15-random", "precision": "fp32"}
         self.args = args
         init, controls = inputs(args.size)
@@ -208,8 +208,8 @@ def report(args, plain: dict, ours: dict, loads: tuple) -> None:
         data["kernel"] = [frame["kernel"] for frame in data["frames"]]
     plain_time, silk_time = statistics.median(plain["times"]), statistics.median(ours["times"])
     threads = args.threads or "default"
-    print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each, in turns, after a "
-          f"warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
+    print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each, in turns, "
+          f"after a warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
           "load average (1, 5, 15 min) " + " at the start, ".join(", ".join(f"{x:.2f}" for x in load) for load in loads)
           + " at the end")
     print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}{'kernel s/frame':>16}"
