@@ -207,9 +207,9 @@ def report(args, plain: dict, ours: dict, loads: tuple) -> None:
         data["times"] = [frame["time"] for frame in data["frames"]]
         data["kernel"] = [frame["kernel"] for frame in data["frames"]]
     plain_time, silk_time = statistics.median(plain["times"]), statistics.median(ours["times"])
-    threads = args.threads or "default"
+    threads, machine = args.threads or "default", platform.processor() or platform.machine()
     print(f"\n{args.size}x{args.size}, {args.steps} steps, two ControlNets, fp32, {args.frames} frames each, in turns, "
-          f"after a warm-up; {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {threads}; "
+          f"after a warm-up; {machine}, {os.cpu_count()} cores, torch threads {threads}; "
           "load average (1, 5, 15 min) " + " at the start, ".join(", ".join(f"{x:.2f}" for x in load) for load in loads)
           + " at the end")
     print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}{'kernel s/frame':>16}"
