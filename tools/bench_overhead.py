@@ -212,13 +212,14 @@ def report(args, plain: dict, ours: dict, loads: tuple) -> None:
           f"after a warm-up; {machine}, {os.cpu_count()} cores, torch threads {threads}; "
           "load average (1, 5, 15 min) " + " at the start, ".join(", ".join(f"{x:.2f}" for x in load) for load in loads)
           + " at the end")
-    print(f"{'':24}{'s/frame (median)':>18}{'all frames':>30}{'peak RSS':>12}{'kernel s/frame':>16}"
+    width = 8 * args.frames + 2
+    print(f"{'':24}{'s/frame (median)':>18}{'all frames':>{width}}{'peak RSS':>12}{'kernel s/frame':>16}"
           f"{'faults/frame':>14}")
     for label, data, median in (("plain diffusers", plain, plain_time), ("Silk (client+worker)", ours, silk_time)):
         frames = ", ".join(f"{t:.2f}" for t in data["times"])
         kernel = statistics.median(cost[0] for cost in data["kernel"])
         faults = statistics.median(cost[1] for cost in data["kernel"])
-        print(f"{label:24}{median:>18.3f}{frames:>30}{data['peak_rss'] / 2 ** 30:>10.2f} GiB{kernel:>16.2f}"
+        print(f"{label:24}{median:>18.3f}{frames:>{width}}{data['peak_rss'] / 2 ** 30:>10.2f} GiB{kernel:>16.2f}"
               f"{faults:>14,.0f}")
     print(f"Silk / plain: {silk_time / plain_time:.3f}x (goal <= 1.05)")
 
