@@ -8,7 +8,7 @@ Downloads the wheels the manifest lists (numba and llvmlite for each platform) i
 ``macos_x64``: Blender's tooling writes the platform with an underscore), so each user
 downloads only their own wheels. Development files (tests, tools, docs, pytest.ini, the
 Makefile) stay out of the zips (``[build] paths_exclude_pattern`` in the manifest); the
-``mini`` model's weights go in when they are in models/mini (about 8 MB), so it works offline.
+``mini`` model's weights go in when they are in models/mini (6.4 MB), so it works offline.
 ``blender_ext.py`` ships inside the ``bpy`` wheel; it runs with plain Python.
 """
 import argparse

@@ -17,8 +17,10 @@ neither downloaded nor found in the cache, the demo says so in one line and pain
 models/mini, else with ``tiny`` (random weights: noise, but the whole pipeline runs).
 """
 import argparse
+import contextlib
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,6 +86,42 @@ def cannot_load(message: str) -> bool:
     return "hub could provide" in message or "Cannot load the ControlNet" in message
 
 
+@contextlib.contextmanager
+def held_output(replay_unless=None):
+    """Hold what Blender and the engine print (file descriptors 1 and 2) while the block runs and
+    print it afterwards, except when the block fails with a report ``replay_unless`` accepts: the
+    demo then says what it does in one line of its own, not Blender's error lines before it."""
+    if replay_unless is None:
+        yield
+        return
+    from silk.engine import render_engine
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 1)
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except RuntimeError:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for descriptor in saved:
+                os.close(descriptor)
+            report = next((m for level, m in render_engine.last_reports if level == "ERROR"), "")
+            if not (failed and replay_unless(report)):
+                held.seek(0)
+                sys.stdout.write(held.read().decode(errors="replace"))
+                sys.stdout.flush()
+
+
 def render_paintings(scene, out: str, frames, model: str, steps) -> tuple[dict, str]:
     """Paint ``frames`` with ``model`` (falling back to mini when it cannot be had here)."""
     from silk.engine import render_engine
@@ -97,11 +135,13 @@ def render_paintings(scene, out: str, frames, model: str, steps) -> tuple[dict, 
         path = os.path.join(out, "painted", f"frame_{frame:04d}.png")
         scene.render.filepath = path
         started = time.perf_counter()
+        first_try = model not in ("mini", "tiny") and not pictures
         try:
-            bpy.ops.render.render(write_still=True)
+            with held_output(replay_unless=cannot_load if first_try else None):
+                bpy.ops.render.render(write_still=True)
         except RuntimeError:
             message = next((m for level, m in render_engine.last_reports if level == "ERROR"), "render failed")
-            if model not in ("mini", "tiny") and not pictures and cannot_load(message):
+            if first_try and cannot_load(message):
                 fallback = fallback_model()
                 what = "Silk's own small offline model" if fallback == "mini" else "random weights: noise"
                 print(f"The model '{model}' cannot be downloaded or found here: painting with '{fallback}' ({what}).")

@@ -37,6 +37,15 @@ import torch  # noqa: E402
 from tools.mini.families import FAMILIES  # noqa: E402
 
 UNIT_FOLDERS = {"depth": "controlnet-depth", "normal": "controlnet-normal"}
+# SD 1.5's noise schedule, rescaled to zero terminal SNR (Lin et al. 2024, "Common diffusion
+# noise schedules and sample steps are flawed"): with SD's own schedule the most-noised latents
+# still carry the picture's low frequencies, so a model trained from scratch learnt to take its
+# colours and large shapes from the noise and painted the seed's blobs whatever the guides.
+# At zero SNR the first step sees pure noise and can only go by the guides (and the prompt).
+NOISE_SCHEDULE = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+                      rescale_betas_zero_snr=True)
+# The first two stages of the recipe ran with SD 1.5's schedule unchanged (--noise-schedule sd15).
+NOISE_SCHEDULES = {"zero-snr": NOISE_SCHEDULE, "sd15": dict(NOISE_SCHEDULE, rescale_betas_zero_snr=False)}
 # Words of the kind people type; uncorrelated with the pictures, so the model learns to
 # let only the family words steer it.
 FILLER = ("a photo of", "oil painting", "toy room", "wooden blocks", "glossy ball", "floor", "soft morning light",
@@ -79,14 +88,17 @@ def controlnet_model(unet):
     return controlnet
 
 
-def load_data(folder: str) -> dict:
-    shards = sorted(glob.glob(os.path.join(folder, "shard_*.npz")))
-    if not shards:
+def load_data(folder: str, skip: tuple = ()) -> tuple[dict, list]:
+    """The pictures of every shard in ``folder`` not in ``skip``, and the shards read."""
+    shards = [path for path in sorted(glob.glob(os.path.join(folder, "shard_*.npz"))) if path not in skip]
+    if not shards and not skip:
         raise SystemExit(f"no shard_*.npz in {folder}: run tools/mini/make_data.py first")
+    if not shards:
+        return {}, []
     parts = [dict(np.load(path)) for path in shards]
     data = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     print(f"{len(data['rgb'])} pictures from {len(shards)} shards", flush=True)
-    return data
+    return data, shards
 
 
 def to_tensor(pictures: np.ndarray) -> torch.Tensor:
@@ -113,8 +125,7 @@ def train_vae(args) -> None:
     else:
         vae = vae_model()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
-    data = load_data(args.data)
-    pictures = data["rgb"]
+    pictures = load_data(args.data)[0]["rgb"]
     started, step = time.perf_counter(), 0
     crop, batch = args.crop, 16
     while time.perf_counter() - started < args.minutes * 60:
@@ -168,13 +179,15 @@ def train_decoder(args) -> None:
     torch.manual_seed(args.seed + 1)
     generator = np.random.default_rng(args.seed + 1)
     source = os.path.join(args.work, "vae")
+    if args.resume and os.path.exists(os.path.join(args.work, "vae-decoder")):
+        source = os.path.join(args.work, "vae-decoder")  # the same encoder: go on with its decoder
     vae = AutoencoderKL.from_pretrained(source)
     vae.requires_grad_(False)
     trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     for parameter in trained:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
-    pictures = load_data(args.data)["rgb"]
+    pictures = load_data(args.data)[0]["rgb"]
     started, step, crop, batch = time.perf_counter(), 0, args.crop, 16
     while time.perf_counter() - started < args.minutes * 60:
         index = generator.integers(0, len(pictures), batch)
@@ -195,7 +208,10 @@ def train_decoder(args) -> None:
             print(f"decoder step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     vae.save_pretrained(os.path.join(args.work, "vae-decoder"))
-    record(args.work, "decoder", steps=step, seconds=round(time.perf_counter() - started))
+    previous = json.load(open(os.path.join(args.work, "training.json"))).get("decoder", {}) if args.resume and \
+        os.path.exists(os.path.join(args.work, "training.json")) else {}
+    record(args.work, "decoder", steps=step + previous.get("steps", 0),
+           seconds=round(time.perf_counter() - started) + previous.get("seconds", 0))
     print(f"decoder: {step} steps", flush=True)
 
 
@@ -249,20 +265,56 @@ def encode_dataset(vae, data: dict) -> torch.Tensor:
     return torch.cat(latents) * vae.config.scaling_factor
 
 
+class TrainingSet:
+    """The pictures' latents (and their mirror images') with their guides, read from the data
+    folder's shards; ``refresh`` adds shards written since (training can start while
+    ``make_data.py`` still renders)."""
+
+    def __init__(self, folder: str, vae):
+        self.folder, self.vae, self.shards = folder, vae, []
+        self.latents = self.depth = self.normal = self.families = None
+        self.refresh()
+
+    def refresh(self) -> None:
+        data, shards = load_data(self.folder, skip=tuple(self.shards))
+        if not shards:
+            return
+        latents = encode_dataset(self.vae, data)
+        depth, normal = torch.from_numpy(data["depth"]), torch.from_numpy(data["normal"])
+        if self.latents is None:
+            self.latents, self.depth, self.normal, self.families = latents, depth, normal, data["family"]
+        else:
+            self.latents = torch.cat([self.latents, latents])
+            self.depth, self.normal = torch.cat([self.depth, depth]), torch.cat([self.normal, normal])
+            self.families = np.concatenate([self.families, data["family"]])
+        self.shards += shards
+        print(f"training set: {len(self.latents)} pictures, latent std {self.latents.std():.3f}", flush=True)
+
+    def batch(self, generator, size: int, crop: int):
+        """``size`` pictures (latents, depth and normal pictures, families), each mirrored or not,
+        cut to the same ``crop`` latent cells at one random place."""
+        y, x = generator.integers(0, self.latents.shape[-1] - crop + 1, 2)
+        index = torch.from_numpy(generator.integers(0, len(self.latents), size))
+        mirror = torch.from_numpy(generator.integers(0, 2, size))
+        clean = self.latents[index, mirror][..., y:y + crop, x:x + crop]
+        # The mirrored latents are of the mirrored picture: its guides are mirrored the same way.
+        depth = self.depth[index].float()[:, None].repeat(1, 3, 1, 1) / 255
+        normal = self.normal[index].permute(0, 3, 1, 2).float() / 255
+        mirrored = mirror.bool().view(-1, 1, 1, 1)
+        depth = torch.where(mirrored, depth.flip(-1), depth)
+        normal = torch.where(mirrored, flip_normals(normal), normal)
+        pixels = slice(8 * y, 8 * (y + crop)), slice(8 * x, 8 * (x + crop))
+        return (clean, depth[..., pixels[0], pixels[1]], normal[..., pixels[0], pixels[1]],
+                self.families[index.numpy()])
+
+
 def train_diffusion(args) -> None:
     from diffusers import AutoencoderKL, DDPMScheduler
 
     torch.manual_seed(args.seed)
     generator = np.random.default_rng(args.seed)
-    data = load_data(args.data)
     vae = AutoencoderKL.from_pretrained(os.path.join(args.work, "vae")).eval()
-    started = time.perf_counter()
-    latents = encode_dataset(vae, data)
-    print(f"encoded {len(latents)} pictures in {time.perf_counter() - started:.0f} s, latent std "
-          f"{latents.std():.3f}", flush=True)
-    depth = torch.from_numpy(data["depth"])  # uint8, converted per batch
-    normal = torch.from_numpy(data["normal"])
-    families = data["family"]
+    training_set = TrainingSet(args.data, vae)
     encoder, tokenizer = text_parts()
     bank = text_bank(generator, encoder, tokenizer)
 
@@ -279,38 +331,25 @@ def train_diffusion(args) -> None:
     parameters = [parameter for part in parts for parameter in part.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr, weight_decay=1e-2)
     ema = [copy.deepcopy(part).eval().requires_grad_(False) for part in parts]
-    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              num_train_timesteps=1000)
+    scheduler = DDPMScheduler(**NOISE_SCHEDULES[args.noise_schedule])
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weights = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
+    weights = torch.clamp(snr, max=5.0) / snr.clamp(min=1e-8)  # min-SNR-5 for epsilon prediction
     # Which ControlNets a sample keeps: both, depth, normal, none.
     keep_choices = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=torch.float32)
     keep_odds = np.array([0.55, 0.18, 0.18, 0.09])
-    batch, step, losses = args.batch, 0, []
+    size, step, losses = args.batch, 0, []
     started = time.perf_counter()
     while time.perf_counter() - started < args.minutes * 60:
-        # Mostly 64-pixel crops (the nets are convolutional; a quarter of the cost), some whole pictures.
-        whole = generator.random() < 0.2
-        size = batch // 4 if whole else batch
-        crop = latents.shape[-1] if whole else args.crop // 8
-        y, x = generator.integers(0, latents.shape[-1] - crop + 1, 2)
-        index = torch.from_numpy(generator.integers(0, len(latents), size))
-        mirror = torch.from_numpy(generator.integers(0, 2, size))
-        clean = latents[index, mirror][..., y:y + crop, x:x + crop]
-        # The mirrored latents are of the mirrored picture: crop the pictures where the latents were cut.
-        pixels = slice(8 * y, 8 * (y + crop)), slice(8 * x, 8 * (x + crop))
-        depth_picture = depth[index].float()[:, None].repeat(1, 3, 1, 1) / 255
-        normal_picture = normal[index].permute(0, 3, 1, 2).float() / 255
-        mirrored = mirror.bool()
-        depth_picture = torch.where(mirrored.view(-1, 1, 1, 1), depth_picture.flip(-1), depth_picture)
-        normal_picture = torch.where(mirrored.view(-1, 1, 1, 1), flip_normals(normal_picture), normal_picture)
-        depth_picture = depth_picture[..., pixels[0], pixels[1]]
-        normal_picture = normal_picture[..., pixels[0], pixels[1]]
-        text = bank[torch.from_numpy(families[index.numpy()] + 1).long(),
-                    torch.from_numpy(generator.integers(0, bank.shape[1], size))]
+        if step % 200 == 199:
+            training_set.refresh()
+        clean, depth_picture, normal_picture, families = training_set.batch(generator, size, args.crop // 8)
+        text = bank[torch.from_numpy(families + 1).long(), torch.from_numpy(generator.integers(0, bank.shape[1], size))]
         noise = torch.randn_like(clean)
-        timesteps = torch.randint(0, 1000, (size,))
+        # Biased towards high noise (power > 1): there the guides are all the model has to go
+        # on, and a model trained with uniform timesteps learnt to denoise from the latents
+        # long before it used the guides.
+        timesteps = (999.0 * (1.0 - torch.rand(size) ** args.timestep_power)).round().long()
         noisy = scheduler.add_noise(clean, noise, timesteps)
         keep = keep_choices[torch.from_numpy(generator.choice(4, size, p=keep_odds))]
         down, mid = None, None
@@ -346,9 +385,11 @@ def train_diffusion(args) -> None:
         if step % 500 == 0:
             save_diffusion(args.work, ema)
     save_diffusion(args.work, ema)
-    record(args.work, "diffusion", prediction=args.prediction, init_from=args.init_from, steps=step, batch=batch, seconds=round(time.perf_counter() - started),
-           final_loss=float(np.mean(losses[-200:])), pictures=len(latents))
-    print(f"diffusion: {step} steps of {batch} in {time.perf_counter() - started:.0f} s", flush=True)
+    record(args.work, f"diffusion ({args.noise_schedule}, timestep power {args.timestep_power:g})",
+           prediction=args.prediction, init_from=args.init_from, steps=step, batch=size,
+           crop=args.crop, seconds=round(time.perf_counter() - started), final_loss=float(np.mean(losses[-200:])),
+           pictures=len(training_set.latents))
+    print(f"diffusion: {step} steps of {size} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def save_diffusion(work: str, ema) -> None:
@@ -372,14 +413,18 @@ def export(args) -> None:
         vae=vae,
         unet=UNet2DConditionModel.from_pretrained(os.path.join(args.work, "unet")),
         text_encoder=encoder, tokenizer=tokenizer,
-        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                         num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading",
+        # "trailing": the first step starts at the last timestep, the pure noise it was trained on.
+        scheduler=EulerDiscreteScheduler(**NOISE_SCHEDULE, timestep_spacing="trailing",
                                          prediction_type=args.prediction),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipeline.to(torch.float16).save_pretrained(args.out, safe_serialization=True)
     for folder in UNIT_FOLDERS.values():
-        ControlNetModel.from_pretrained(os.path.join(args.work, folder)).to(torch.float16).save_pretrained(
-            os.path.join(args.out, folder), safe_serialization=True)
+        controlnet = ControlNetModel.from_pretrained(os.path.join(args.work, folder))
+        with torch.no_grad():  # the residuals are linear in these last convolutions: a built-in conditioning scale
+            for block in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+                block.weight *= args.controlnet_scale
+                block.bias *= args.controlnet_scale
+        controlnet.to(torch.float16).save_pretrained(os.path.join(args.out, folder), safe_serialization=True)
     log = os.path.join(args.work, "training.json")
     if os.path.exists(log):
         with open(log) as source, open(os.path.join(args.out, "training.json"), "w") as target:
@@ -394,15 +439,23 @@ def main(argv=None) -> None:
     parser.add_argument("--work", default="/tmp/mini-work")
     parser.add_argument("--out", default=os.path.join(ROOT, "models", "mini"))
     parser.add_argument("--minutes", type=float, default=8.0)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--crop", type=int, default=None,
-                        help="training crop in pixels, a multiple of 8 (vae: 32; diffusion: 64)")
+                        help="training crop in pixels, a multiple of 8 (vae: 32; decoder: 48; diffusion: 128, whole pictures)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (vae: 5e-4, diffusion: 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="vae: go on from the VAE in --work")
+    parser.add_argument("--resume", action="store_true", help="vae, decoder: go on from the VAE (decoder) in --work")
     parser.add_argument("--prediction", choices=("sample", "epsilon"), default="sample",
                         help="what the UNet predicts: the clean latents (sample; learns the picture from the guides "
                              "in far fewer steps) or the noise (epsilon, with min-SNR weighting)")
+    parser.add_argument("--timestep-power", type=float, default=2.0,
+                        help="diffusion: timesteps are 999 * (1 - u ** power), u uniform: 1 is uniform, 2 puts "
+                             "about half the samples above t = 700")
+    parser.add_argument("--noise-schedule", choices=tuple(NOISE_SCHEDULES), default="zero-snr",
+                        help="diffusion: SD 1.5's betas rescaled to zero terminal SNR (exported with the model), or "
+                             "unchanged")
+    parser.add_argument("--controlnet-scale", type=float, default=1.0,
+                        help="export: scale the ControlNets' residuals by this (as a conditioning scale would)")
     parser.add_argument("--init-from", help="diffusion: start from the UNet and ControlNets in this folder")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a shared machine more threads wait on each other")
@@ -411,7 +464,7 @@ def main(argv=None) -> None:
     if args.lr is None:
         args.lr = {"vae": 5e-4, "decoder": 3e-4}.get(args.stage, 1e-3)
     if args.crop is None:
-        args.crop = {"vae": 32, "decoder": 48}.get(args.stage, 64)
+        args.crop = {"vae": 32, "decoder": 48}.get(args.stage, 128)
     {"vae": train_vae, "decoder": train_decoder, "diffusion": train_diffusion, "export": export}[args.stage](args)
 
 
