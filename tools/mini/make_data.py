@@ -3,9 +3,9 @@ Depth and Normal conditioning pictures of the same frames.
 
 Each scene: a ground (sometimes a back wall), 2-6 random primitives (non-uniform scale,
 flat or smooth shading, some subdivided), random procedural materials (noise, waves,
-checker, cells, bricks, magic, plain, each through a random colour ramp), a sun and a
-fill light of random colour and direction, a random sky colour, and a camera looking at
-the set from a random place; objects and camera move between the frames rendered, so
+checker, cells, bricks, magic, plain, each through a random colour ramp), a key sun that
+follows the camera (behind and above it, a random side), a dim sky of random colour, and a
+camera looking at the set from a random place; objects and camera move between the frames rendered, so
 consecutive samples of a scene see the same materials from other places.
 
 The picture is Cycles (few samples, no denoising, Standard view transform); the

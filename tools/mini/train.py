@@ -6,9 +6,10 @@
    steps an hour) to decode the posterior's mean (Silk encodes to the mean; the variance is
    set sharp at export, as tiny's is): L1 + L1 of the image gradients (sharp edges) + a tiny KL term.
 2. ``diffusion``: the UNet and the Depth and Normal ControlNets trained jointly from
-   scratch on the VAE's latents (SD 1.5's noise schedule, an EMA of the weights; the UNet
-   predicts the clean latents, or with ``--prediction epsilon`` the noise with min-SNR
-   weighting). ``decoder`` trains the VAE's decoder on beside it (encoder frozen). Each sample keeps both ControlNets, one of them, or
+   scratch on the VAE's latents of whole pictures (SD 1.5's betas rescaled to zero terminal
+   SNR, timesteps biased to high noise, an EMA of the weights; the UNet predicts the clean
+   latents, or with ``--prediction epsilon`` the noise with min-SNR weighting); it picks up
+   shards ``make_data.py`` writes while it trains. ``decoder`` trains the VAE's decoder on beside it (encoder frozen). Each sample keeps both ControlNets, one of them, or
    none (so each works alone, and together), and its caption is its material family's
    word among random prompt words, or empty (so classifier-free guidance has an
    unconditional branch). The text encoder and tokenizer are tiny's, frozen.
@@ -17,7 +18,7 @@
    weights as fp16 safetensors (Silk loads them in the precision it runs in).
 
     .venv/bin/python tools/mini/train.py vae --data /tmp/mini-data --work /tmp/mini-work --minutes 8
-    .venv/bin/python tools/mini/train.py diffusion --data /tmp/mini-data --work /tmp/mini-work --minutes 35
+    .venv/bin/python tools/mini/train.py diffusion --data /tmp/mini-data --work /tmp/mini-work --minutes 60
     .venv/bin/python tools/mini/train.py export --work /tmp/mini-work --out models/mini
 """
 import argparse
