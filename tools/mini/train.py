@@ -164,8 +164,7 @@ def train_vae(args) -> None:
     l1 = float((reconstruction - sample).abs().mean() / 2)
     os.makedirs(args.work, exist_ok=True)
     vae.save_pretrained(os.path.join(args.work, "vae"))
-    previous = json.load(open(os.path.join(args.work, "training.json"))).get("vae", {}) if args.resume and \
-        os.path.exists(os.path.join(args.work, "training.json")) else {}
+    previous = recorded(args.work, "vae") if args.resume else {}
     step += previous.get("steps", 0)
     record(args.work, "vae", seconds_before=previous.get("seconds", 0) + previous.get("seconds_before", 0), steps=step, seconds=round(time.perf_counter() - started), scaling_factor=scaling,
            reconstruction_l1=l1, pictures=len(pictures))
@@ -209,18 +208,29 @@ def train_decoder(args) -> None:
             print(f"decoder step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
     vae.save_pretrained(os.path.join(args.work, "vae-decoder"))
-    previous = json.load(open(os.path.join(args.work, "training.json"))).get("decoder", {}) if args.resume and \
-        os.path.exists(os.path.join(args.work, "training.json")) else {}
+    previous = recorded(args.work, "decoder") if args.resume else {}
     record(args.work, "decoder", steps=step + previous.get("steps", 0),
            seconds=round(time.perf_counter() - started) + previous.get("seconds", 0))
     print(f"decoder: {step} steps", flush=True)
 
 
-def record(work: str, stage: str, **values) -> None:
+def training_log(work: str) -> dict:
     path = os.path.join(work, "training.json")
-    log = json.load(open(path)) if os.path.exists(path) else {}
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def recorded(work: str, stage: str) -> dict:
+    """What ``record`` kept of ``stage`` in an earlier run (a resumed stage adds to it)."""
+    return training_log(work).get(stage, {})
+
+
+def record(work: str, stage: str, **values) -> None:
+    log = training_log(work)
     log[stage] = values
-    with open(path, "w") as handle:
+    with open(os.path.join(work, "training.json"), "w") as handle:
         json.dump(log, handle, indent=1)
 
 
