@@ -1,4 +1,5 @@
 """Animation renders with feedback in Blender's module: the real worker, the `tiny` model."""
+import contextlib
 import math
 import os
 import threading
@@ -343,6 +344,23 @@ def test_a_render_in_blenders_default_view_warns_once_and_one_click_sets_standar
     assert not any("view transform" in message for _, message in render_engine.last_reports)
 
 
+@contextlib.contextmanager
+def engine_reports():
+    """Every (level, message) the engine reports while the block runs, still reported as usual."""
+    reports = []
+    original = render_engine.SilkRenderEngine._report
+
+    def keep(self, level, message):
+        reports.append((level, message))
+        original(self, level, message)
+
+    render_engine.SilkRenderEngine._report = keep
+    try:
+        yield reports
+    finally:
+        render_engine.SilkRenderEngine._report = original
+
+
 def test_a_loop_into_a_movie_is_refused_with_a_report_and_the_movie_is_kept(silk, tmp_path):
     scene = animated_scene(3)
     scene.silk.use_loop = True
@@ -354,18 +372,8 @@ def test_a_loop_into_a_movie_is_refused_with_a_report_and_the_movie_is_kept(silk
     scene.render.ffmpeg.format = "MPEG4"
     scene.render.ffmpeg.codec = "H264"
     scene.render.filepath = str(tmp_path / "take_")
-    reports = []
-    original = render_engine.SilkRenderEngine._report
-
-    def keep(self, level, message):
-        reports.append((level, message))
-        original(self, level, message)
-
-    render_engine.SilkRenderEngine._report = keep
-    try:
+    with engine_reports() as reports:
         bpy.ops.render.render(animation=True)
-    finally:
-        render_engine.SilkRenderEngine._report = original
     movies = [name for name in os.listdir(tmp_path) if name.startswith("take_")]
     assert len(movies) == 1 and movies[0].endswith(".mp4") and os.path.getsize(tmp_path / movies[0]) > 0
     assert not (tmp_path / ".silk").exists()  # no sidecars: a movie's frames share one file
@@ -377,18 +385,8 @@ def test_a_loop_into_a_movie_is_refused_with_a_report_and_the_movie_is_kept(silk
 def test_a_frame_step_keeps_feedback_on_and_says_what_it_costs(silk, tmp_path):
     scene = animated_scene(5)
     scene.frame_step = 2
-    reports = []
-    original = render_engine.SilkRenderEngine._report
-
-    def keep(self, level, message):
-        reports.append((level, message))
-        original(self, level, message)
-
-    render_engine.SilkRenderEngine._report = keep
-    try:
+    with engine_reports() as reports:
         render_take(scene, tmp_path, exr_output=False)
-    finally:
-        render_engine.SilkRenderEngine._report = original
     notes = [(note.frame, note.kind, note.source) for note in render_engine.session.notes]
     assert notes == [(1, "fresh", None), (3, "feedback", 1), (5, "feedback", 3)]
     assert len([message for _, message in reports if "Frame step is 2" in message]) == 1
