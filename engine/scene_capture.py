@@ -243,53 +243,123 @@ def _instance_key(instance):
     return ("object", instance.object.original.name)
 
 
-def capture_frame(depsgraph, camera_object, width: int, height: int, positions_only_for=frozenset()):
+def capture_frame(depsgraph, camera_object, width: int, height: int, positions_only_for=frozenset(),
+                  unchanged: dict | None = None):
     """The evaluated scene as a :class:`FrameGeometry`, plus messages for the user.
 
     Instances whose key is in ``positions_only_for`` are read without triangles and
     normals: for the frames before and after, only vertex positions are needed.
+
+    ``unchanged`` maps objects (by name) whose evaluated mesh is known to be the same as in
+    another capture to that capture's :class:`Mesh` (:func:`unchanged_meshes`); they are not
+    read, so Blender computes no deferred Subdivision for them.
     """
     camera = capture_camera(depsgraph, camera_object, width, height)
+    unchanged = unchanged or {}
     instances: list[Instance] = []
     warnings: list[str] = []
     meshes: dict[tuple, Mesh | None] = {}  # evaluated data read once, however many instances use it
-    users: dict[int, int] = {}  # placements of each evaluated geometry, as Cycles counts them
-    data_of: list[int] = []
+    users: dict = {}  # placements of each evaluated geometry, as Cycles counts them
+    data_of: list = []
     skipped_invalid: list[str] = []
+    placed: list[tuple] = []
+    kept: dict = {}  # unchanged objects taken unread: name -> original object
+    instanced: set = set()  # objects something else instances (their users must be counted by data)
     for instance in depsgraph.object_instances:
         obj = instance.object
         if obj.type not in GEOMETRY_TYPES:
             continue
         if not instance.show_self:
             continue
-        data = obj.data.as_pointer() if obj.type == "MESH" else obj.as_pointer()
+        name = obj.original.name
+        if not instance.is_instance and name in unchanged and obj.original.library is None:
+            data = ("unread", name)  # Object.data would compute a deferred Subdivision
+            kept[name] = obj.original
+        else:
+            data = obj.data.as_pointer() if obj.type == "MESH" else obj.as_pointer()
+            if instance.is_instance and name in unchanged:
+                instanced.add(name)
         users[data] = users.get(data, 0) + 1
         if not getattr(obj, "visible_camera", True):
             continue
         matrix = np.array(instance.matrix_world, dtype=np.float64)
+        key = _instance_key(instance)
+        placed.append((key, matrix.tobytes()))
         if not np.all(np.isfinite(matrix)):
             skipped_invalid.append(obj.name)
             continue
-        key = _instance_key(instance)
         positions_only = key in positions_only_for
         cache_key = (data, positions_only)
         if cache_key not in meshes:
-            mesh = _read_mesh(obj, positions_only)
-            if mesh is not None and not np.all(np.isfinite(mesh.positions)):
-                skipped_invalid.append(obj.name)
-                mesh = None
+            if isinstance(data, tuple):
+                mesh = unchanged[name]
+            else:
+                mesh = _read_mesh(obj, positions_only)
+                if mesh is not None and not np.all(np.isfinite(mesh.positions)):
+                    skipped_invalid.append(obj.name)
+                    mesh = None
             meshes[cache_key] = mesh
         mesh = meshes[cache_key]
         if mesh is None or mesh.vertex_count == 0 or (not positions_only and mesh.triangle_count == 0):
             continue
         instances.append(Instance(key=key, mesh=mesh, matrix=matrix, name=obj.name))
         data_of.append(data)
+    # An unchanged object that is also instanced elsewhere shares its evaluated mesh with
+    # those instances: count them together, as Cycles does (this one read computes its mesh).
+    for name in instanced & kept.keys():
+        data = kept[name].evaluated_get(depsgraph).data.as_pointer()
+        users[data] = users.get(data, 0) + users.pop(("unread", name))
+        data_of = [data if entry == ("unread", name) else entry for entry in data_of]
     for instance, data in zip(instances, data_of):
         instance.shared_mesh = users[data] > 1
     if skipped_invalid:
         names = ", ".join(sorted(set(skipped_invalid))[:5])
         warnings.append(f"Skipped objects with invalid transforms or vertices (NaN or infinity): {names}")
-    return FrameGeometry(camera=camera, instances=instances), warnings
+    return FrameGeometry(camera=camera, instances=instances, placements=tuple(placed)), warnings
+
+
+def unchanged_meshes(depsgraph, frame: FrameGeometry) -> dict:
+    """Meshes of ``frame`` that the depsgraph's last evaluation (``frame_set``) left as they were.
+
+    ``frame`` must be a capture of the same scene at the frame evaluated before. Blender
+    re-evaluates an object's geometry at a frame change only if it depends on time (or on
+    something that does) and lists it in ``Depsgraph.updates``; geometry not listed there
+    is what it was. Only objects with a modifier that renders qualify: their evaluated mesh
+    is their own (objects sharing a mesh and no modifiers share one evaluated mesh), and they
+    are the ones worth it (a static subdivided character moved by its transform only)."""
+    import bpy
+
+    changed_objects, changed_data = set(), set()
+    for update in depsgraph.updates:
+        if not update.is_updated_geometry:
+            continue
+        original = getattr(update.id, "original", None) or update.id
+        (changed_objects if isinstance(original, bpy.types.Object) else changed_data).add(original.name)
+    found = {}
+    for instance in frame.instances:
+        kind, *rest = instance.key
+        if kind != "object" or rest[0] in changed_objects or instance.mesh.triangle_count == 0:
+            continue
+        original = bpy.data.objects.get(rest[0])
+        if (original is None or original.type != "MESH" or original.data is None
+                or original.data.name in changed_data
+                or not any(modifier.show_render for modifier in original.modifiers)):
+            continue
+        found[rest[0]] = instance.mesh
+    return found
+
+
+def placements(depsgraph) -> tuple:
+    """What :func:`capture_frame` records as ``FrameGeometry.placements``, without reading a mesh.
+
+    Touching an evaluated mesh (even ``Object.data``) makes Blender compute a Subdivision it
+    deferred, the costliest part of reading a deforming frame; keys and transforms need none."""
+    placed = []
+    for instance in depsgraph.object_instances:
+        obj = instance.object
+        if obj.type in GEOMETRY_TYPES and instance.show_self and getattr(obj, "visible_camera", True):
+            placed.append((_instance_key(instance), np.array(instance.matrix_world, dtype=np.float64).tobytes()))
+    return tuple(placed)
 
 
 def _read_mesh(obj, positions_only: bool) -> Mesh | None:
@@ -307,11 +377,14 @@ def _read_mesh(obj, positions_only: bool) -> Mesh | None:
         obj.to_mesh_clear()
 
 
+def _same_camera(a, b) -> bool:
+    return (np.array_equal(a.view, b.view) and np.array_equal(a.projection, b.projection)
+            and (a.width, a.height, a.clip_start, a.clip_end) == (b.width, b.height, b.clip_start, b.clip_end))
+
+
 def _same_geometry(a: FrameGeometry, b: FrameGeometry) -> bool:
     """Both captures hold the same camera and the same placed vertices, exactly."""
-    if not (np.array_equal(a.camera.view, b.camera.view) and np.array_equal(a.camera.projection, b.camera.projection)
-            and (a.camera.width, a.camera.height) == (b.camera.width, b.camera.height)
-            and len(a.instances) == len(b.instances)):
+    if not (_same_camera(a.camera, b.camera) and len(a.instances) == len(b.instances)):
         return False
     return all(x.key == y.key and np.array_equal(x.matrix, y.matrix)
                and np.array_equal(x.mesh.positions, y.mesh.positions)
@@ -343,10 +416,18 @@ class MotionCache:
     Rendering frame t needs the scene at t-1, t and t+1; the render of t-1 has already
     evaluated t-1 and t. They are reused when the render is the next frame of the same
     render job (cleared when a job starts), nothing was edited since (any depsgraph
-    update clears it), the scene, view layer, camera and size are the same, and the
-    freshly captured frame t is exactly what the last render captured as its t+1 (same
-    camera, same objects, same placements, same vertices). Otherwise every frame is
-    evaluated, as without the cache.
+    update clears it), the scene, view layer, camera and size are the same, and frame t
+    is what the last render captured as its t+1. Otherwise every frame is evaluated, as
+    without the cache.
+
+    Frame t is checked one of two ways. Where the last render read its t+1 in full (an
+    animation render whose next frame is t+1), frame t is taken from it without reading
+    any mesh, if the camera and every placed instance's key and transform are exactly
+    those of last time (:func:`placements`): reading a deforming mesh is what costs, since
+    Blender computes deferred Subdivisions then. Vertices are not compared there; with no
+    edit (none in a background job without other scripts' handlers, any in the interface
+    clears the cache) the same frame evaluates to the same vertices. Otherwise frame t is
+    read and must match the kept t+1 exactly: camera, objects, placements and vertices.
 
     Blender runs no depsgraph update handler for edits a script makes between the frames
     of a background job (a ``render_post`` handler, say), and an edit that changes frame
@@ -359,27 +440,48 @@ class MotionCache:
         self.generation = 0  # bumped by every edit and every new render job
         self._stored = None
         self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
+        self.reused_unread = 0  # of those, renders whose frame t was taken from the kept t+1 unread (likewise)
         self.returns_without_evaluating = 0  # renders that put the frame back without evaluating it (likewise)
 
     def invalidate(self, *_args) -> None:
         self.generation += 1
         self._stored = None
 
-    def store(self, context, generation, frame, current, following) -> None:
-        self._stored = (context, generation, frame, current, following) if following is not None else None
+    def store(self, context, generation, frame, current, following, following_in_full=False,
+              following_warnings=()) -> None:
+        self._stored = (None if following is None else
+                        (context, generation, frame, current, following, following_in_full, tuple(following_warnings)))
 
-    def previous_for(self, context, frame, current: FrameGeometry) -> FrameGeometry | None:
-        """Last render's frame t as this one's t-1, if everything above holds."""
+    def _kept(self, context, frame):
         stored = self._stored
         if stored is None:
             return None
-        stored_context, generation, stored_frame, stored_current, stored_following = stored
+        stored_context, generation, stored_frame = stored[:3]
         if stored_context != context or generation != self.generation or stored_frame != frame - 1:
             return None
-        if not _same_geometry(stored_following, current):
+        return stored
+
+    def previous_for(self, context, frame, current: FrameGeometry) -> FrameGeometry | None:
+        """Last render's frame t as this one's t-1, if everything above holds."""
+        stored = self._kept(context, frame)
+        if stored is None or not _same_geometry(stored[4], current):
             return None
         self.reused += 1
-        return stored_current
+        return stored[3]
+
+    def frames_for(self, context, frame, camera, placed: tuple):
+        """Last render's frames t and t+1 as this one's t-1 and t, with t+1's warnings, where
+        t+1 was read in full and ``camera`` and ``placed`` (this frame's, read without
+        meshes) are exactly its camera and placements; else None."""
+        stored = self._kept(context, frame)
+        if stored is None or not stored[5]:
+            return None
+        following = stored[4]
+        if not (_same_camera(following.camera, camera) and following.placements == placed):
+            return None
+        self.reused += 1
+        self.reused_unread += 1
+        return stored[3], following, list(stored[6])
 
 
 motion_cache = MotionCache()
@@ -422,33 +524,47 @@ def evaluation_needed_after_render(scene) -> str:
 def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: int):
     """The current, previous and next frame, evaluated with ``RenderEngine.frame_set``.
 
-    The previous frame comes from :data:`motion_cache` where it can. Always returns to
-    the current frame, even when capturing fails: by evaluating it again, or, where
-    :func:`evaluation_needed_after_render` allows, by putting the frame number back.
+    The previous and current frames come from :data:`motion_cache` where they can. Always
+    returns to the current frame, even when capturing fails: by evaluating it again, or,
+    where :func:`evaluation_needed_after_render` allows, by putting the frame number back.
     """
     scene = depsgraph.scene
     frame, subframe = scene.frame_current, scene.frame_subframe
     generation = motion_cache.generation
     context = (scene.name, depsgraph.view_layer.name, camera_object.name, width, height, subframe)
-    warnings: list[str] = []
-    current, found = capture_frame(depsgraph, camera_object, width, height)
-    warnings += found
+    reusable = not scripts_between_frames()
+    # The next render of this job reads this one's t+1 as its t: read it in full now, so
+    # that it need not read its own (frame_step 1: other steps reuse nothing).
+    next_reads_following = (reusable and bool(getattr(engine, "is_animation", False))
+                            and scene.frame_step == 1 and frame < scene.frame_end)
+    kept = None
+    if reusable:
+        kept = motion_cache.frames_for(context, frame, capture_camera(depsgraph, camera_object, width, height),
+                                       placements(depsgraph))
+    if kept is not None:
+        previous, current, warnings = kept
+    else:
+        current, warnings = capture_frame(depsgraph, camera_object, width, height)
+        previous = motion_cache.previous_for(context, frame, current) if reusable else None
     known = frozenset(instance.key for instance in current.instances)
-    previous = None if scripts_between_frames() else motion_cache.previous_for(context, frame, current)
     following = None
+    following_warnings: list[str] = []
     moved = read = False
     try:
         if previous is None:
             moved = True
             engine.frame_set(frame - 1, subframe)
             try:
-                previous, _ = capture_frame(depsgraph, camera_object, width, height, known)
+                previous, _ = capture_frame(depsgraph, camera_object, width, height, known,
+                                            unchanged_meshes(depsgraph, current))
             except CaptureError as error:
                 warnings.append(f"No motion from the previous frame: {error}")
         moved = True
         engine.frame_set(frame + 1, subframe)
         try:
-            following, _ = capture_frame(depsgraph, camera_object, width, height, known)
+            following, following_warnings = capture_frame(depsgraph, camera_object, width, height,
+                                                           frozenset() if next_reads_following else known,
+                                                           unchanged_meshes(depsgraph, current))
         except CaptureError as error:
             warnings.append(f"No motion to the next frame: {error}")
         read = True
@@ -456,7 +572,7 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
         if moved:
             _return_to(engine, scene, frame, subframe, evaluate=not read or bool(evaluation_needed_after_render(scene)))
         topology_cache.finish_render()
-    motion_cache.store(context, generation, frame, current, following)
+    motion_cache.store(context, generation, frame, current, following, next_reads_following, following_warnings)
     return current, previous, following, warnings
 
 

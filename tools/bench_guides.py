@@ -202,6 +202,7 @@ def main(argv=None):
             scene.render.filepath = os.path.join(folder, f"{kind}_")
             cache = scene_capture.motion_cache
             reused_before, returns_before = cache.reused, cache.returns_without_evaluating
+            unread_before = cache.reused_unread
             load_before = [round(x, 2) for x in os.getloadavg()]
             measured = measure(scene, args.frames, args.rounds)
             cycles, silk = measured["cycles"], measured["silk"]
@@ -211,6 +212,7 @@ def main(argv=None):
             results[kind] = {"triangles": triangles, "cycles": cycles, "silk": silk, "ratio": round(ratio, 3),
                              "whole_shot_ratio": round(whole, 3), "cpu_ratio": round(cpu_ratio, 3),
                              "silk_frames_reused": cache.reused - reused_before,
+                             "silk_frames_t_taken_unread": cache.reused_unread - unread_before,
                              "silk_returns_without_evaluating": cache.returns_without_evaluating - returns_before,
                              "load_average": [load_before, [round(x, 2) for x in os.getloadavg()]]}
             print(f"{kind}: {triangles} triangles at {args.size}x{args.size}: Silk {silk['median']:.3f} s vs "

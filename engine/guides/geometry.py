@@ -95,6 +95,9 @@ class FrameGeometry:
     # What the rasteriser saw from this frame's camera, kept by compute_guides: when the
     # same frame comes back as the next frame's previous one, it need not be drawn again.
     visibility: object = field(default=None, repr=False, compare=False)
+    # The placed instances as read (keys and transforms, meshes aside): a later evaluation of
+    # the same frame is checked against them without reading any mesh (``scene_capture``).
+    placements: tuple = field(default=(), repr=False, compare=False)
 
     def by_key(self) -> dict:
         return {instance.key: instance for instance in self.instances}

@@ -2,8 +2,8 @@
 
 - Topology: a deforming mesh keeps its triangles, corners and shading flags while only
   its vertices move, and is re-triangulated when a quad's split or an n-gon changes.
-- Motion: an animation render reuses the last frame's t and t+1 as its t-1 and t, and
-  only within one render job with nothing edited.
+- Motion: an animation render reuses the last frame's t and t+1 as its t-1 and t (frame t
+  without reading its meshes), and only within one render job with nothing edited.
 """
 import math
 import os
@@ -42,6 +42,13 @@ def deforming_scene():
     dent.data[4].co.y *= 0.1
     dent.data[4].co.z = 0.4
     scenes.keyframe(dent, "value", [(1, 0.0), (10, 1.0)])
+    # A smooth blob whose Wave runs before a live Subdivision: Blender defers that last
+    # Subdivision until the mesh is read, which an animation's frame t then skips.
+    blob = scenes.add_mesh(scene, "ico_sphere", "Blob", location=(0.3, 1.5, 1.2), smooth=True, subdivisions=2,
+                           radius=0.8)
+    blob_wave = blob.modifiers.new("Wave", "WAVE")
+    blob_wave.height, blob_wave.width, blob_wave.speed = 0.2, 0.5, 0.15
+    blob.modifiers.new("Subdivision", "SUBSURF").render_levels = 1
     return scene
 
 
@@ -88,8 +95,10 @@ def _render_animation(scene, folder, first, last):
 def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, tmp_path):
     scene = deforming_scene()
     before = scene_capture.motion_cache.reused
+    unread = scene_capture.motion_cache.reused_unread
     animated = _render_animation(scene, tmp_path, 3, 6)
     assert scene_capture.motion_cache.reused - before == 3  # frames 4, 5 and 6 reused t-1 and t
+    assert scene_capture.motion_cache.reused_unread - unread == 3  # ... without reading frame t's meshes
     assert scene_capture.motion_cache._stored is None  # the kept frames are freed when the job ends
     for frame in (3, 5, 6):
         scene.frame_set(frame)
@@ -101,6 +110,72 @@ def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, 
         for name in ("Depth", "Normal", "Vector", "Occlusion"):
             assert np.array_equal(animated[frame][name], single[name]), (frame, name)
     assert np.abs(animated[5]["Vector"]).max() > 0.5  # it moves
+
+
+def static_and_driven_scene():
+    """The deforming scene plus meshes whose modifiers Blender re-evaluates, or not, at a frame change:
+
+    - Statue: a subdivided Suzanne moved by its transform only (its mesh never changes), also
+      placed a second time, non-uniformly scaled, through a collection instance;
+    - Twisted: a subdivided cube twisted around an empty that turns (its mesh changes
+      though nothing of its own is animated);
+    - Sea, Blob (Wave) and Fold, Disc (shape keys) change by their own animation."""
+    scene = deforming_scene()
+    props = bpy.data.collections.new("Props")
+    scene.collection.children.link(props)
+    statue = scenes.add_mesh(scene, "monkey", "Statue", smooth=True, size=0.8)
+    for collection in list(statue.users_collection):
+        collection.objects.unlink(statue)
+    props.objects.link(statue)
+    statue.modifiers.new("Subdivision", "SUBSURF").render_levels = 1
+    scenes.keyframe(statue, "location", [(1, (-1.2, -1.5, 1.4)), (10, (-0.4, -1.0, 1.6))])
+    copy = bpy.data.objects.new("Copies", None)
+    copy.instance_type, copy.instance_collection = "COLLECTION", props
+    copy.location, copy.scale = (2.4, -0.5, -0.2), (1.4, 0.7, 1.0)
+    scene.collection.objects.link(copy)
+    pivot = bpy.data.objects.new("Pivot", None)
+    scene.collection.objects.link(pivot)
+    pivot.location = (1.0, -2.5, 0.8)
+    scenes.keyframe(pivot, "rotation_euler", [(1, (0.0, 0.0, 0.0)), (10, (0.0, 0.0, math.radians(60)))])
+    twisted = scenes.add_mesh(scene, "cube", "Twisted", location=(1.0, -2.5, 0.8), size=0.8)
+    twisted.modifiers.new("Subdivision", "SUBSURF").render_levels = 2
+    twist = twisted.modifiers.new("Twist", "SIMPLE_DEFORM")
+    twist.deform_method, twist.angle, twist.origin = "TWIST", math.radians(40), pivot
+    return scene
+
+
+def test_meshes_blender_did_not_re_evaluate_are_not_read_again_and_guides_stay_exact(silk, tmp_path,
+                                                                                  monkeypatch):
+    scene = static_and_driven_scene()
+    taken = []
+    unchanged_meshes = scene_capture.unchanged_meshes
+
+    def record(depsgraph, frame):
+        found = unchanged_meshes(depsgraph, frame)
+        taken.append(set(found))
+        return found
+
+    monkeypatch.setattr(scene_capture, "unchanged_meshes", record)
+    animated = _render_animation(scene, tmp_path, 3, 6)
+    assert taken and all(names == {"Statue"} for names in taken), taken  # Twisted and the rest change
+    monkeypatch.setattr(scene_capture, "unchanged_meshes", lambda *_args: {})  # read every mesh instead
+    for frame in (3, 4, 6):
+        scene.frame_set(frame)
+        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
+        bpy.ops.render.render(write_still=True)
+        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
+        for name in ("Depth", "Normal", "Vector", "Occlusion"):
+            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+    # The statue is placed twice (itself and through the collection instance), so it counts
+    # as a shared mesh whether read or taken unread.
+    scene.frame_set(5)
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    read = scene_capture.capture_frame(depsgraph, scene.camera, 64, 48)[0]
+    statues = [instance for instance in read.instances if instance.name == "Statue"]
+    assert len(statues) == 2 and all(instance.shared_mesh for instance in statues)
+    unread = scene_capture.capture_frame(depsgraph, scene.camera, 64, 48,
+                                         unchanged={"Statue": statues[0].mesh})[0]
+    assert [(i.key, i.shared_mesh) for i in unread.instances] == [(i.key, i.shared_mesh) for i in read.instances]
 
 
 def test_any_edit_drops_the_reusable_frames(silk):
@@ -200,6 +275,41 @@ def test_frame_t_that_is_not_the_last_renders_t_plus_one_reuses_nothing(silk):
     assert cache.previous_for(context, 5, frames[5]) is frames[4]
     cache.invalidate()
     assert cache.previous_for(context, 5, frames[5]) is None
+
+
+def test_frame_t_is_taken_unread_only_from_a_full_t_plus_one_with_the_same_camera_and_placements(silk):
+    scene = deforming_scene()
+    camera = scene.camera
+    frames = {}
+    for frame in (4, 5):
+        scene.frame_set(frame)
+        frames[frame] = scene_capture.capture_frame(bpy.context.evaluated_depsgraph_get(), camera, 64, 48)[0]
+    depsgraph = bpy.context.evaluated_depsgraph_get()
+    placed = scene_capture.placements(depsgraph)
+    assert placed == frames[5].placements
+    assert {key for key, _ in placed} >= {("object", name) for name in ("Sea", "Fold", "Disc", "Blob")}
+    seen = scene_capture.capture_camera(depsgraph, camera, 64, 48)
+    cache = scene_capture.MotionCache()
+    context = ("Scene", "ViewLayer", camera.name, 64, 48, 0.0)
+    cache.store(context, cache.generation, 4, frames[4], frames[5], True, ["kept warning"])
+    assert cache.frames_for(context, 6, seen, placed) is None  # not the next frame
+    assert cache.frames_for(context[:3] + (65,) + context[4:], 5, seen, placed) is None
+    moved = tuple((key, np.zeros(16).tobytes() if key == ("object", "Blob") else matrix) for key, matrix in placed)
+    assert cache.frames_for(context, 5, seen, moved) is None  # an object moved
+    assert cache.frames_for(context, 5, seen, placed[1:]) is None  # an object is gone
+    lens = scene_capture.capture_camera(depsgraph, camera, 64, 48)
+    lens.projection[0, 0] *= 1.1
+    assert cache.frames_for(context, 5, lens, placed) is None  # the camera changed
+    assert cache.reused == cache.reused_unread == 0
+    previous, current, warnings = cache.frames_for(context, 5, seen, placed)
+    assert previous is frames[4] and current is frames[5] and warnings == ["kept warning"]
+    assert cache.reused == cache.reused_unread == 1
+    cache.store(context, cache.generation, 4, frames[4], frames[5], False)  # t+1 read as positions only
+    assert cache.frames_for(context, 5, seen, placed) is None
+    assert cache.previous_for(context, 5, frames[5]) is frames[4]  # frame t read and compared instead
+    cache.store(context, cache.generation, 4, frames[4], frames[5], True)
+    cache.invalidate()
+    assert cache.frames_for(context, 5, seen, placed) is None
 
 
 def test_a_background_render_puts_back_the_frame_without_evaluating_it_again(silk, tmp_path):
