@@ -43,7 +43,7 @@ REQUESTS = {
 # What a worker can do beyond protocol 1's first 'generate', listed in its hello reply
 # ("features"): a client refuses to send these to a worker that does not list them (an older
 # worker would ignore the fields and paint without them).
-FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter", "generate_video")
+FEATURES = ("fusion", "noise", "prompt_mix", "fusion_end", "ip_adapter", "generate_video", "faithful_encoding")
 # Replies and notices the client accepts.
 REPLIES = {"hello", "pong", "status", "ok", "result", "progress", "error", "cancelled", "echo"}
 

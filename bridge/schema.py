@@ -286,6 +286,7 @@ class GenerateRequest:
     noise: object = None  # latent starting noise
     fusion: float = 0.0  # pull toward the noised initial image after each step...
     fusion_end: float = 1.0  # ...until this fraction of the steps is done
+    faithful_encoding: bool = False  # encode init_image compensating the VAE's round-trip error
     prompt_mix: list = field(default_factory=list)  # [PromptWeight]
     # Image prompts (IP-Adapter): [{"image": frame, "weight": number}] and {"source", "image_encoder",
     # "scale"}; their values are checked by bridge/ip_adapter.py's parse_request.
@@ -305,6 +306,7 @@ class GenerateRequest:
         return [name for name, used in (("fusion", self.fusion > 0), ("noise", self.noise is not None),
                                         ("prompt_mix", bool(self.prompt_mix)),
                                         ("fusion_end", self.fusion > 0 and self.fusion_end < 1.0),
+                                        ("faithful_encoding", self.faithful_encoding and self.init_image is not None),
                                         ("ip_adapter", bool(self.image_prompts))) if used]
 
     def to_json(self, frame=lambda value, name: value) -> dict:
@@ -322,6 +324,8 @@ class GenerateRequest:
             data["fusion"] = self.fusion
             if self.fusion_end < 1.0:  # only meaningful with fusion
                 data["fusion_end"] = self.fusion_end
+        if self.faithful_encoding and self.init_image is not None:  # only meaningful with an initial image
+            data["faithful_encoding"] = True
         if self.prompt_mix:
             data["prompt_mix"] = [dict({"prompt": p.prompt, "weight": p.weight},
                                        **({"negative_prompt": p.negative_prompt} if p.negative_prompt else {}))
@@ -372,6 +376,7 @@ class GenerateRequest:
         self.fusion = _number(self.fusion, "fusion", 0.0, 1.0)
         self.fusion_end = _number(self.fusion_end, "fusion_end", 0.0, 1.0)
         self.preview = _flag(self.preview, "preview")
+        self.faithful_encoding = _flag(self.faithful_encoding, "faithful_encoding")
         for name in FRAME_FIELDS:
             setattr(self, name, _frame(getattr(self, name), name))
         kind = getattr(getattr(self.noise, "dtype", None), "kind", "f")

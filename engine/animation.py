@@ -50,6 +50,7 @@ class TemporalSettings:
     fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
     noise_mode: str = "FIXED"
     color_coherence: float = 0.5
+    faithful_encoding: bool = True  # feedback frames: encode the start picture compensating the VAE's error
     cadence: int = 1
     use_loop: bool = False
     loop_frames: int = 6
@@ -114,6 +115,7 @@ class PaintRequest:
     strength_map: np.ndarray | None = None  # (H, W) denoising strength per pixel
     fusion: float = 0.0
     fusion_end: float = 1.0
+    faithful_encoding: bool = False  # with init_image: see bridge/diffusion/pictures.encode_image
     is_current: bool = True  # the frame being rendered (not a key painted ahead or a loop repaint)
 
 
@@ -449,6 +451,7 @@ class _Take:
             # colours anchored to the shot's first frame, and its own output is left untouched.
             request.init_image = self._anchored(feedback.init_image, frame, temporal_settings)
             request.strength_map = feedback.strength
+            request.faithful_encoding = temporal_settings.faithful_encoding
             if job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
                 request.fusion, request.fusion_end = temporal_settings.fusion, temporal_settings.fusion_end
         spent = time.perf_counter() - started
@@ -564,7 +567,8 @@ class _Take:
                                    noise=latent, depth_range=self.session.depth_range(self.source, frame, guides,
                                                                                       self.normalization),
                                    init_image=self._anchored(feedback.init_image, frame, settings.temporal),
-                                   strength_map=feedback.strength, is_current=False)
+                                   strength_map=feedback.strength, is_current=False,
+                                   faithful_encoding=settings.temporal.faithful_encoding)
             if settings.job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
                 request.fusion, request.fusion_end = settings.temporal.fusion, settings.temporal.fusion_end
             picture = self.painter.paint(request)

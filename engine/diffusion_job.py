@@ -139,7 +139,7 @@ def load_model(worker, settings: JobSettings, should_cancel=None) -> dict:
 
 def generate_request(settings: JobSettings, guides, depth_range: conditioning.DepthRange, *, seed=None,
                      init_image=None, mask=None, fusion: float = 0.0, fusion_end: float = 1.0, noise=None,
-                     preview: bool = True) -> GenerateRequest:
+                     faithful_encoding: bool = False, preview: bool = True) -> GenerateRequest:
     """THE request for one frame: F12, Render Preview and every animation frame build it here.
     With ``init_image`` (image-to-image), ``mask`` is the per-pixel strength and its maximum the
     strength; ``fusion`` and ``noise`` are the temporal feedback's (engine/animation.py)."""
@@ -157,6 +157,7 @@ def generate_request(settings: JobSettings, guides, depth_range: conditioning.De
         request.init_image, request.mask = init_image, mask
         request.strength = float(np.max(mask)) if mask is not None else request.strength
         request.fusion, request.fusion_end = float(fusion), float(fusion_end)
+        request.faithful_encoding = bool(faithful_encoding)
     try:
         return request.validated()
     except JobError as error:

@@ -300,7 +300,8 @@ class WorkerPainter:
             job.reported_family = worker_link.loaded.get("family")
         frame_request = diffusion_job.generate_request(
             job, request.guides, request.depth_range, seed=request.seed, init_image=request.init_image,
-            mask=request.strength_map, fusion=request.fusion, fusion_end=request.fusion_end, noise=request.noise)
+            mask=request.strength_map, fusion=request.fusion, fusion_end=request.fusion_end, noise=request.noise,
+            faithful_encoding=request.faithful_encoding)
         picture, _info = self.worker.generate(frame_request, on_progress=on_progress,
                                               should_cancel=engine._should_cancel)
         return picture

@@ -162,6 +162,11 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     color_coherence: FloatProperty(
         name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
+    use_faithful_encoding: BoolProperty(
+        name="Faithful Encoding", default=True,
+        description="Encode each frame's start picture so that the model's VAE gives it back as it was, "
+                    "instead of shifting its colours and contrast a little more at every frame of a shot "
+                    "(two more VAE passes per frame)")
     cadence: IntProperty(
         name="Cadence", default=1, min=1, max=16,
         description="Paint every n-th frame; build the frames between from the two painted neighbours, "

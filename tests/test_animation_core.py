@@ -272,6 +272,15 @@ def test_ancestral_samplers_get_no_fusion_and_fusion_end_reaches_the_request(tmp
     assert painter.requests[1].init_image is not None and painter.requests[1].fusion == 0
 
 
+def test_feedback_frames_ask_for_faithful_encoding_unless_it_is_turned_off(tmp_path):
+    _, painter = render(FakeScene(tmp_path, last=3), [1, 2, 3])
+    assert [request.faithful_encoding for request in painter.requests] == [False, True, True]  # fresh, feedback
+    os.makedirs(tmp_path / "off")
+    scene = FakeScene(tmp_path / "off", last=2, temporal=TemporalSettings(faithful_encoding=False))
+    _, painter = render(scene, [1, 2])
+    assert painter.requests[1].init_image is not None and not painter.requests[1].faithful_encoding
+
+
 def test_the_depth_range_is_measured_once_per_shot_from_its_first_frame(tmp_path):
     scene = FakeScene(tmp_path, last=6, cuts=[4])
     session, painter = render(scene, range(1, 7))

@@ -119,7 +119,7 @@ def noise_initial_image(loaded: LoadedModel, request: GenerateRequest, plan: Pla
     begin = len(pipe.scheduler.timesteps) - len(timesteps)
     init = pictures.fit(images["init_image"], *plan.padded)
     plan.init_picture = pictures.to_pil(init)
-    init_latents = pictures.encode_image(pipe, init, loaded.family, torch)
+    init_latents = pictures.encode_image(pipe, init, loaded.family, torch, faithful=request.faithful_encoding)
     plan.latents = pipe.scheduler.add_noise(init_latents, noise, timesteps[:1])
     target = guides_module.NoisedInit(init_latents, noise, pipe.scheduler, begin)
     mask = images.get("mask")

@@ -374,6 +374,23 @@ def test_requests_check_the_new_fields():
     assert {"fusion", "noise", "prompt_mix", "fusion_end"} <= set(protocol.FEATURES)  # (and later ones: ip_adapter)
 
 
+def test_faithful_encoding_is_a_flag_sent_and_listed_only_with_an_initial_image():
+    base = {"type": "generate", "id": 5, "model": {"source": "tiny"}, "prompt": "x", "width": 8, "height": 8,
+            "controlnets": [{"image": {"file": "c", "shape": [8, 8, 3], "dtype": "float32"}}]}
+    init = {"init_image": {"file": "i", "shape": [8, 8, 3], "dtype": "float32"}}
+    assert schema.parse(dict(base, **init, faithful_encoding=True)).faithful_encoding is True
+    assert schema.parse(dict(base, **init)).faithful_encoding is False
+    for bad in ("yes", 1, None):
+        with pytest.raises(JobError, match="faithful_encoding") as caught:
+            schema.parse(dict(base, **init, faithful_encoding=bad))
+        assert caught.value.code == "bad_request"
+    text_to_image = schema.parse(dict(base, faithful_encoding=True))
+    assert "faithful_encoding" not in text_to_image.features() and "faithful_encoding" not in text_to_image.to_json()
+    with_init = schema.parse(dict(base, **init, faithful_encoding=True))
+    assert "faithful_encoding" in with_init.features() and with_init.to_json()["faithful_encoding"] is True
+    assert "faithful_encoding" in protocol.FEATURES
+
+
 def test_client_sends_the_new_fields_only_when_used(make_client, monkeypatch):
     client = make_client()
     client.ensure_started()
