@@ -14,7 +14,7 @@ backend in this process:
     to the initial picture at strengths 0.2-1.0;
 (d) text-to-image and image-to-image pictures have the same statistics: the ratio of
     their standard deviations (image-to-image at strength 0.5 from a painting of the
-    previous frame, as feedback does).
+    previous frame with faithful encoding, as feedback does; and without it).
 
     .venv/bin/python tools/bench_mini.py [--frames 1,12,24,36,48] [--threads 2]
 """
@@ -36,10 +36,10 @@ from tools.blender_env import load_silk  # noqa: E402
 from tools.mini import MINI_PROMPT, MINI_SETTINGS, metrics  # noqa: E402
 
 
-def paint(backend, depth, normal, seed, init=None, strength=1.0, prompt=MINI_PROMPT):
+def paint(backend, depth, normal, seed, init=None, strength=1.0, prompt=MINI_PROMPT, faithful_encoding=False):
     height, width = depth.shape[:2]
     request = dict(MINI_SETTINGS, model={"source": "mini"}, prompt=prompt, seed=seed, width=width, height=height,
-                   strength=strength)
+                   strength=strength, faithful_encoding=faithful_encoding)
     images = {} if init is None else {"init_image": init}
     result = backend.generate(request, images, [{"image": depth}, {"image": normal}], progress=lambda *a: None,
                               cancel=threading.Event())
@@ -70,7 +70,7 @@ def main(argv=None) -> None:
         scene = bench_scenes.build(name, args.width, args.height)
         guides = bench_scenes.shot_guides(scene, frames, args.width, args.height)
         figures = {"recall": [], "chance": [], "seeds": [], "where_changed": [], "where_still": [],
-                   "std_ratio": [], "strength": {}}
+                   "std_ratio": [], "std_ratio_plain_encoding": [], "strength": {}}
         paintings = {}
         for frame in frames:
             depth, normal = guides[frame]
@@ -89,8 +89,10 @@ def main(argv=None) -> None:
             figures["where_still"].append(change["change_where_still"])
             # (d) feedback's case: the previous frame's painting as the initial picture.
             depth, normal = guides[after]
-            fed = paint(backend, depth, normal, seed=1, init=paintings[before], strength=0.5)
+            fed = paint(backend, depth, normal, seed=1, init=paintings[before], strength=0.5, faithful_encoding=True)
             figures["std_ratio"].append(float(fed.std() / paintings[after].std()))
+            plain = paint(backend, depth, normal, seed=1, init=paintings[before], strength=0.5)
+            figures["std_ratio_plain_encoding"].append(float(plain.std() / paintings[after].std()))
         depth, normal = guides[frames[0]]
         for strength in (0.2, 0.4, 0.6, 0.8, 1.0):
             repainted = paint(backend, depth, normal, seed=7, init=paintings[frames[0]], strength=strength)
@@ -101,7 +103,8 @@ def main(argv=None) -> None:
         print(f"{name}: edge recall {summary['recall']:.2f} (chance {summary['chance']:.2f}); "
               f"seed difference {summary['seeds']:.3f}; change where the scene changed "
               f"{summary['where_changed']:.3f} / where still {summary['where_still']:.3f}; "
-              f"img2img std ratio {summary['std_ratio']:.2f}; difference to the init by strength "
+              f"img2img std ratio {summary['std_ratio']:.2f} (faithful encoding, as feedback paints; "
+              f"{summary['std_ratio_plain_encoding']:.2f} without); difference to the init by strength "
               + ", ".join(f"{s:g}: {d:.3f}" for s, d in summary["strength"].items()), flush=True)
     report["paint_seconds_median"] = float(np.median(paint_seconds))
     print(f"painting time, {args.width}x{args.height}, {MINI_SETTINGS['steps']} steps: "
