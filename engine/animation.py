@@ -50,6 +50,7 @@ class TemporalSettings:
     fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
     noise_mode: str = "FIXED"
     color_coherence: float = 0.5
+    hold_to_start: float = 0.5  # mix the shot's first painting, carried by the exact motion, into each start picture
     faithful_encoding: bool = True  # feedback frames: encode the start picture compensating the VAE's error
     cadence: int = 1
     use_loop: bool = False
@@ -153,6 +154,7 @@ class TakeMemory:
     frames: dict = field(default_factory=dict)  # frame -> Painted
     noise_fields: dict = field(default_factory=dict)  # (seed, frame) -> NoiseField (WARPED chain)
     anchor: temporal.ColorAnchor | None = None
+    start: tuple | None = None  # (frame, picture): the shot's first painting, for hold_to_start
     last_frame: int | None = None
 
     def keep_recent(self, frame: int, window: int) -> None:
@@ -447,6 +449,7 @@ class _Take:
         if previous is not None:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion,
                                               temporal_settings.strength)
+            feedback = self._held_to_start(feedback, frame, previous_key, temporal_settings)
             # Colour coherence on the start picture, as Deforum does: the model then paints from
             # colours anchored to the shot's first frame, and its own output is left untouched.
             request.init_image = self._anchored(feedback.init_image, frame, temporal_settings)
@@ -462,6 +465,8 @@ class _Take:
         picture = self.painter.paint(request)
         if previous is None and (self.memory.anchor is None or frame == self.source.shot(frame).start):
             self.memory.anchor = temporal.ColorAnchor.of(picture)
+        if frame == self.source.shot(frame).start:
+            self.memory.start = (frame, picture)
         return Painted(picture, latent, field_, job.seed if field_ is not None else None)
 
     @staticmethod
@@ -522,6 +527,22 @@ class _Take:
         if painted is not None and painted.noise_field is not None and painted.noise_seed == seed:
             return painted.noise_field
         return None
+
+    def _held_to_start(self, feedback: temporal.Feedback, frame: int, previous_key: int | None,
+                       settings: TemporalSettings) -> temporal.Feedback:
+        """``feedback`` held to the shot's first painting by ``hold_to_start`` (see temporal.held_to_start)."""
+        start = self.source.shot(frame).start
+        if settings.hold_to_start <= 0 or previous_key is None or previous_key == start or frame == start:
+            return feedback
+        memory = self.memory
+        if memory.start is None or memory.start[0] != start:  # resumed mid-shot: the painting is on disk
+            painted = self._painted(start)
+            if painted is None:
+                return feedback
+            memory.start = (start, painted.picture)
+        motion = self.source.guides(frame, start)
+        return temporal.held_to_start(feedback, memory.start[1], motion.vector, motion.occlusion,
+                                      settings.hold_to_start, settings.strength)
 
     # -- colour ---------------------------------------------------------------------------
     def _anchored(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:

@@ -84,7 +84,7 @@ def temporal_from_scene(scene) -> TemporalSettings:
     return TemporalSettings(
         use_feedback=settings.use_feedback, strength=settings.strength, fusion=settings.fusion,
         fusion_end=settings.fusion_end, noise_mode=settings.noise_mode, color_coherence=settings.color_coherence,
-        faithful_encoding=settings.use_faithful_encoding,
+        faithful_encoding=settings.use_faithful_encoding, hold_to_start=settings.hold_to_start,
         cadence=settings.cadence, use_loop=settings.use_loop, loop_frames=settings.loop_frames,
         noise_drift=settings.noise_drift, loop_turns=settings.loop_turns,
         drift_angle_at=walk_settings.drift_angle_reader(scene))

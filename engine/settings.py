@@ -162,6 +162,11 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
     color_coherence: FloatProperty(
         name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
+    hold_to_start: FloatProperty(
+        name="Hold to Start", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
+        description="Mix the shot's first painting, carried to each frame by the scene's exact motion, into the "
+                    "picture the frame starts from, so surfaces keep their first look instead of drifting over a "
+                    "long shot (0 = off; costs one more evaluation of the shot's first frame per frame)")
     use_faithful_encoding: BoolProperty(
         name="Faithful Encoding", default=True,
         description="Encode each frame's start picture so that the model's VAE gives it back as it was, "

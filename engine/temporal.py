@@ -123,6 +123,30 @@ def feedback_from(previous_output: np.ndarray, vector: np.ndarray, occlusion: np
     return Feedback(init_image=init, strength=per_pixel, visible=~holes)
 
 
+def held_to_start(feedback: Feedback, start_picture: np.ndarray, vector: np.ndarray, occlusion: np.ndarray,
+                  weight: float, strength: float, grow: int = 1) -> Feedback:
+    """``feedback`` with the shot's first painting mixed into its start picture.
+
+    ``vector``/``occlusion`` are frame t's exact motion to the shot's first frame (any two
+    frames of a scene have it, however far apart). Where that frame saw the surface, the start
+    picture moves ``weight`` of the way to its painting there; where the previous frame did not
+    see it but the first did (a surface that was hidden for a while), it is the first painting,
+    repainted at ``strength`` instead of anew. Each frame then starts from the same painting
+    instead of from a chain of repaintings, whose small changes add up over a shot (colour
+    drift, textures crawling)."""
+    if weight <= 0:
+        return feedback
+    warped, inside = warp(start_picture[..., :3], vector)
+    seen = ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow) if grow else ~((occlusion > 0.5) | ~inside)
+    both = (seen & feedback.visible)[..., None]
+    revealed = seen & ~feedback.visible
+    weight = float(min(weight, 1.0))
+    init = np.where(both, (1.0 - weight) * feedback.init_image + weight * warped, feedback.init_image)
+    init = np.where(revealed[..., None], warped, init).astype(np.float32)
+    per_pixel = np.where(revealed, float(strength), feedback.strength).astype(np.float32)
+    return Feedback(init_image=init, strength=per_pixel, visible=feedback.visible | seen)
+
+
 def warp_noise(noise: np.ndarray, vector: np.ndarray, occlusion: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Carry the previous frame's latent noise (h, w, 4) along the motion; fresh noise where
     the surface is new. ``vector``/``occlusion`` are at the frame's resolution; the noise is

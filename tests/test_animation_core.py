@@ -281,6 +281,32 @@ def test_feedback_frames_ask_for_faithful_encoding_unless_it_is_turned_off(tmp_p
     assert painter.requests[1].init_image is not None and not painter.requests[1].faithful_encoding
 
 
+def test_frames_after_the_second_are_held_to_the_shots_first_painting_by_its_exact_motion(tmp_path):
+    scene = FakeScene(tmp_path, last=6, cuts=[5], temporal=TemporalSettings(hold_to_start=0.5))
+    _, painter = render(scene, range(1, 7))
+    # Frame 2 starts from frame 1 itself; frames 3 and 4 also from frame 1 carried to them; the
+    # cut at 5 starts a new shot, whose frame 6 starts from frame 5 alone.
+    assert [call for call in scene.guide_calls if call[1] in (1, 5) and call[0] - call[1] > 1] == [(3, 1), (4, 1)]
+    first = painter.requests[0]
+    plain = FakeScene(tmp_path / "plain", last=6, cuts=[5], temporal=TemporalSettings(hold_to_start=0.0))
+    os.makedirs(tmp_path / "plain")
+    _, unheld = render(plain, range(1, 7))
+    assert not np.allclose(painter.requests[2].init_image, unheld.requests[2].init_image)  # frame 3
+    np.testing.assert_array_equal(painter.requests[1].init_image, unheld.requests[1].init_image)  # frame 2
+    np.testing.assert_array_equal(painter.requests[5].init_image, unheld.requests[5].init_image)  # frame 6
+    assert first.init_image is None and not [call for call in plain.guide_calls if call[0] - (call[1] or 0) > 1]
+
+
+def test_a_resumed_render_holds_to_the_first_painting_it_reads_back(tmp_path):
+    temporal_settings = TemporalSettings(hold_to_start=0.5)
+    scene = FakeScene(tmp_path, last=6, temporal=temporal_settings)
+    _, straight = render(scene, range(1, 5))
+    resumed_scene = FakeScene(tmp_path, last=6, temporal=temporal_settings)
+    _, resumed = render(resumed_scene, [4], session=RenderSession())  # a new Blender session: files only
+    assert (4, 1) in resumed_scene.guide_calls  # the first painting came back from its file
+    np.testing.assert_allclose(resumed.requests[0].init_image, straight.requests[3].init_image, atol=2e-3)
+
+
 def test_the_depth_range_is_measured_once_per_shot_from_its_first_frame(tmp_path):
     scene = FakeScene(tmp_path, last=6, cuts=[4])
     session, painter = render(scene, range(1, 7))

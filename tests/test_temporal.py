@@ -85,6 +85,29 @@ def test_feedback_strength_is_the_setting_where_seen_and_one_where_new():
     np.testing.assert_array_equal(feedback.init_image[feedback.visible], previous[feedback.visible])
 
 
+def test_holding_to_the_start_mixes_its_warped_painting_in_and_gives_back_what_it_saw():
+    previous, start = pattern(20, 30, seed=1), pattern(20, 30, seed=2)
+    hidden_last_frame = np.zeros((20, 30), dtype=np.float32)
+    hidden_last_frame[5:9, 10:15] = 1.0  # disoccluded now: the previous frame did not see it...
+    feedback = temporal.feedback_from(previous, constant_motion(20, 30, 0, 0), hidden_last_frame, strength=0.4)
+    hidden_at_start = np.zeros((20, 30), dtype=np.float32)
+    hidden_at_start[14:, :] = 1.0  # ...but the shot's first frame did; it did not see the bottom rows
+    to_start = constant_motion(20, 30, 2, 0)  # the surface was 2 px further right at the start
+    held = temporal.held_to_start(feedback, start, to_start, hidden_at_start, weight=0.25, strength=0.4)
+    warped_start, _ = temporal.warp(start, to_start)
+    both = feedback.visible & held.visible & (np.arange(20) < 12)[:, None] & (np.arange(30) < 26)[None, :]
+    np.testing.assert_allclose(held.init_image[both], 0.75 * previous[both] + 0.25 * warped_start[both], atol=1e-6)
+    revealed = np.zeros((20, 30), dtype=bool)
+    revealed[6:8, 11:14] = True  # inside the grown hole, seen at the start
+    np.testing.assert_allclose(held.init_image[revealed], warped_start[revealed], atol=1e-6)
+    assert np.all(held.strength[revealed] == pytest.approx(0.4)) and np.all(feedback.strength[revealed] == 1.0)
+    assert held.visible[revealed].all() and not feedback.visible[revealed].any()
+    bottom = np.s_[16:, :]  # hidden at the start: the previous frame's alone
+    np.testing.assert_array_equal(held.init_image[bottom], feedback.init_image[bottom])
+    np.testing.assert_array_equal(held.strength[bottom], feedback.strength[bottom])
+    assert temporal.held_to_start(feedback, start, to_start, hidden_at_start, weight=0.0, strength=0.4) is feedback
+
+
 def test_warped_noise_follows_motion_keeps_its_statistics_and_is_fresh_where_new():
     rng = np.random.default_rng(1)
     noise = rng.standard_normal((8, 10, 4)).astype(np.float32)

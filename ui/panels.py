@@ -254,6 +254,7 @@ class SILK_PT_animation(SilkPanel, bpy.types.Panel):
         if settings.noise_mode in ("DRIFT", "LOOP"):  # latent walks (engine/latent_walk.py)
             column.prop(settings, "noise_drift" if settings.noise_mode == "DRIFT" else "loop_turns")
         column.prop(settings, "color_coherence")
+        column.prop(settings, "hold_to_start")
         column.prop(settings, "use_faithful_encoding")
         column.prop(settings, "cadence")
         row = column.row(heading="Loop")
