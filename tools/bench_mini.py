@@ -59,7 +59,11 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(args.threads)
     load_silk(register=False)
+    from silk.bridge import schema
     from silk.bridge.diffusion import DiffusionBackend
+    from silk.engine import temporal
+
+    feedback_strength = schema.default("strength")  # the engine's default feedback strength
 
     backend = DiffusionBackend()
     frames = [int(frame) for frame in args.frames.split(",")]
@@ -70,7 +74,7 @@ def main(argv=None) -> None:
         scene = bench_scenes.build(name, args.width, args.height)
         guides = bench_scenes.shot_guides(scene, frames, args.width, args.height)
         figures = {"recall": [], "chance": [], "seeds": [], "where_changed": [], "where_still": [],
-                   "std_ratio": [], "std_ratio_plain_encoding": [], "strength": {}}
+                   "std_ratio": [], "std_ratio_plain_encoding": [], "one_pass_colour_shift": [], "strength": {}}
         paintings = {}
         for frame in frames:
             depth, normal = guides[frame]
@@ -93,6 +97,11 @@ def main(argv=None) -> None:
             figures["std_ratio"].append(float(fed.std() / paintings[after].std()))
             plain = paint(backend, depth, normal, seed=1, init=paintings[before], strength=0.5)
             figures["std_ratio_plain_encoding"].append(float(plain.std() / paintings[after].std()))
+            # One feedback pass over a painting that did not move: how far its mean colour goes
+            # (what hold_to_start and colour coherence cannot take back; docs/benchmarks.md).
+            again = paint(backend, depth, normal, seed=1, init=paintings[after], strength=feedback_strength,
+                          faithful_encoding=True)
+            figures["one_pass_colour_shift"].append(temporal.color_drift(again, paintings[after]))
         depth, normal = guides[frames[0]]
         for strength in (0.2, 0.4, 0.6, 0.8, 1.0):
             repainted = paint(backend, depth, normal, seed=7, init=paintings[frames[0]], strength=strength)
@@ -104,7 +113,8 @@ def main(argv=None) -> None:
               f"seed difference {summary['seeds']:.3f}; change where the scene changed "
               f"{summary['where_changed']:.3f} / where still {summary['where_still']:.3f}; "
               f"img2img std ratio {summary['std_ratio']:.2f} (faithful encoding, as feedback paints; "
-              f"{summary['std_ratio_plain_encoding']:.2f} without); difference to the init by strength "
+              f"{summary['std_ratio_plain_encoding']:.2f} without); one feedback pass shifts the mean colour by "
+              f"{summary['one_pass_colour_shift']:.2f} (CIE76); difference to the init by strength "
               + ", ".join(f"{s:g}: {d:.3f}" for s, d in summary["strength"].items()), flush=True)
     report["paint_seconds_median"] = float(np.median(paint_seconds))
     print(f"painting time, {args.width}x{args.height}, {MINI_SETTINGS['steps']} steps: "
