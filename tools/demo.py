@@ -231,7 +231,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: 20; mini: 12)")
     parser.add_argument("--guides-only", action="store_true", help="skip the paintings")
     parser.add_argument("--animation-size", default="256x192", help="size of the animation frames")
-    parser.add_argument("--frame-step", type=int, default=2, help="animate every n-th frame of the 48")
+    # Every frame by default: a frame step makes Silk warn (cadence is its way to skip frames).
+    parser.add_argument("--frame-step", type=int, default=1, help="animate every n-th frame of the 48")
     parser.add_argument("--motion-module", default=os.environ.get("MOTION_MODULE") or None,
                         help="also paint the shot with this motion module ('tiny', a hub id, folder or file)")
     args = parser.parse_args(argv)
@@ -256,7 +257,7 @@ def main(argv=None) -> None:
                                      animation_modes(args.motion_module))
         worker_link.unregister()  # stop the worker
         gif = os.path.join(args.out, "demo.gif")
-        side_by_side_gif(animation, model, gif)
+        side_by_side_gif(animation, model, gif, frame_ms=63 * args.frame_step)  # the shot in 3 s
         print(f"Animation, independent frames and with feedback side by side: {gif}")
     sheet = os.path.join(args.out, "contact_sheet.png")
     contact_sheet(pictures, demo_scene.FRAMES, sheet)
