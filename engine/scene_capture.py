@@ -442,10 +442,33 @@ class MotionCache:
         self.reused = 0  # frames not evaluated thanks to the cache (for tests and benchmarks)
         self.reused_unread = 0  # of those, renders whose frame t was taken from the kept t+1 unread (likewise)
         self.returns_without_evaluating = 0  # renders that put the frame back without evaluating it (likewise)
+        self._other_frames: dict = {}  # (context, frame, full) -> FrameGeometry: see keep_frame
+        self.other_frames_reused = 0  # (for tests and benchmarks)
 
     def invalidate(self, *_args) -> None:
         self.generation += 1
         self._stored = None
+        self._other_frames = {}
+
+    def keep_frame(self, context, frame: int, full: bool, geometry: FrameGeometry, generation: int) -> None:
+        """Keep a frame other than the rendered one that a render read (the shot's first frame,
+        which every frame's hold to start reads), for the job's next renders; only if nothing was
+        edited since ``generation`` (taken before reading it). The same conditions as for t-1 and
+        t hold for reusing it: one job, nothing edited, no other script between the frames."""
+        if generation != self.generation:
+            return
+        if len(self._other_frames) >= KEPT_OTHER_FRAMES:
+            self._other_frames.pop(next(iter(self._other_frames)))
+        self._other_frames[(context, frame, full)] = geometry
+
+    def kept_frame(self, context, frame: int, full: bool) -> FrameGeometry | None:
+        """A frame kept by :meth:`keep_frame`; with ``full`` False, one read in full serves as well."""
+        for kind in ((True,) if full else (False, True)):
+            found = self._other_frames.get((context, frame, kind))
+            if found is not None:
+                self.other_frames_reused += 1
+                return found
+        return None
 
     def store(self, context, generation, frame, current, following, following_in_full=False,
               following_warnings=()) -> None:
@@ -484,6 +507,7 @@ class MotionCache:
         return stored[3], following, list(stored[6])
 
 
+KEPT_OTHER_FRAMES = 4  # a shot's first frame, and a few that cadence and loops read again
 motion_cache = MotionCache()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from . import job_settings
 from .animation import FrameSettings, FrameSourceError
 from .guides import compute_guides
-from .scene_capture import CaptureError, capture_frame
+from .scene_capture import CaptureError, capture_frame, motion_cache, scripts_between_frames
 
 GUIDES_KEPT = 6  # guides of other frames remembered while a frame renders (cadence needs a few)
 
@@ -65,8 +65,7 @@ class SceneFrames:
                 other = None
                 if relative_to is not None:
                     known = frozenset(instance.key for instance in current.instances)
-                    other = self._at(relative_to, lambda: capture_frame(
-                        self.depsgraph, self.camera_object, self.width, self.height, known)[0])
+                    other = self._captured(relative_to, known)
             except CaptureError as error:
                 raise FrameSourceError(str(error)) from error
             found = compute_guides(current, other)
@@ -78,11 +77,25 @@ class SceneFrames:
     def _geometry_at(self, frame: int):
         found = self._geometry.get(frame)
         if found is None:
-            found = self._at(frame, lambda: capture_frame(self.depsgraph, self.camera_object, self.width,
-                                                           self.height)[0])
+            found = self._captured(frame)
             if len(self._geometry) >= GUIDES_KEPT:
                 self._geometry.pop(next(key for key in self._geometry if key != self.frame))
             self._geometry[frame] = found
+        return found
+
+    def _captured(self, frame: int, positions_only_for=frozenset()):
+        """The scene at ``frame`` (another frame than the rendered one), as this render job read it
+        before where nothing changed since (``scene_capture.MotionCache.keep_frame``)."""
+        full = not positions_only_for
+        reusable = self.is_animation and not scripts_between_frames()
+        context = (self.scene.name, self.depsgraph.view_layer.name, self.camera_object.name, self.width, self.height)
+        found = motion_cache.kept_frame(context, frame, full) if reusable else None
+        if found is None:
+            generation = motion_cache.generation
+            found = self._at(frame, lambda: capture_frame(self.depsgraph, self.camera_object, self.width,
+                                                           self.height, positions_only_for)[0])
+            if reusable:
+                motion_cache.keep_frame(context, frame, full, found, generation)
         return found
 
     def _at(self, frame: int, read):

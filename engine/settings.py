@@ -166,7 +166,7 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         name="Hold to Start", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Mix the shot's first painting, carried to each frame by the scene's exact motion, into the "
                     "picture the frame starts from, so surfaces keep their first look instead of drifting over a "
-                    "long shot (0 = off; costs one more evaluation of the shot's first frame per frame)")
+                    "long shot (0 = off; the shot's first frame is evaluated once per render job)")
     use_faithful_encoding: BoolProperty(
         name="Faithful Encoding", default=True,
         description="Encode each frame's start picture so that the model's VAE gives it back as it was, "

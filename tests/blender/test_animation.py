@@ -390,3 +390,23 @@ def test_a_frame_step_keeps_feedback_on_and_says_what_it_costs(silk, tmp_path):
     notes = [(note.frame, note.kind, note.source) for note in render_engine.session.notes]
     assert notes == [(1, "fresh", None), (3, "feedback", 1), (5, "feedback", 3)]
     assert len([message for _, message in reports if "Frame step is 2" in message]) == 1
+
+
+def test_hold_to_start_reads_the_shots_first_frame_once_per_job_and_paints_the_same(silk, tmp_path, monkeypatch):
+    from silk.engine import scene_capture
+
+    scene = animated_scene(6)
+    assert scene.silk.hold_to_start == 0.5  # on by default
+    cache = scene_capture.motion_cache
+    reused = cache.other_frames_reused
+    render_take(scene, tmp_path / "kept", exr_output=False)
+    # Frames 3-6 hold to frame 1: read at frame 3, taken as it was at frames 4, 5 and 6.
+    assert cache.other_frames_reused - reused == 3
+    monkeypatch.setattr(cache, "kept_frame", lambda *_args: None)  # read it at every frame instead
+    render_take(scene, tmp_path / "read", exr_output=False)
+    for frame in range(1, 7):
+        kept, read = (read_png(tmp_path / folder / f"f_{frame:04d}.png") for folder in ("kept", "read"))
+        assert np.array_equal(kept, read), frame
+    scene.silk.hold_to_start = 0.0
+    render_take(scene, tmp_path / "unheld", exr_output=False)
+    assert not np.array_equal(read_png(tmp_path / "unheld" / "f_0006.png"), read_png(tmp_path / "read" / "f_0006.png"))

@@ -308,8 +308,16 @@ def test_frame_t_is_taken_unread_only_from_a_full_t_plus_one_with_the_same_camer
     assert cache.frames_for(context, 5, seen, placed) is None
     assert cache.previous_for(context, 5, frames[5]) is frames[4]  # frame t read and compared instead
     cache.store(context, cache.generation, 4, frames[4], frames[5], True)
+    # Other frames a render read (the shot's first, for hold to start): kept by what they hold.
+    cache.keep_frame(context, 1, False, frames[4], cache.generation)
+    assert cache.kept_frame(context, 1, False) is frames[4] and cache.kept_frame(context, 1, True) is None
+    cache.keep_frame(context, 2, True, frames[5], cache.generation)
+    assert cache.kept_frame(context, 2, False) is frames[5]  # read in full serves for positions too
+    cache.keep_frame(context, 3, True, frames[5], cache.generation - 1)  # something was edited meanwhile
+    assert cache.kept_frame(context, 3, True) is None
     cache.invalidate()
     assert cache.frames_for(context, 5, seen, placed) is None
+    assert cache.kept_frame(context, 1, False) is None
 
 
 def test_a_background_render_puts_back_the_frame_without_evaluating_it_again(silk, tmp_path):
