@@ -92,6 +92,16 @@ def _render_animation(scene, folder, first, last):
     return {frame: exr.read_passes(str(folder / f"f_{frame:04d}.exr")) for frame in range(first, last + 1)}
 
 
+def assert_single_render_matches(scene, folder, animated, frame):
+    """Frame ``frame`` rendered on its own (F12) has exactly the guides the animation wrote."""
+    scene.frame_set(frame)
+    scene.render.filepath = str(folder / f"single_{frame}.exr")
+    bpy.ops.render.render(write_still=True)
+    single = exr.read_passes(str(folder / f"single_{frame}.exr"))
+    for name in ("Depth", "Normal", "Vector", "Occlusion"):
+        assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+
+
 def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, tmp_path):
     scene = deforming_scene()
     before = scene_capture.motion_cache.reused
@@ -101,14 +111,9 @@ def test_an_animation_reuses_frames_and_gets_the_guides_of_single_renders(silk, 
     assert scene_capture.motion_cache.reused_unread - unread == 3  # ... without reading frame t's meshes
     assert scene_capture.motion_cache._stored is None  # the kept frames are freed when the job ends
     for frame in (3, 5, 6):
-        scene.frame_set(frame)
-        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
         before = scene_capture.motion_cache.reused
-        bpy.ops.render.render(write_still=True)
+        assert_single_render_matches(scene, tmp_path, animated, frame)
         assert scene_capture.motion_cache.reused == before  # separate renders never reuse
-        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
-        for name in ("Depth", "Normal", "Vector", "Occlusion"):
-            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
     assert np.abs(animated[5]["Vector"]).max() > 0.5  # it moves
 
 
@@ -160,12 +165,7 @@ def test_meshes_blender_did_not_re_evaluate_are_not_read_again_and_guides_stay_e
     assert taken and all(names == {"Statue"} for names in taken), taken  # Twisted and the rest change
     monkeypatch.setattr(scene_capture, "unchanged_meshes", lambda *_args: {})  # read every mesh instead
     for frame in (3, 4, 6):
-        scene.frame_set(frame)
-        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
-        bpy.ops.render.render(write_still=True)
-        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
-        for name in ("Depth", "Normal", "Vector", "Occlusion"):
-            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+        assert_single_render_matches(scene, tmp_path, animated, frame)
     # The statue is placed twice (itself and through the collection instance), so it counts
     # as a shared mesh whether read or taken unread.
     scene.frame_set(5)
@@ -236,12 +236,7 @@ def test_guides_follow_edits_made_between_the_frames_of_one_job(silk, tmp_path):
     scene.silk.mode = "GUIDES"
     set_multilayer_exr(scene)
     for frame in range(3, 8):
-        scene.frame_set(frame)
-        scene.render.filepath = str(tmp_path / f"single_{frame}.exr")
-        bpy.ops.render.render(write_still=True)
-        single = exr.read_passes(str(tmp_path / f"single_{frame}.exr"))
-        for name in ("Depth", "Normal", "Vector", "Occlusion"):
-            assert np.array_equal(animated[frame][name], single[name]), (frame, name)
+        assert_single_render_matches(scene, tmp_path, animated, frame)
         _edit_after(frame)
     assert not np.array_equal(animated[5]["Depth"], animated[6]["Depth"])  # the camera edit shows
 
