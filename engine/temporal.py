@@ -137,7 +137,7 @@ def held_to_start(feedback: Feedback, start_picture: np.ndarray, vector: np.ndar
     if weight <= 0:
         return feedback
     warped, inside = warp(start_picture[..., :3], vector)
-    seen = ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow) if grow else ~((occlusion > 0.5) | ~inside)
+    seen = ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow)
     both = (seen & feedback.visible)[..., None]
     revealed = seen & ~feedback.visible
     weight = float(min(weight, 1.0))
