@@ -119,7 +119,11 @@ def noise_initial_image(loaded: LoadedModel, request: GenerateRequest, plan: Pla
     begin = len(pipe.scheduler.timesteps) - len(timesteps)
     init = pictures.fit(images["init_image"], *plan.padded)
     plan.init_picture = pictures.to_pil(init)
-    init_latents = pictures.encode_image(pipe, init, loaded.family, torch, faithful=request.faithful_encoding)
+    if request.faithful_encoding:  # it decodes the frame twice: in tiles where the final decoding is
+        with tiled_decoding_for_large_frames(pipe, loaded, request):
+            init_latents = pictures.encode_image(pipe, init, loaded.family, torch, faithful=True)
+    else:
+        init_latents = pictures.encode_image(pipe, init, loaded.family, torch)
     plan.latents = pipe.scheduler.add_noise(init_latents, noise, timesteps[:1])
     target = guides_module.NoisedInit(init_latents, noise, pipe.scheduler, begin)
     mask = images.get("mask")

@@ -126,6 +126,25 @@ def test_fusion_moves_a_fraction_of_the_way_and_zero_leaves_the_latents_free(bac
     assert free > 0.1 and half < 0.7 * free
 
 
+def test_faithful_encoding_decodes_large_frames_in_tiles_as_the_final_decoding_does(backend, monkeypatch):
+    from silk.bridge.diffusion import generation, pictures
+
+    tiled = []
+    faithful_latents = pictures.faithful_latents
+
+    def spy(vae, *args):
+        tiled.append(bool(vae.use_tiling))
+        return faithful_latents(vae, *args)
+
+    monkeypatch.setattr(pictures, "faithful_latents", spy)
+    init = np.full((64, 64, 3), 0.5, dtype=np.float32)
+    generate(backend, {"init_image": init}, strength=0.5, faithful_encoding=True)
+    monkeypatch.setattr(generation, "VAE_TILING_PIXELS", 32 * 32)  # 64x64 now counts as a large frame
+    picture = generate(backend, {"init_image": init}, strength=0.5, faithful_encoding=True)
+    assert tiled == [False, True] and picture.shape == (64, 64, 3) and np.isfinite(picture).all()
+    assert not backend.loaded(schema.ModelRequest.from_json(TINY)).image2image.vae.use_tiling  # off again after
+
+
 def test_fusion_end_stops_fusion_after_that_fraction_of_the_steps(backend, monkeypatch):
     init = generate(backend, seed=1, steps=4)
     steps = record_fusion(monkeypatch)
