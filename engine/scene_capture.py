@@ -7,6 +7,7 @@ instance so the same surface can be matched across frames.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -410,6 +411,19 @@ def scripts_between_frames() -> list[str]:
     return found
 
 
+@dataclass
+class _LastRender:
+    """What the last render of a job read, kept for the next one (:class:`MotionCache`)."""
+
+    context: tuple
+    generation: int
+    frame: int
+    current: FrameGeometry
+    following: FrameGeometry
+    following_in_full: bool  # t+1 read with triangles and normals, so the next render may take it as its t
+    following_warnings: tuple
+
+
 class MotionCache:
     """The frames the last render evaluated, reused by the next frame of an animation.
 
@@ -473,38 +487,38 @@ class MotionCache:
     def store(self, context, generation, frame, current, following, following_in_full=False,
               following_warnings=()) -> None:
         self._stored = (None if following is None else
-                        (context, generation, frame, current, following, following_in_full, tuple(following_warnings)))
+                        _LastRender(context, generation, frame, current, following, following_in_full,
+                                    tuple(following_warnings)))
 
-    def _kept(self, context, frame):
+    def _kept(self, context, frame) -> _LastRender | None:
         stored = self._stored
-        if stored is None:
-            return None
-        stored_context, generation, stored_frame = stored[:3]
-        if stored_context != context or generation != self.generation or stored_frame != frame - 1:
+        if stored is None or stored.context != context or stored.generation != self.generation \
+                or stored.frame != frame - 1:
             return None
         return stored
 
     def previous_for(self, context, frame, current: FrameGeometry) -> FrameGeometry | None:
         """Last render's frame t as this one's t-1, if everything above holds."""
         stored = self._kept(context, frame)
-        if stored is None or not _same_geometry(stored[4], current):
+        if stored is None or not _same_geometry(stored.following, current):
             return None
         self.reused += 1
-        return stored[3]
+        return stored.current
 
-    def frames_for(self, context, frame, camera, placed: tuple):
+    def frames_for(self, context, frame, observe):
         """Last render's frames t and t+1 as this one's t-1 and t, with t+1's warnings, where
-        t+1 was read in full and ``camera`` and ``placed`` (this frame's, read without
-        meshes) are exactly its camera and placements; else None."""
+        t+1 was read in full and ``observe()`` (this frame's camera and placements, read
+        without meshes, only then) gives exactly its camera and placements; else None."""
         stored = self._kept(context, frame)
-        if stored is None or not stored[5]:
+        if stored is None or not stored.following_in_full:
             return None
-        following = stored[4]
+        camera, placed = observe()
+        following = stored.following
         if not (_same_camera(following.camera, camera) and following.placements == placed):
             return None
         self.reused += 1
         self.reused_unread += 1
-        return stored[3], following, list(stored[6])
+        return stored.current, following, list(stored.following_warnings)
 
 
 KEPT_OTHER_FRAMES = 4  # a shot's first frame, and a few that cadence and loops read again
@@ -563,8 +577,8 @@ def capture_motion_frames(engine, depsgraph, camera_object, width: int, height: 
                             and scene.frame_step == 1 and frame < scene.frame_end)
     kept = None
     if reusable:
-        kept = motion_cache.frames_for(context, frame, capture_camera(depsgraph, camera_object, width, height),
-                                       placements(depsgraph))
+        kept = motion_cache.frames_for(context, frame, lambda: (
+            capture_camera(depsgraph, camera_object, width, height), placements(depsgraph)))
     if kept is not None:
         previous, current, warnings = kept
     else:

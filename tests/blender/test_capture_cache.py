@@ -10,6 +10,7 @@ import os
 
 import bpy
 import numpy as np
+import pytest
 
 from silk.engine import scene_capture
 from tests.support import exr, scenes
@@ -287,20 +288,20 @@ def test_frame_t_is_taken_unread_only_from_a_full_t_plus_one_with_the_same_camer
     cache = scene_capture.MotionCache()
     context = ("Scene", "ViewLayer", camera.name, 64, 48, 0.0)
     cache.store(context, cache.generation, 4, frames[4], frames[5], True, ["kept warning"])
-    assert cache.frames_for(context, 6, seen, placed) is None  # not the next frame
-    assert cache.frames_for(context[:3] + (65,) + context[4:], 5, seen, placed) is None
+    assert cache.frames_for(context, 6, lambda: (seen, placed)) is None  # not the next frame
+    assert cache.frames_for(context[:3] + (65,) + context[4:], 5, lambda: (seen, placed)) is None
     moved = tuple((key, np.zeros(16).tobytes() if key == ("object", "Blob") else matrix) for key, matrix in placed)
-    assert cache.frames_for(context, 5, seen, moved) is None  # an object moved
-    assert cache.frames_for(context, 5, seen, placed[1:]) is None  # an object is gone
+    assert cache.frames_for(context, 5, lambda: (seen, moved)) is None  # an object moved
+    assert cache.frames_for(context, 5, lambda: (seen, placed[1:])) is None  # an object is gone
     lens = scene_capture.capture_camera(depsgraph, camera, 64, 48)
     lens.projection[0, 0] *= 1.1
-    assert cache.frames_for(context, 5, lens, placed) is None  # the camera changed
+    assert cache.frames_for(context, 5, lambda: (lens, placed)) is None  # the camera changed
     assert cache.reused == cache.reused_unread == 0
-    previous, current, warnings = cache.frames_for(context, 5, seen, placed)
+    previous, current, warnings = cache.frames_for(context, 5, lambda: (seen, placed))
     assert previous is frames[4] and current is frames[5] and warnings == ["kept warning"]
     assert cache.reused == cache.reused_unread == 1
     cache.store(context, cache.generation, 4, frames[4], frames[5], False)  # t+1 read as positions only
-    assert cache.frames_for(context, 5, seen, placed) is None
+    assert cache.frames_for(context, 5, lambda: pytest.fail("frame t observed with nothing to take")) is None
     assert cache.previous_for(context, 5, frames[5]) is frames[4]  # frame t read and compared instead
     cache.store(context, cache.generation, 4, frames[4], frames[5], True)
     # Other frames a render read (the shot's first, for hold to start): kept by what they hold.
@@ -311,7 +312,7 @@ def test_frame_t_is_taken_unread_only_from_a_full_t_plus_one_with_the_same_camer
     cache.keep_frame(context, 3, True, frames[5], cache.generation - 1)  # something was edited meanwhile
     assert cache.kept_frame(context, 3, True) is None
     cache.invalidate()
-    assert cache.frames_for(context, 5, seen, placed) is None
+    assert cache.frames_for(context, 5, lambda: (seen, placed)) is None
     assert cache.kept_frame(context, 1, False) is None
 
 
