@@ -4,7 +4,7 @@ the per-step callback (cancel, guides, progress), and the pipeline call."""
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,11 +119,9 @@ def noise_initial_image(loaded: LoadedModel, request: GenerateRequest, plan: Pla
     begin = len(pipe.scheduler.timesteps) - len(timesteps)
     init = pictures.fit(images["init_image"], *plan.padded)
     plan.init_picture = pictures.to_pil(init)
-    if request.faithful_encoding:  # it decodes the frame twice: in tiles where the final decoding is
-        with tiled_decoding_for_large_frames(pipe, loaded, request):
-            init_latents = pictures.encode_image(pipe, init, loaded.family, torch, faithful=True)
-    else:
-        init_latents = pictures.encode_image(pipe, init, loaded.family, torch)
+    # Faithful encoding decodes the frame twice: in tiles where the final decoding is.
+    with tiled_decoding_for_large_frames(pipe, loaded, request) if request.faithful_encoding else nullcontext():
+        init_latents = pictures.encode_image(pipe, init, loaded.family, torch, faithful=request.faithful_encoding)
     plan.latents = pipe.scheduler.add_noise(init_latents, noise, timesteps[:1])
     target = guides_module.NoisedInit(init_latents, noise, pipe.scheduler, begin)
     mask = images.get("mask")
