@@ -180,7 +180,7 @@ def test_faithful_encoding_gives_a_painting_back_through_minis_vae_and_holds_it_
     from silk.engine import temporal
 
     painting = paint_mini(mini_backend, *guides, seed=3)
-    for dtype in (torch.float32, torch.float16):  # fp16 as mini ships (on the CPU here)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):  # fp16 as mini ships; bf16 (on the CPU here)
         vae = AutoencoderKL.from_pretrained(f"{tiny_model.MINI_PATH}/vae", torch_dtype=dtype).eval()
 
         def trip(picture, faithful):
