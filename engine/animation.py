@@ -17,6 +17,7 @@ last finished frame without a seam. The maths is in ``temporal.py``, ``noise.py`
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -49,7 +50,7 @@ class TemporalSettings:
     fusion: float = 0.5
     fusion_end: float = schema.default("fusion_end")  # fraction of the steps after which fusion stops
     noise_mode: str = "FIXED"
-    color_coherence: float = 0.5
+    color_coherence: float = 1.0  # full, as Deforum's default colour match (LAB); measured in docs/benchmarks.md
     hold_to_start: float = 0.5  # mix the shot's first painting, carried by the exact motion, into each start picture
     faithful_encoding: bool = True  # feedback frames: encode the start picture compensating the VAE's error
     cadence: int = 1
@@ -378,6 +379,7 @@ class _Take:
             session.takes.clear()  # one take at a time keeps memory bounded
             session.takes[source.take_key] = take
         self.memory = take
+        self._motion_to_start = {}  # frame -> its guides with the exact motion to the shot's first frame
 
     # -- public ---------------------------------------------------------------------------
     def paint(self, frame: int) -> Painted:
@@ -440,6 +442,8 @@ class _Take:
         """Paint key ``frame`` from the previous painted key, warped by the exact motion between them."""
         temporal_settings, job = settings.temporal, settings.job
         guides = self._guides(frame, previous_key)
+        if previous_key is not None and previous_key == self.source.shot(frame).start:
+            self._motion_to_start[frame] = guides
         previous = self._painted(previous_key) if previous_key is not None and temporal_settings.use_feedback else None
         started = time.perf_counter()
         latent, field_ = self.noise(frame, settings, previous_key, guides)
@@ -450,19 +454,25 @@ class _Take:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion,
                                               temporal_settings.strength)
             feedback = self._held_to_start(feedback, frame, previous_key, temporal_settings)
-            # Colour coherence on the start picture, as Deforum does: the model then paints from
-            # colours anchored to the shot's first frame, and its own output is left untouched.
+            # Colour coherence on the start picture, as Deforum does (and on the painting, below).
             request.init_image = self._anchored(feedback.init_image, frame, temporal_settings)
             request.strength_map = feedback.strength
             request.faithful_encoding = temporal_settings.faithful_encoding
             if job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
                 request.fusion, request.fusion_end = temporal_settings.fusion, temporal_settings.fusion_end
         spent = time.perf_counter() - started
-        self.session.notes.append(
-            FrameNote(frame, "fresh", seed=request.seed, noise_mode=temporal_settings.noise_mode) if previous is None
-            else FrameNote(frame, "feedback", previous_key, temporal_settings.strength, spent, request.seed,
-                           temporal_settings.noise_mode))
+        # Noted before painting: the frame in progress is the last note (scripts and tests watch it).
+        note = (FrameNote(frame, "fresh", seed=request.seed, noise_mode=temporal_settings.noise_mode)
+                if previous is None else FrameNote(frame, "feedback", previous_key, temporal_settings.strength, spent,
+                                                   request.seed, temporal_settings.noise_mode))
+        notes = self.session.notes
+        notes.append(note)
+        noted = len(notes) - 1
         picture = self.painter.paint(request)
+        if previous is not None:
+            started = time.perf_counter()
+            picture = self._colour_held(picture, frame, temporal_settings)
+            notes[noted] = dataclasses.replace(note, feedback_seconds=spent + time.perf_counter() - started)
         if previous is None and (self.memory.anchor is None or frame == self.source.shot(frame).start):
             self.memory.anchor = temporal.ColorAnchor.of(picture)
         if frame == self.source.shot(frame).start:
@@ -532,19 +542,43 @@ class _Take:
                        settings: TemporalSettings) -> temporal.Feedback:
         """``feedback`` held to the shot's first painting by ``hold_to_start`` (see temporal.held_to_start)."""
         start = self.source.shot(frame).start
-        if settings.hold_to_start <= 0 or previous_key is None or previous_key == start or frame == start:
+        if settings.hold_to_start <= 0 or previous_key is None or previous_key == start:
             return feedback
+        found = self._start_painting(frame)
+        if found is None:
+            return feedback
+        picture, motion = found
+        return temporal.held_to_start(feedback, picture, motion.vector, motion.occlusion,
+                                      settings.hold_to_start, settings.strength)
+
+    def _start_painting(self, frame: int):
+        """(the shot's first painting, frame ``frame``'s exact motion to it), or None for the
+        shot's first frame itself or where that painting is lost."""
+        start = self.source.shot(frame).start
+        if frame == start:
+            return None
         memory = self.memory
         if memory.start is None or memory.start[0] != start:  # resumed mid-shot: the painting is on disk
             painted = self._painted(start)
             if painted is None:
-                return feedback
+                return None
             memory.start = (start, painted.picture)
-        motion = self.source.guides(frame, start)
-        return temporal.held_to_start(feedback, memory.start[1], motion.vector, motion.occlusion,
-                                      settings.hold_to_start, settings.strength)
+        motion = self._motion_to_start.get(frame)
+        if motion is None:  # one exact motion to the start per frame, for holding its picture and colours
+            motion = self._motion_to_start[frame] = self.source.guides(frame, start)
+        return memory.start[1], motion
 
     # -- colour ---------------------------------------------------------------------------
+    def _colour_held(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:
+        """A feedback frame's painting with its colours held to the shot's first painting by
+        ``color_coherence`` (temporal.colour_held_to_start)."""
+        found = self._start_painting(frame) if settings.color_coherence > 0 else None
+        if found is None:
+            return picture
+        start_picture, motion = found
+        return temporal.colour_held_to_start(picture, start_picture, motion.vector, motion.occlusion,
+                                             settings.color_coherence)
+
     def _anchored(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:
         """``picture`` (for frame ``frame``) with its colours pulled toward the shot's first frame."""
         memory, strength = self.memory, settings.color_coherence
@@ -592,7 +626,7 @@ class _Take:
                                    faithful_encoding=settings.temporal.faithful_encoding)
             if settings.job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
                 request.fusion, request.fusion_end = settings.temporal.fusion, settings.temporal.fusion_end
-            picture = self.painter.paint(request)
+            picture = self._colour_held(self.painter.paint(request), frame, settings.temporal)
             self.session.notes.append(FrameNote(frame, "loop", previous_frame, settings.temporal.strength,
                                                 seed=request.seed, noise_mode=settings.temporal.noise_mode))
             original = self._painted(frame)

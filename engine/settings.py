@@ -160,8 +160,10 @@ class SilkSceneSettings(bpy.types.PropertyGroup):
         description="Write the latent noise each frame starts from as a 4-channel render pass 'Noise' (each "
                     "latent pixel over its 8x8 block); Guides mode computes it exactly as painting would")
     color_coherence: FloatProperty(
-        name="Colour Coherence", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
-        description="Pull each frame's colours toward the shot's first frame (LAB statistics), against drift")
+        name="Colour Coherence", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+        description="Hold colours to the shot's first painting, against drift: the picture each frame starts "
+                    "from (LAB statistics) and, surface by surface, its painting. Lower it where colours should "
+                    "change over a shot")
     hold_to_start: FloatProperty(
         name="Hold to Start", default=0.5, min=0.0, max=1.0, subtype="FACTOR",
         description="Mix the shot's first painting, carried to each frame by the scene's exact motion, into the "

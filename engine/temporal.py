@@ -219,6 +219,57 @@ def match_color(rgb: np.ndarray, anchor: ColorAnchor, strength: float) -> np.nda
     return lab_to_rgb(mixed)
 
 
+def colour_held_to_start(picture: np.ndarray, start_picture: np.ndarray, vector: np.ndarray,
+                         occlusion: np.ndarray, strength: float, cells: int = 8) -> np.ndarray:
+    """A painted frame's colours held to the shot's first painting (after painting).
+
+    ``vector``/``occlusion``: frame t's exact motion to the shot's first frame. The frame is cut
+    into about ``cells`` squares along its longer side; in each, the painting's mean LAB colour
+    over the surfaces the first frame also saw moves ``strength`` of the way to the first
+    painting's mean there (that painting warped onto frame t), times the share of the square
+    those surfaces cover; the corrections are interpolated smoothly between squares' centres.
+    A model that pulls every repainting toward its own colours (the drift of feedback loops) is
+    pulled back each frame, surface by surface; what the first frame did not see keeps the
+    model's colours, and detail finer than a square (shading, texture) stays the model's."""
+    if strength <= 0:
+        return np.asarray(picture, dtype=np.float32)
+    seen = coherence_mask(occlusion, vector)
+    if not seen.any():
+        return np.asarray(picture, dtype=np.float32)
+    warped, _ = warp(start_picture[..., :3], vector)
+    lab = rgb_to_lab(picture)
+    height, width = seen.shape
+    size = max(1, int(np.ceil(max(height, width) / cells)))
+    rows, cols = -(-height // size), -(-width // size)
+
+    def cell_sums(array):  # (height, width, c) -> (rows, cols, c), zero-padded to whole squares
+        padded = np.zeros((rows * size, cols * size, array.shape[2]))
+        padded[:height, :width] = array
+        return padded.reshape(rows, size, cols, size, -1).sum(axis=(1, 3))
+
+    weight = seen[..., None].astype(np.float64)
+    counts = cell_sums(weight)
+    areas = cell_sums(np.ones_like(weight))
+    difference = cell_sums((rgb_to_lab(warped) - lab) * weight) / np.maximum(counts, 1.0)
+    correction = _smooth_upsample(difference * (counts / areas), size, height, width)
+    return lab_to_rgb(lab + float(min(strength, 1.0)) * correction)
+
+
+def _smooth_upsample(coarse: np.ndarray, size: int, height: int, width: int) -> np.ndarray:
+    """Bilinear interpolation of values at the centres of ``size``-pixel squares to every pixel
+    (held constant beyond the outer centres)."""
+    def axis(count, length):
+        position = np.clip((np.arange(length) + 0.5) / size - 0.5, 0.0, count - 1)
+        low = np.floor(position).astype(int)
+        high = np.minimum(low + 1, count - 1)
+        return low, high, (position - low)
+
+    low, high, t = axis(coarse.shape[0], height)
+    by_rows = coarse[low] * (1 - t)[:, None, None] + coarse[high] * t[:, None, None]
+    low, high, t = axis(coarse.shape[1], width)
+    return by_rows[:, low] * (1 - t)[None, :, None] + by_rows[:, high] * t[None, :, None]
+
+
 # -- cadence ----------------------------------------------------------------------------
 def in_between(before: np.ndarray, vector_to_before: np.ndarray, occlusion_to_before: np.ndarray,
                after: np.ndarray, vector_to_after: np.ndarray, occlusion_to_after: np.ndarray,

@@ -1,12 +1,13 @@
 """The animation core (engine/animation.py) driven through fakes: shots, cadence, resume, loops,
 prompt travel, noise and the render's warnings, in milliseconds and without Blender."""
 import os
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 
-from silk.engine import animation, noise, schedule
+from silk.engine import animation, noise, schedule, temporal
 from silk.engine.animation import FrameSettings, RenderSession, TemporalSettings
 from silk.engine.diffusion_job import JobSettings
 
@@ -288,13 +289,47 @@ def test_frames_after_the_second_are_held_to_the_shots_first_painting_by_its_exa
     # cut at 5 starts a new shot, whose frame 6 starts from frame 5 alone.
     assert [call for call in scene.guide_calls if call[1] in (1, 5) and call[0] - call[1] > 1] == [(3, 1), (4, 1)]
     first = painter.requests[0]
-    plain = FakeScene(tmp_path / "plain", last=6, cuts=[5], temporal=TemporalSettings(hold_to_start=0.0))
+    plain = FakeScene(tmp_path / "plain", last=6, cuts=[5],
+                      temporal=TemporalSettings(hold_to_start=0.0, color_coherence=0.0))
     os.makedirs(tmp_path / "plain")
     _, unheld = render(plain, range(1, 7))
     assert not np.allclose(painter.requests[2].init_image, unheld.requests[2].init_image)  # frame 3
     np.testing.assert_array_equal(painter.requests[1].init_image, unheld.requests[1].init_image)  # frame 2
     np.testing.assert_array_equal(painter.requests[5].init_image, unheld.requests[5].init_image)  # frame 6
     assert first.init_image is None and not [call for call in plain.guide_calls if call[0] - (call[1] or 0) > 1]
+
+
+def test_colour_coherence_holds_each_painting_to_the_first_ones_colours_against_the_models_pull(tmp_path):
+    # FakePainter pulls every repainting toward grey (0.05 + 0.9 x): a model's colour drift.
+    def paintings(folder, coherence):
+        os.makedirs(folder)
+        scene = FakeScene(folder, last=6, cuts=[5], temporal=TemporalSettings(
+            color_coherence=coherence, hold_to_start=0.0, fusion=0.0))
+        session = RenderSession()
+        return [session.paint(scene, FakePainter(), frame).picture.mean() for frame in range(1, 7)], scene
+
+    drifting, _ = paintings(tmp_path / "free", 0.0)
+    held, scene = paintings(tmp_path / "held", 1.0)
+    assert drifting[3] < drifting[0] - 0.05  # four repaintings pulled it toward grey
+    assert held[0] == drifting[0]
+    for frame in (1, 2, 3):  # the shot's first painting's colour, but for the edge the camera uncovers
+        assert abs(held[frame] - held[0]) < 0.1 * abs(drifting[frame] - drifting[0])
+    assert held[4] == drifting[4] and held[5] == pytest.approx(held[4], abs=2e-3)  # the cut's own first painting
+    # Its exact motion to the start is computed once per frame, for the colour and the picture.
+    assert [call for call in scene.guide_calls if call[0] - (call[1] or 0) > 1] == [(3, 1), (4, 1)]
+
+
+def test_the_colour_hold_is_counted_in_a_frames_feedback_time(tmp_path, monkeypatch):
+    held = temporal.colour_held_to_start
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return held(*args, **kwargs)
+
+    monkeypatch.setattr(temporal, "colour_held_to_start", slow)
+    session, _ = render(FakeScene(tmp_path, last=3), [1, 2, 3])
+    assert [note.kind for note in session.notes] == ["fresh", "feedback", "feedback"]
+    assert all(note.feedback_seconds >= 0.05 for note in session.notes[1:])
 
 
 def test_a_resumed_render_holds_to_the_first_painting_it_reads_back(tmp_path):

@@ -136,6 +136,42 @@ def test_lab_round_trip_and_colour_anchor():
     np.testing.assert_array_equal(temporal.match_color(drifted, anchor, 0.0), drifted)
 
 
+def test_colour_held_to_start_moves_shared_surfaces_back_to_their_first_colours_and_keeps_the_texture():
+    start = pattern(48, 64, seed=3) * 0.5 + 0.25
+    to_start = constant_motion(48, 64, 0, 2)  # the surface was 2 px further up at the start
+    warped_start, _ = temporal.warp(start, to_start)
+    hidden_at_start = np.zeros((48, 64), dtype=np.float32)
+    hidden_at_start[:, :24] = 1.0  # a new object on the left: the start did not see it
+    painted = np.clip(warped_start * 0.9 + np.array([0.08, 0.02, -0.03], dtype=np.float32), 0, 1)  # drifted
+    painted[:, :24] = pattern(48, 24, seed=4) * 0.2 + 0.05  # the new object is dark: not drift
+    shared = temporal.coherence_mask(hidden_at_start, to_start)
+    inner = np.zeros_like(shared)
+    inner[12:36, 36:52] = True  # between the centres of squares (8 px) the shared surface covers wholly
+    new = np.zeros_like(shared)
+    new[:, :16] = True  # squares only the new object covers
+
+    def shift(picture, where):  # mean LAB difference to the start's painting there
+        return np.linalg.norm(temporal.rgb_to_lab(picture)[where].mean(0) - temporal.rgb_to_lab(warped_start)[
+            where].mean(0))
+
+    held = temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, strength=1.0)
+    half = temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, strength=0.5)
+    assert shift(painted, inner) > 4 and shift(held, inner) < 0.3 and shift(held, inner) < shift(half, inner)
+    assert shift(half, inner) == pytest.approx(shift(painted, inner) / 2, rel=0.05)
+    np.testing.assert_allclose(held[new], painted[new], atol=1e-5)  # what the start did not see keeps its colours
+    # Texture is kept: within a square the correction is one smooth field, so pixel-to-pixel LAB
+    # differences change by far less than the shift itself.
+    lab_before, lab_after = temporal.rgb_to_lab(painted), temporal.rgb_to_lab(held)
+    moved = lab_after - lab_before
+    assert np.abs(np.diff(moved[12:36, 32:], axis=1)).max() < 0.5 < np.abs(moved[inner]).mean()
+    assert held.dtype == np.float32 and held.shape == painted.shape
+    np.testing.assert_array_equal(temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, 0.0),
+                                  painted)
+    nothing_shared = np.ones((48, 64), dtype=np.float32)  # the camera turned away: left as painted
+    np.testing.assert_array_equal(
+        temporal.colour_held_to_start(painted, start, to_start, nothing_shared, strength=1.0), painted)
+
+
 def test_in_between_blends_both_warps_by_time_and_visibility():
     before, after = np.zeros((10, 12, 3), np.float32), np.ones((10, 12, 3), np.float32)
     still = constant_motion(10, 12, 0, 0)
