@@ -19,6 +19,11 @@ and measures from the saved multilayer EXRs (Combined, Vector, Occlusion):
 - colour drift: CIE76 delta E of each frame's mean LAB colour against frame 1, mean;
 - wall time per frame (the whole animation render / frames).
 
+For the long-range goal's context it also measures the same two warp errors on the Normal
+guide itself (the camera-space normal picture the ControlNet is given): where surfaces turn
+toward or away from the camera, the shading a model paints from that guide changes over 16
+frames as much as the guide does, however well the texture holds.
+
 Then, at --overhead-size (512), the per-frame cost of feedback: Silk's own warp, fill
 and colour work (timed inside the engine), and the worker's fusion (the same frames
 with and without fusion).
@@ -221,9 +226,34 @@ def main(argv=None):
             json.dump(results, handle, indent=1)
 
 
+def normal_guide_change(scene, frames, size, long_range_motion):
+    """Warp errors of the Normal guide picture itself, over one frame and over LONG_RANGE."""
+    from silk.engine import conditioning, temporal
+    from silk.engine.guides import compute_guides
+    from silk.engine.scene_capture import capture_frame
+
+    pictures = {}
+    for frame in frames:
+        scene.frame_set(frame)
+        current, _ = capture_frame(bpy.context.evaluated_depsgraph_get(), scene.camera, size, size)
+        normal = compute_guides(current).normal.reshape(size, size, 3)
+        pictures[frame] = conditioning.normal_condition(normal, current.camera.view)
+    short = [temporal.warp_error(pictures[f], pictures[f - 1], *exact_motion(scene, f, f - 1, size, size))
+             for f in frames[1:]]
+    long = [temporal.warp_error(pictures[f], pictures[f - LONG_RANGE], *long_range_motion[f])
+            for f in frames if f - LONG_RANGE in pictures]
+    result = {"warp_error": float(np.nanmean(short)), "long_range_warp_error": float(np.nanmean(long))}
+    result["long_vs_one_frame"] = result["long_range_warp_error"] / result["warp_error"]
+    print(f"{'the Normal guide itself':32s} warp {result['warp_error']:.5f}  long {result['long_range_warp_error']:.5f}"
+          f"  ({LONG_RANGE}-frame / 1-frame {result['long_vs_one_frame']:.1f})", flush=True)
+    return result
+
+
 def measure_modes(scene, frames, args, results):
     long_range_motion = {f: exact_motion(scene, f, f - LONG_RANGE, args.size, args.size)
                          for f in frames if f - LONG_RANGE >= 1}
+    if long_range_motion:
+        results["normal_guide"] = normal_guide_change(scene, frames, args.size, long_range_motion)
     chosen = {int(number) for number in args.modes.split(",")} if args.modes else set(range(1, len(MODES) + 1))
     for label, settings in [mode for number, mode in enumerate(MODES, 1) if number in chosen]:
         with tempfile.TemporaryDirectory() as folder:
