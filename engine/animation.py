@@ -379,7 +379,6 @@ class _Take:
             session.takes.clear()  # one take at a time keeps memory bounded
             session.takes[source.take_key] = take
         self.memory = take
-        self._motion_to_start = {}  # frame -> its guides with the exact motion to the shot's first frame
 
     # -- public ---------------------------------------------------------------------------
     def paint(self, frame: int) -> Painted:
@@ -442,18 +441,23 @@ class _Take:
         """Paint key ``frame`` from the previous painted key, warped by the exact motion between them."""
         temporal_settings, job = settings.temporal, settings.job
         guides = self._guides(frame, previous_key)
-        if previous_key is not None and previous_key == self.source.shot(frame).start:
-            self._motion_to_start[frame] = guides
         previous = self._painted(previous_key) if previous_key is not None and temporal_settings.use_feedback else None
         started = time.perf_counter()
         latent, field_ = self.noise(frame, settings, previous_key, guides)
         request = PaintRequest(frame=frame, guides=guides, job=job, seed=self._seed(frame, settings), noise=latent,
                                depth_range=self.session.depth_range(self.source, frame, guides, self.normalization),
                                is_current=is_current)
+        start_view = None
         if previous is not None:
             feedback = temporal.feedback_from(previous.picture, guides.vector, guides.occlusion,
                                               temporal_settings.strength)
-            feedback = self._held_to_start(feedback, frame, previous_key, temporal_settings)
+            # Frame 2 starts from frame 1 itself: holding it to frame 1 would change nothing.
+            holds = temporal_settings.hold_to_start > 0 and previous_key != self.source.shot(frame).start
+            if holds or temporal_settings.color_coherence > 0:
+                start_view = self._start_view(frame, previous_key, guides)
+            if holds and start_view is not None:
+                feedback = temporal.held_to_start(feedback, start_view, temporal_settings.hold_to_start,
+                                                  temporal_settings.strength)
             # Colour coherence on the start picture, as Deforum does (and on the painting, below).
             request.init_image = self._anchored(feedback.init_image, frame, temporal_settings)
             request.strength_map = feedback.strength
@@ -469,9 +473,9 @@ class _Take:
         notes.append(note)
         noted = len(notes) - 1
         picture = self.painter.paint(request)
-        if previous is not None:
+        if start_view is not None and temporal_settings.color_coherence > 0:
             started = time.perf_counter()
-            picture = self._colour_held(picture, frame, temporal_settings)
+            picture = temporal.colour_held_to_start(picture, start_view, temporal_settings.color_coherence)
             notes[noted] = dataclasses.replace(note, feedback_seconds=spent + time.perf_counter() - started)
         if previous is None and (self.memory.anchor is None or frame == self.source.shot(frame).start):
             self.memory.anchor = temporal.ColorAnchor.of(picture)
@@ -538,22 +542,10 @@ class _Take:
             return painted.noise_field
         return None
 
-    def _held_to_start(self, feedback: temporal.Feedback, frame: int, previous_key: int | None,
-                       settings: TemporalSettings) -> temporal.Feedback:
-        """``feedback`` held to the shot's first painting by ``hold_to_start`` (see temporal.held_to_start)."""
-        start = self.source.shot(frame).start
-        if settings.hold_to_start <= 0 or previous_key is None or previous_key == start:
-            return feedback
-        found = self._start_painting(frame)
-        if found is None:
-            return feedback
-        picture, motion = found
-        return temporal.held_to_start(feedback, picture, motion.vector, motion.occlusion,
-                                      settings.hold_to_start, settings.strength)
-
-    def _start_painting(self, frame: int):
-        """(the shot's first painting, frame ``frame``'s exact motion to it), or None for the
-        shot's first frame itself or where that painting is lost."""
+    def _start_view(self, frame: int, other: int | None, guides) -> temporal.StartView | None:
+        """The shot's first painting as frame ``frame`` sees it (``guides``: the frame's guides
+        relative to frame ``other``, reused when that is the start), or None for the shot's first
+        frame itself or where that painting is lost."""
         start = self.source.shot(frame).start
         if frame == start:
             return None
@@ -563,22 +555,10 @@ class _Take:
             if painted is None:
                 return None
             memory.start = (start, painted.picture)
-        motion = self._motion_to_start.get(frame)
-        if motion is None:  # one exact motion to the start per frame, for holding its picture and colours
-            motion = self._motion_to_start[frame] = self.source.guides(frame, start)
-        return memory.start[1], motion
+        motion = guides if other == start else self.source.guides(frame, start)
+        return temporal.start_view(memory.start[1], motion.vector, motion.occlusion)
 
     # -- colour ---------------------------------------------------------------------------
-    def _colour_held(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:
-        """A feedback frame's painting with its colours held to the shot's first painting by
-        ``color_coherence`` (temporal.colour_held_to_start)."""
-        found = self._start_painting(frame) if settings.color_coherence > 0 else None
-        if found is None:
-            return picture
-        start_picture, motion = found
-        return temporal.colour_held_to_start(picture, start_picture, motion.vector, motion.occlusion,
-                                             settings.color_coherence)
-
     def _anchored(self, picture: np.ndarray, frame: int, settings: TemporalSettings) -> np.ndarray:
         """``picture`` (for frame ``frame``) with its colours pulled toward the shot's first frame."""
         memory, strength = self.memory, settings.color_coherence
@@ -626,7 +606,11 @@ class _Take:
                                    faithful_encoding=settings.temporal.faithful_encoding)
             if settings.job.scheduler not in FUSION_INCOMPATIBLE_SAMPLERS:
                 request.fusion, request.fusion_end = settings.temporal.fusion, settings.temporal.fusion_end
-            picture = self._colour_held(self.painter.paint(request), frame, settings.temporal)
+            picture = self.painter.paint(request)
+            coherence = settings.temporal.color_coherence
+            start_view = self._start_view(frame, previous_frame, guides) if coherence > 0 else None
+            if start_view is not None:
+                picture = temporal.colour_held_to_start(picture, start_view, coherence)
             self.session.notes.append(FrameNote(frame, "loop", previous_frame, settings.temporal.strength,
                                                 seed=request.seed, noise_mode=settings.temporal.noise_mode))
             original = self._painted(frame)

@@ -123,21 +123,34 @@ def feedback_from(previous_output: np.ndarray, vector: np.ndarray, occlusion: np
     return Feedback(init_image=init, strength=per_pixel, visible=~holes)
 
 
-def held_to_start(feedback: Feedback, start_picture: np.ndarray, vector: np.ndarray, occlusion: np.ndarray,
-                  weight: float, strength: float, grow: int = 1) -> Feedback:
+@dataclass
+class StartView:
+    """The shot's first painting as frame t sees it: warped onto frame t by the exact motion
+    between the two frames, and where frame t sees surfaces the first frame saw (silhouettes
+    grown). Hold to start and the colour hold both read it; a frame computes it once."""
+
+    picture: np.ndarray  # display sRGB (H, W, 3)
+    seen: np.ndarray  # (H, W) bool
+
+
+def start_view(start_picture: np.ndarray, vector: np.ndarray, occlusion: np.ndarray, grow: int = 1) -> StartView:
+    """``vector``/``occlusion``: frame t's exact motion to the shot's first frame (any two
+    frames of a scene have it, however far apart)."""
+    warped, inside = warp(start_picture[..., :3], vector)
+    return StartView(warped, ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow))
+
+
+def held_to_start(feedback: Feedback, start: StartView, weight: float, strength: float) -> Feedback:
     """``feedback`` with the shot's first painting mixed into its start picture.
 
-    ``vector``/``occlusion`` are frame t's exact motion to the shot's first frame (any two
-    frames of a scene have it, however far apart). Where that frame saw the surface, the start
-    picture moves ``weight`` of the way to its painting there; where the previous frame did not
-    see it but the first did (a surface that was hidden for a while), it is the first painting,
-    repainted at ``strength`` instead of anew. Each frame then starts from the same painting
-    instead of from a chain of repaintings, whose small changes add up over a shot (colour
-    drift, textures crawling)."""
+    Where the first frame saw the surface, the start picture moves ``weight`` of the way to
+    its painting there; where the previous frame did not see it but the first did (a surface
+    that was hidden for a while), it is the first painting, repainted at ``strength`` instead
+    of anew. Each frame then starts from the same painting instead of from a chain of
+    repaintings, whose small changes add up over a shot (colour drift, textures crawling)."""
     if weight <= 0:
         return feedback
-    warped, inside = warp(start_picture[..., :3], vector)
-    seen = ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow)
+    warped, seen = start.picture, start.seen
     both = (seen & feedback.visible)[..., None]
     revealed = seen & ~feedback.visible
     weight = float(min(weight, 1.0))
@@ -219,24 +232,20 @@ def match_color(rgb: np.ndarray, anchor: ColorAnchor, strength: float) -> np.nda
     return lab_to_rgb(mixed)
 
 
-def colour_held_to_start(picture: np.ndarray, start_picture: np.ndarray, vector: np.ndarray,
-                         occlusion: np.ndarray, strength: float, cells: int = 8) -> np.ndarray:
+def colour_held_to_start(picture: np.ndarray, start: StartView, strength: float, cells: int = 8) -> np.ndarray:
     """A painted frame's colours held to the shot's first painting (after painting).
 
-    ``vector``/``occlusion``: frame t's exact motion to the shot's first frame. The frame is cut
-    into about ``cells`` squares along its longer side; in each, the painting's mean LAB colour
-    over the surfaces the first frame also saw moves ``strength`` of the way to the first
-    painting's mean there (that painting warped onto frame t), times the share of the square
-    those surfaces cover; the corrections are interpolated smoothly between squares' centres.
+    The frame is cut into about ``cells`` squares along its longer side; in each, the
+    painting's mean LAB colour over the surfaces the first frame also saw moves ``strength`` of
+    the way to the first painting's mean there (as frame t sees it, ``start``), times the share
+    of the square those surfaces cover; the corrections are interpolated smoothly between
+    squares' centres.
     A model that pulls every repainting toward its own colours (the drift of feedback loops) is
     pulled back each frame, surface by surface; what the first frame did not see keeps the
     model's colours, and detail finer than a square (shading, texture) stays the model's."""
-    if strength <= 0:
+    seen = start.seen
+    if strength <= 0 or not seen.any():
         return np.asarray(picture, dtype=np.float32)
-    seen = coherence_mask(occlusion, vector)
-    if not seen.any():
-        return np.asarray(picture, dtype=np.float32)
-    warped, _ = warp(start_picture[..., :3], vector)
     lab = rgb_to_lab(picture)
     height, width = seen.shape
     size = max(1, int(np.ceil(max(height, width) / cells)))
@@ -250,7 +259,7 @@ def colour_held_to_start(picture: np.ndarray, start_picture: np.ndarray, vector:
     weight = seen[..., None].astype(np.float64)
     counts = cell_sums(weight)
     areas = cell_sums(np.ones_like(weight))
-    difference = cell_sums((rgb_to_lab(warped) - lab) * weight) / np.maximum(counts, 1.0)
+    difference = cell_sums((rgb_to_lab(start.picture) - lab) * weight) / np.maximum(counts, 1.0)
     correction = _smooth_upsample(difference * (counts / areas), size, height, width)
     return lab_to_rgb(lab + float(min(strength, 1.0)) * correction)
 

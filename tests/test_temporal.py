@@ -93,7 +93,8 @@ def test_holding_to_the_start_mixes_its_warped_painting_in_and_gives_back_what_i
     hidden_at_start = np.zeros((20, 30), dtype=np.float32)
     hidden_at_start[14:, :] = 1.0  # ...but the shot's first frame did; it did not see the bottom rows
     to_start = constant_motion(20, 30, 2, 0)  # the surface was 2 px further right at the start
-    held = temporal.held_to_start(feedback, start, to_start, hidden_at_start, weight=0.25, strength=0.4)
+    held = temporal.held_to_start(feedback, temporal.start_view(start, to_start, hidden_at_start), weight=0.25,
+                                  strength=0.4)
     warped_start, _ = temporal.warp(start, to_start)
     both = feedback.visible & held.visible & (np.arange(20) < 12)[:, None] & (np.arange(30) < 26)[None, :]
     np.testing.assert_allclose(held.init_image[both], 0.75 * previous[both] + 0.25 * warped_start[both], atol=1e-6)
@@ -105,7 +106,8 @@ def test_holding_to_the_start_mixes_its_warped_painting_in_and_gives_back_what_i
     bottom = np.s_[16:, :]  # hidden at the start: the previous frame's alone
     np.testing.assert_array_equal(held.init_image[bottom], feedback.init_image[bottom])
     np.testing.assert_array_equal(held.strength[bottom], feedback.strength[bottom])
-    assert temporal.held_to_start(feedback, start, to_start, hidden_at_start, weight=0.0, strength=0.4) is feedback
+    assert temporal.held_to_start(feedback, temporal.start_view(start, to_start, hidden_at_start), weight=0.0,
+                                  strength=0.4) is feedback
 
 
 def test_warped_noise_follows_motion_keeps_its_statistics_and_is_fresh_where_new():
@@ -145,6 +147,8 @@ def test_colour_held_to_start_moves_shared_surfaces_back_to_their_first_colours_
     painted = np.clip(warped_start * 0.9 + np.array([0.08, 0.02, -0.03], dtype=np.float32), 0, 1)  # drifted
     painted[:, :24] = pattern(48, 24, seed=4) * 0.2 + 0.05  # the new object is dark: not drift
     shared = temporal.coherence_mask(hidden_at_start, to_start)
+    seen_from_start = temporal.start_view(start, to_start, hidden_at_start)
+    np.testing.assert_array_equal(seen_from_start.seen, shared)  # what the warp error measures as seen
     inner = np.zeros_like(shared)
     inner[12:36, 36:52] = True  # between the centres of squares (8 px) the shared surface covers wholly
     new = np.zeros_like(shared)
@@ -154,8 +158,8 @@ def test_colour_held_to_start_moves_shared_surfaces_back_to_their_first_colours_
         return np.linalg.norm(temporal.rgb_to_lab(picture)[where].mean(0) - temporal.rgb_to_lab(warped_start)[
             where].mean(0))
 
-    held = temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, strength=1.0)
-    half = temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, strength=0.5)
+    held = temporal.colour_held_to_start(painted, seen_from_start, strength=1.0)
+    half = temporal.colour_held_to_start(painted, seen_from_start, strength=0.5)
     assert shift(painted, inner) > 4 and shift(held, inner) < 0.3 and shift(held, inner) < shift(half, inner)
     assert shift(half, inner) == pytest.approx(shift(painted, inner) / 2, rel=0.05)
     np.testing.assert_allclose(held[new], painted[new], atol=1e-5)  # what the start did not see keeps its colours
@@ -165,11 +169,12 @@ def test_colour_held_to_start_moves_shared_surfaces_back_to_their_first_colours_
     moved = lab_after - lab_before
     assert np.abs(np.diff(moved[12:36, 32:], axis=1)).max() < 0.5 < np.abs(moved[inner]).mean()
     assert held.dtype == np.float32 and held.shape == painted.shape
-    np.testing.assert_array_equal(temporal.colour_held_to_start(painted, start, to_start, hidden_at_start, 0.0),
+    np.testing.assert_array_equal(temporal.colour_held_to_start(painted, seen_from_start, 0.0),
                                   painted)
     nothing_shared = np.ones((48, 64), dtype=np.float32)  # the camera turned away: left as painted
     np.testing.assert_array_equal(
-        temporal.colour_held_to_start(painted, start, to_start, nothing_shared, strength=1.0), painted)
+        temporal.colour_held_to_start(painted, temporal.start_view(start, to_start, nothing_shared), strength=1.0),
+        painted)
 
 
 def test_in_between_blends_both_warps_by_time_and_visibility():
