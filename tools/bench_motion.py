@@ -109,14 +109,15 @@ def free_noise_take(scene, frames, size, steps):
             depth_range = conditioning.depth_range_of_frame(guides.depth, guides.coverage, camera.clip_start,
                                                             camera.clip_end)
         units = diffusion_job.control_units(job, guides, depth_range)
-        if videos is None:
-            videos = [dict(unit, image=np.empty((len(frames), size, size, 3), np.float32)) for unit in units]
+        if videos is None:  # as engine/motion_render.py builds a window's units
+            videos = [{"image": np.empty((len(frames),) + np.shape(unit.image), np.float32), "weight": unit.weight,
+                       "start": unit.start, "end": unit.end} for unit in units]
         for video, unit in zip(videos, units):
-            video["image"][position] = unit["image"]
+            video["image"][position] = unit.image
     client = worker_link.client()
     client.ensure_started()
     started = time.perf_counter()
-    pictures, _ = client.generate_video(model, {"source": scene.silk.motion_module}, job.prompt, videos, size, size,
+    pictures, _ = client.generate_video(model.to_json(), {"source": scene.silk.motion_module}, job.prompt, videos, size, size,
                                         len(frames), negative_prompt=job.negative_prompt, seed=job.seed,
                                         steps=steps, guidance=job.guidance, scheduler=job.scheduler,
                                         context_frames=16, context_stride=4, timeout=7200)
