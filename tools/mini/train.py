@@ -2,9 +2,10 @@
 
 1. ``vae``: a small 8x ``AutoencoderKL`` (4 latent channels, as SD 1.5), starting from
    tiny's hand-set VAE (which gives pictures back, blocky, before any training), trained
-   on random 32x32 crops of the pictures (it is convolutional: small crops give many more
-   steps an hour) to decode the posterior's mean (Silk encodes to the mean; the variance is
-   set sharp at export, as tiny's is): L1 + L1 of the image gradients (sharp edges) + a tiny KL term.
+   on random crops of 32, 64 and 128 (whole) pixels, the same pixels per step (small crops
+   give many steps an hour; whole pictures keep it faithful at the sizes Silk paints) to
+   decode the posterior's mean (Silk encodes to the mean; the variance is set sharp at
+   export, as tiny's is): L1 + L1 of the image gradients (sharp edges) + a tiny KL term.
 2. ``diffusion``: the UNet and the Depth and Normal ControlNets trained jointly from
    scratch on the VAE's latents of whole pictures (SD 1.5's betas rescaled to zero terminal
    SNR, timesteps biased to high noise, an EMA of the weights; the UNet predicts the clean
@@ -17,9 +18,12 @@
    text_encoder, tokenizer, scheduler) plus ``controlnet-depth`` and ``controlnet-normal``,
    weights as fp16 safetensors (Silk loads them in the precision it runs in).
 
-    .venv/bin/python tools/mini/train.py vae --data /tmp/mini-data --work /tmp/mini-work --minutes 8
-    .venv/bin/python tools/mini/train.py diffusion --data /tmp/mini-data --work /tmp/mini-work --minutes 60
+    .venv/bin/python tools/mini/train.py vae --data /tmp/mini-data --work /tmp/mini-work --steps 3841
+    .venv/bin/python tools/mini/train.py diffusion --data /tmp/mini-data --work /tmp/mini-work --steps 6000
     .venv/bin/python tools/mini/train.py export --work /tmp/mini-work --out models/mini
+
+Each stage stops after ``--steps`` (the recipe's bound: the same work on any machine) or
+``--minutes``, whichever comes first. ``make train-mini`` runs the whole recipe.
 """
 import argparse
 import copy
@@ -114,6 +118,45 @@ def flip_normals(normal: torch.Tensor) -> torch.Tensor:
     return flipped
 
 
+class Budget:
+    """How long a stage trains: ``--steps`` (the recipe's bound, so a run does the same work on
+    any machine) and/or ``--minutes`` (a ceiling); it stops at whichever comes first."""
+
+    def __init__(self, args):
+        self.steps, self.seconds = args.steps, (args.minutes * 60 if args.minutes is not None else None)
+        self.started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def fraction(self, step: int) -> float:
+        """How far through the stage: by steps where they bound it, else by time."""
+        if self.steps:
+            return step / self.steps
+        return self.elapsed() / self.seconds
+
+    def left(self, step: int) -> bool:
+        return ((not self.steps or step < self.steps)
+                and (self.seconds is None or self.elapsed() < self.seconds))
+
+
+# Pixels per VAE step: 16 crops of 32x32, or fewer larger ones.
+VAE_STEP_PIXELS = 16 * 32 * 32
+
+
+def crops(generator, pictures: np.ndarray, sizes: tuple, grid: int) -> torch.Tensor:
+    """A batch of square crops in [-1, 1], mirrored or not, of one size drawn from ``sizes``
+    (as many as make VAE_STEP_PIXELS), at one random place on a ``grid``-pixel grid. Mixed
+    sizes, whole pictures among them: the VAE's GroupNorms normalise over the whole input,
+    and a VAE trained on 32x32 crops alone gave whole pictures back 2.6x worse than crops."""
+    crop = min(int(generator.choice(sizes)), pictures.shape[1], pictures.shape[2])
+    index = generator.integers(0, len(pictures), max(1, VAE_STEP_PIXELS // crop ** 2))
+    y = int(generator.integers(0, (pictures.shape[1] - crop) // grid + 1)) * grid
+    x = int(generator.integers(0, (pictures.shape[2] - crop) // grid + 1)) * grid
+    images = to_tensor(pictures[index, y:y + crop, x:x + crop]) * 2 - 1
+    return images.flip(-1) if generator.random() < 0.5 else images
+
+
 def train_vae(args) -> None:
     torch.manual_seed(args.seed)
     generator = np.random.default_rng(args.seed)
@@ -127,14 +170,10 @@ def train_vae(args) -> None:
         vae = vae_model()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     pictures = load_data(args.data)[0]["rgb"]
-    started, step = time.perf_counter(), 0
-    crop, batch = args.crop, 16
-    while time.perf_counter() - started < args.minutes * 60:
-        index = generator.integers(0, len(pictures), batch)
-        y, x = generator.integers(0, pictures.shape[1] - crop + 1, 2)
-        images = to_tensor(pictures[index, y:y + crop, x:x + crop]) * 2 - 1
-        if generator.random() < 0.5:
-            images = images.flip(-1)
+    budget, step = Budget(args), 0
+    started = budget.started
+    while budget.left(step):
+        images = crops(generator, pictures, args.crop, grid=1)
         posterior = vae.encode(images).latent_dist
         # Decoded from the mean: Silk encodes pictures to their mean (no sampling), and the
         # variance is set sharp at export, so a deterministic autoencoder is what is used.
@@ -147,7 +186,7 @@ def train_vae(args) -> None:
         loss.backward()
         optimizer.step()
         step += 1
-        if time.perf_counter() - started > 0.7 * args.minutes * 60:  # settle for the last 30 %
+        if budget.fraction(step) > 0.7:  # settle for the last 30 %
             for group in optimizer.param_groups:
                 group["lr"] = args.lr / 3
         if step % 25 == 0:
@@ -188,13 +227,11 @@ def train_decoder(args) -> None:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     pictures = load_data(args.data)[0]["rgb"]
-    started, step, crop, batch = time.perf_counter(), 0, args.crop, 16
-    while time.perf_counter() - started < args.minutes * 60:
-        index = generator.integers(0, len(pictures), batch)
-        y, x = (generator.integers(0, pictures.shape[1] // 8 - crop // 8 + 1, 2) * 8)
-        images = to_tensor(pictures[index, y:y + crop, x:x + crop]) * 2 - 1
-        if generator.random() < 0.5:
-            images = images.flip(-1)
+    budget, step = Budget(args), 0
+    started = budget.started
+    while budget.left(step):
+        # On the latents' 8-pixel grid: the frozen encoder gives exactly the training set's latents.
+        images = crops(generator, pictures, args.crop, grid=8)
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.mean
         error = vae.decode(latents).sample - images
@@ -350,8 +387,9 @@ def train_diffusion(args) -> None:
     keep_choices = torch.tensor([[1, 1], [1, 0], [0, 1], [0, 0]], dtype=torch.float32)
     keep_odds = np.array([0.55, 0.18, 0.18, 0.09])
     size, step, losses = args.batch, 0, []
-    started = time.perf_counter()
-    while time.perf_counter() - started < args.minutes * 60:
+    budget = Budget(args)
+    started = budget.started
+    while budget.left(step):
         if step % 200 == 199:
             training_set.refresh()
         clean, depth_picture, normal_picture, families = training_set.batch(generator, size, args.crop // 8)
@@ -449,10 +487,14 @@ def main(argv=None) -> None:
     parser.add_argument("--data", default="/tmp/mini-data")
     parser.add_argument("--work", default="/tmp/mini-work")
     parser.add_argument("--out", default=os.path.join(ROOT, "models", "mini"))
-    parser.add_argument("--minutes", type=float, default=8.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps (the recipe's bound: the same work on any machine)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this many minutes at the latest (default 8 where --steps is not given)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--crop", type=int, default=None,
-                        help="training crop in pixels, a multiple of 8 (vae: 32; decoder: 48; diffusion: 128, whole pictures)")
+    parser.add_argument("--crop", type=lambda text: tuple(int(size) for size in text.split(",")), default=None,
+                        help="training crop in pixels, a multiple of 8; vae and decoder take a list, one size "
+                             "drawn per step (default 32,64,128); diffusion one (default 128, whole pictures)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (vae: 5e-4, diffusion: 1e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="vae, decoder: go on from the VAE (decoder) in --work")
@@ -472,10 +514,14 @@ def main(argv=None) -> None:
                         help="torch threads; on a shared machine more threads wait on each other")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.steps is None and args.minutes is None:
+        args.minutes = 8.0
     if args.lr is None:
         args.lr = {"vae": 5e-4, "decoder": 3e-4}.get(args.stage, 1e-3)
     if args.crop is None:
-        args.crop = {"vae": 32, "decoder": 48}.get(args.stage, 128)
+        args.crop = (128,) if args.stage == "diffusion" else (32, 64, 128)
+    if args.stage == "diffusion":
+        args.crop = args.crop[0]
     {"vae": train_vae, "decoder": train_decoder, "diffusion": train_diffusion, "export": export}[args.stage](args)
 
 
