@@ -75,23 +75,31 @@ gpu-check: $(VENV)/.ready
 bench-mini: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_mini.py
 
-## Train `mini` from scratch into out/ and models/mini, as the shipped weights were made (about
-## 2 hours on 2 cores: data 22 min, VAE 8, then the decoder (35) beside three diffusion stages of
-## 8 + 38 + 26 min); see tools/mini/README.md and docs/benchmarks.md.
-train-mini: $(VENV)/.ready
-	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 400 --per-shard 25 & \
-	$(VENV)/bin/python tools/mini/make_data.py --out out/mini-data --scenes 400 --first-scene 400 --per-shard 25; \
+## Train `mini` from scratch into models/mini, as the shipped weights were made: each stage
+## bounded by steps, so it is the same work on any machine (measured here, 2 idle cores: data
+## 7.5 min, then about 40 min of training); see tools/mini/README.md and docs/benchmarks.md.
+## MINI_DATA, MINI_WORK and MINI_OUT say where the data, the work and the model go.
+MINI_DATA ?= out/mini-data
+MINI_WORK ?= out/mini-work
+MINI_OUT ?= models/mini
+train-mini: $(VENV)/.ready $(MINI_DATA)/.done
+	$(VENV)/bin/python tools/mini/train.py vae --data $(MINI_DATA) --work $(MINI_WORK) --steps 3841
+	$(VENV)/bin/python tools/mini/train.py decoder --data $(MINI_DATA) --work $(MINI_WORK) --steps 2539 & \
+	$(VENV)/bin/python tools/mini/train.py diffusion --data $(MINI_DATA) --work $(MINI_WORK) --steps 600 \
+		--noise-schedule sd15 --timestep-power 1; \
 	wait
-	$(VENV)/bin/python tools/mini/train.py vae --data out/mini-data --work out/mini-work --minutes 8
-	$(VENV)/bin/python tools/mini/train.py decoder --data out/mini-data --work out/mini-work --minutes 35 & \
-	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 8 \
-		--noise-schedule sd15 --timestep-power 1 && \
-	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 38 \
-		--noise-schedule sd15 --init-from out/mini-work && \
-	$(VENV)/bin/python tools/mini/train.py diffusion --data out/mini-data --work out/mini-work --minutes 26 \
-		--init-from out/mini-work; \
+	$(VENV)/bin/python tools/mini/train.py diffusion --data $(MINI_DATA) --work $(MINI_WORK) --steps 5550 \
+		--noise-schedule sd15 --init-from $(MINI_WORK) --threads 2
+	$(VENV)/bin/python tools/mini/train.py diffusion --data $(MINI_DATA) --work $(MINI_WORK) --steps 6301 \
+		--init-from $(MINI_WORK) --threads 2
+	$(VENV)/bin/python tools/mini/train.py export --work $(MINI_WORK) --out $(MINI_OUT) --controlnet-scale 1.5
+
+## The training pictures: 800 procedural scenes rendered by Blender, two processes side by side.
+$(MINI_DATA)/.done: | $(VENV)/.ready
+	$(VENV)/bin/python tools/mini/make_data.py --out $(MINI_DATA) --scenes 400 --per-shard 25 & \
+	$(VENV)/bin/python tools/mini/make_data.py --out $(MINI_DATA) --scenes 400 --first-scene 400 --per-shard 25; \
 	wait
-	$(VENV)/bin/python tools/mini/train.py export --work out/mini-work --out models/mini
+	touch $@
 
 ## Temporal coherence and speed of animation modes on the demo scene (tiny by default;
 ## MODEL=<repo id or folder> with a GPU); see docs/benchmarks.md.
