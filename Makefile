@@ -76,8 +76,8 @@ bench-mini: $(VENV)/.ready
 	$(VENV)/bin/python tools/bench_mini.py
 
 ## Train `mini` from scratch into models/mini, as the shipped weights were made: each stage
-## bounded by steps, so it is the same work on any machine (measured here, 2 idle cores: data
-## 7.5 min, then about 40 min of training); see tools/mini/README.md and docs/benchmarks.md.
+## bounded by steps, so it is the same work on any machine (measured on 2 idle cores: 48 min,
+## 7.6 of them rendering the data); see tools/mini/README.md and docs/benchmarks.md.
 ## MINI_DATA, MINI_WORK and MINI_OUT say where the data, the work and the model go.
 MINI_DATA ?= out/mini-data
 MINI_WORK ?= out/mini-work
