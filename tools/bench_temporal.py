@@ -228,16 +228,9 @@ def main(argv=None):
 
 def normal_guide_change(scene, frames, size, long_range_motion):
     """Warp errors of the Normal guide picture itself, over one frame and over LONG_RANGE."""
-    from silk.engine import conditioning, temporal
-    from silk.engine.guides import compute_guides
-    from silk.engine.scene_capture import capture_frame
+    from silk.engine import temporal
 
-    pictures = {}
-    for frame in frames:
-        scene.frame_set(frame)
-        current, _ = capture_frame(bpy.context.evaluated_depsgraph_get(), scene.camera, size, size)
-        normal = compute_guides(current).normal.reshape(size, size, 3)
-        pictures[frame] = conditioning.normal_condition(normal, current.camera.view)
+    pictures = {frame: normal for frame, (_, normal) in bench_scenes.shot_guides(scene, frames, size, size).items()}
     short = [temporal.warp_error(pictures[f], pictures[f - 1], *exact_motion(scene, f, f - 1, size, size))
              for f in frames[1:]]
     long = [temporal.warp_error(pictures[f], pictures[f - LONG_RANGE], *long_range_motion[f])
