@@ -171,7 +171,6 @@ def train_vae(args) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
     pictures = load_data(args.data)[0]["rgb"]
     budget, step = Budget(args), 0
-    started = budget.started
     while budget.left(step):
         images = crops(generator, pictures, args.crop, grid=1)
         posterior = vae.encode(images).latent_dist
@@ -191,7 +190,7 @@ def train_vae(args) -> None:
                 group["lr"] = args.lr / 3
         if step % 25 == 0:
             print(f"vae step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+                  f"{budget.elapsed():.0f} s", flush=True)
     # The latents' spread sets the scaling factor, as SD's 0.18215 was set.
     vae.eval()
     with torch.no_grad():
@@ -205,7 +204,7 @@ def train_vae(args) -> None:
     vae.save_pretrained(os.path.join(args.work, "vae"))
     previous = recorded(args.work, "vae") if args.resume else {}
     step += previous.get("steps", 0)
-    record(args.work, "vae", seconds_before=previous.get("seconds", 0) + previous.get("seconds_before", 0), steps=step, seconds=round(time.perf_counter() - started), scaling_factor=scaling,
+    record(args.work, "vae", seconds_before=previous.get("seconds", 0) + previous.get("seconds_before", 0), steps=step, seconds=round(budget.elapsed()), scaling_factor=scaling,
            reconstruction_l1=l1, pictures=len(pictures))
     print(f"vae: {step} steps, scaling factor {scaling:.4f}, reconstruction L1 {l1:.4f} (of 1)", flush=True)
 
@@ -228,7 +227,6 @@ def train_decoder(args) -> None:
     optimizer = torch.optim.AdamW(trained, lr=args.lr, weight_decay=0.0)
     pictures = load_data(args.data)[0]["rgb"]
     budget, step = Budget(args), 0
-    started = budget.started
     while budget.left(step):
         # On the latents' 8-pixel grid: the frozen encoder gives exactly the training set's latents.
         images = crops(generator, pictures, args.crop, grid=8)
@@ -243,11 +241,11 @@ def train_decoder(args) -> None:
         step += 1
         if step % 25 == 0:
             print(f"decoder step {step} loss {loss.item():.4f} l1 {error.abs().mean().item():.4f} "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+                  f"{budget.elapsed():.0f} s", flush=True)
     vae.save_pretrained(os.path.join(args.work, "vae-decoder"))
     previous = recorded(args.work, "decoder") if args.resume else {}
     record(args.work, "decoder", steps=step + previous.get("steps", 0),
-           seconds=round(time.perf_counter() - started) + previous.get("seconds", 0))
+           seconds=round(budget.elapsed()) + previous.get("seconds", 0))
     print(f"decoder: {step} steps", flush=True)
 
 
@@ -388,7 +386,6 @@ def train_diffusion(args) -> None:
     keep_odds = np.array([0.55, 0.18, 0.18, 0.09])
     size, step, losses = args.batch, 0, []
     budget = Budget(args)
-    started = budget.started
     while budget.left(step):
         if step % 200 == 199:
             training_set.refresh()
@@ -430,15 +427,15 @@ def train_diffusion(args) -> None:
                     kept.lerp_(live, 1 - decay)
         losses.append(loss.item())
         if step % 50 == 0:
-            print(f"step {step} loss {np.mean(losses[-50:]):.4f} {time.perf_counter() - started:.0f} s", flush=True)
+            print(f"step {step} loss {np.mean(losses[-50:]):.4f} {budget.elapsed():.0f} s", flush=True)
         if step % 500 == 0:
             save_diffusion(args.work, ema)
     save_diffusion(args.work, ema)
     record(args.work, f"diffusion ({args.noise_schedule}, timestep power {args.timestep_power:g})",
            prediction=args.prediction, init_from=args.init_from, steps=step, batch=size,
-           crop=args.crop, seconds=round(time.perf_counter() - started), final_loss=float(np.mean(losses[-200:])),
+           crop=args.crop, seconds=round(budget.elapsed()), final_loss=float(np.mean(losses[-200:])),
            pictures=len(training_set.latents))
-    print(f"diffusion: {step} steps of {size} in {time.perf_counter() - started:.0f} s", flush=True)
+    print(f"diffusion: {step} steps of {size} in {budget.elapsed():.0f} s", flush=True)
 
 
 def save_diffusion(work: str, ema) -> None:
