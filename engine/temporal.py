@@ -137,7 +137,7 @@ def start_view(start_picture: np.ndarray, vector: np.ndarray, occlusion: np.ndar
     """``vector``/``occlusion``: frame t's exact motion to the shot's first frame (any two
     frames of a scene have it, however far apart)."""
     warped, inside = warp(start_picture[..., :3], vector)
-    return StartView(warped, ~dilate((np.asarray(occlusion) > 0.5) | ~inside, grow))
+    return StartView(warped, coherence_mask(occlusion, vector, grow, inside=inside))
 
 
 def held_to_start(feedback: Feedback, start: StartView, weight: float, strength: float) -> Feedback:
@@ -299,17 +299,20 @@ def in_between(before: np.ndarray, vector_to_before: np.ndarray, occlusion_to_be
 
 
 # -- measuring ----------------------------------------------------------------------------
-def coherence_mask(occlusion: np.ndarray, vector: np.ndarray, erode: int = 1) -> np.ndarray:
-    """Pixels whose surface point was visible in the other frame, silhouettes eroded."""
-    _, inside = warp(np.zeros(vector.shape[:2] + (1,), dtype=np.float32), vector)
+def coherence_mask(occlusion: np.ndarray, vector: np.ndarray, erode: int = 1, inside: np.ndarray | None = None
+                   ) -> np.ndarray:
+    """Pixels whose surface point was visible in the other frame, silhouettes eroded.
+    ``inside``: what ``warp`` along ``vector`` already returned, where the caller has it."""
+    if inside is None:
+        _, inside = warp(np.zeros(vector.shape[:2] + (1,), dtype=np.float32), vector)
     return ~dilate((np.asarray(occlusion) > 0.5) | ~inside, erode)
 
 
 def warp_error(current: np.ndarray, other: np.ndarray, vector: np.ndarray, occlusion: np.ndarray) -> float:
     """Mean squared RGB difference between frame t and the other frame warped onto it, over
     the pixels visible in both (Lai et al. 2018, with exact motion and occlusion)."""
-    warped, _ = warp(other[..., :3], vector)
-    mask = coherence_mask(occlusion, vector)
+    warped, inside = warp(other[..., :3], vector)
+    mask = coherence_mask(occlusion, vector, inside=inside)
     if not mask.any():
         return float("nan")
     difference = (np.asarray(current, dtype=np.float64)[..., :3] - warped) ** 2
